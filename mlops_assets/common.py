@@ -1,0 +1,96 @@
+"""Small pieces every stage module shares: names, partitions, code versions and metadata helpers."""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import date, timedelta
+from functools import cache
+
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from mlops_assets.specs import ModelSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Bump when a stage's logic changes in a way that should make its assets stale in the UI.
+STAGE_VERSIONS = {
+    "raw": "1",
+    "dataset": "1",
+    "feature_store": "1",
+    "features": "1",
+    "online_features": "1",
+    "training_set": "1",
+    "model": "1",
+    "champion": "1",
+    "predictions": "1",
+}
+
+
+def asset_name(stage: str, spec: ModelSpec | str) -> str:
+    return f"{stage}_{spec if isinstance(spec, str) else spec.name}"
+
+
+def key(stage: str, spec: ModelSpec | str) -> dg.AssetKey:
+    return dg.AssetKey(asset_name(stage, spec))
+
+
+def code_version(stage: str, spec: ModelSpec) -> str:
+    """Stage logic version + spec content hash: editing the spec marks its assets changed."""
+    return f"{STAGE_VERSIONS[stage]}-{spec.spec_hash}"
+
+
+@cache
+def _daily(start: date, end: date | None, timezone: str) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(
+        start_date=start.isoformat(),
+        end_date=end.isoformat() if end else None,
+        timezone=timezone,
+    )
+
+
+def daily_partitions(spec: ModelSpec) -> dg.DailyPartitionsDefinition:
+    """Daily partitions in the spec's timezone: partition '2013-01-05' is that local day."""
+    return _daily(spec.partitions.start, spec.partitions.end, spec.source.timestamp.timezone)
+
+
+def day_of(partition_key: str) -> date:
+    return date.fromisoformat(partition_key)
+
+
+def days_before(day: date, n: int) -> list[str]:
+    """The ``n`` days before ``day`` (oldest first), as partition keys."""
+    return [(day - timedelta(days=i)).isoformat() for i in range(n, 0, -1)]
+
+
+def asset_kwargs(stage: str, spec: ModelSpec, description: str, kinds: set[str]) -> dict:
+    """Arguments every asset of a spec shares, so the UI explains each one the same way."""
+    return {
+        "name": asset_name(stage, spec),
+        "group_name": spec.name,
+        "owners": spec.owners,
+        "kinds": kinds,
+        "code_version": code_version(stage, spec),
+        "description": description,
+        "tags": {"mlops/spec": spec.name, "mlops/stage": stage},
+    }
+
+
+def md_table(df: pd.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
+    return dg.MetadataValue.md(df.head(max_rows).to_markdown(index=False, floatfmt=".4g"))
+
+
+def png_markdown(fig) -> dg.MetadataValue:
+    """A matplotlib figure as inline PNG markdown: the Dagster UI renders it in the asset's page."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return dg.MetadataValue.md(f"![plot](data:image/png;base64,{data})")
+
+
+def failure(message: str, **metadata) -> dg.Failure:
+    """A run failure whose description is the whole story (file, row, column), shown in the UI."""
+    return dg.Failure(description=message, metadata={k: str(v) for k, v in metadata.items()}, allow_retries=False)

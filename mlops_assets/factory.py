@@ -1,0 +1,26 @@
+"""The asset factory: every spec becomes the same set of assets, checks and jobs."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets import environments, features, ingest, jobs, promotion, scoring, training
+from mlops_assets.specs import ModelSpec, load_specs
+
+STAGE_MODULES = (ingest, features, training, promotion, scoring)
+
+
+def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
+    specs = load_specs() if specs is None else specs
+    assets: list = []
+    all_jobs: list = []
+    for spec in specs:
+        for module in STAGE_MODULES:
+            assets += module.build(spec)
+        all_jobs += jobs.build(spec)
+    return dg.Definitions(
+        assets=assets,
+        jobs=all_jobs,
+        resources=environments.resources(),
+        executor=environments.executor(),
+    )

@@ -1,0 +1,135 @@
+"""Feature stage: Feast definitions, the daily feature tables (Feast offline sources) and their
+materialization into the online store.
+
+``feature_store_<spec>`` registers the spec's entities, feature views and feature service and
+snapshots its lookup tables; ``features_<spec>`` writes one parquet file per feature view per day;
+``online_features_<spec>`` loads that day into the SQLite (or Redis, in the cloud) online store.
+"""
+
+
+from datetime import timedelta
+
+import dagster as dg
+
+from mlops_assets.common import asset_kwargs, daily_partitions, day_of, days_before, failure, key, md_table
+from mlops_assets.core.names import EVENTS_VIEW, lookup_view_name
+from mlops_assets.resources import FeastFeatureStore, LakeStorage
+from mlops_assets.specs import ModelSpec
+
+
+def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
+    parts = daily_partitions(spec)
+    name = spec.name
+    history_days = max((f.window_days for f in spec.past_rate_features), default=0)
+
+    def table_dir(lake: LakeStorage):
+        return lambda table: lake.feature_table_dir(name, table)
+
+    @dg.asset(
+        **asset_kwargs(
+            "feature_store",
+            spec,
+            "Feast registration of the spec: entities, feature views (events, past rates, lookups) and "
+            "the feature service the model reads; lookup tables snapshotted as Feast offline sources.",
+            {"feast", "parquet"},
+        ),
+    )
+    def feature_store(lake: LakeStorage, feast: FeastFeatureStore) -> dg.MaterializeResult:
+        from mlops_assets.core.features import lookup_frame
+        from mlops_assets.core.sources import DataError
+
+        rows = {}
+        for tname, table in spec.lookups.items():
+            try:
+                frame = lookup_frame(tname, table, spec)
+            except DataError as exc:
+                raise failure(str(exc)) from exc
+            lake.write(frame, lake.feature_table_dir(name, lookup_view_name(tname)) / "snapshot.parquet")
+            rows[tname] = len(frame)
+        registered = feast.apply(spec, table_dir(lake))
+        return dg.MaterializeResult(
+            metadata={
+                "feast_project": name,
+                "feature_views": registered.get("FeatureView", 0),
+                "entities": registered.get("Entity", 0),
+                "feature_service": "model_inputs",
+                "features": dg.MetadataValue.json(spec.feature_names),
+                **{f"lookup_rows/{t}": n for t, n in rows.items()},
+            }
+        )
+
+    @dg.asset(
+        **asset_kwargs(
+            "features",
+            spec,
+            "One day of features, written as Feast offline sources: per-event features, and per-group "
+            f"past rates computed from the {history_days} days before (never the day itself).",
+            {"feast", "parquet"},
+        ),
+        partitions_def=parts,
+        deps=[key("dataset", spec)],
+    )
+    def features(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
+        import pandas as pd
+
+        from mlops_assets.core.features import past_rate, row_feature_columns, row_features
+
+        day = day_of(context.partition_key)
+        tz = spec.source.timestamp.timezone
+        today = lake.read(lake.partition_path("dataset", name, context.partition_key))
+        written = {}
+        if row_feature_columns(spec):
+            events = row_features(today, spec)
+            lake.write(events, lake.feature_table_dir(name, EVENTS_VIEW) / f"{day}.parquet")
+            written[EVENTS_VIEW] = len(events)
+        history_available = 0
+        if spec.past_rate_features:
+            history_keys = days_before(day, history_days)
+            history = lake.read_partitions("dataset", name, history_keys)
+            history_available = sum(lake.partition_path("dataset", name, d).exists() for d in history_keys)
+            if history is None:
+                history = today.iloc[0:0]
+            for f in spec.past_rate_features:
+                table = past_rate(history, today, f, day, tz)
+                lake.write(table, lake.feature_table_dir(name, f.name) / f"{day}.parquet")
+                written[f.name] = len(table)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": written.get(EVENTS_VIEW, len(today)),
+                "history_days_available": history_available,
+                "history_days_wanted": history_days,
+                "rows_per_table": md_table(pd.DataFrame({"feature_view": list(written), "rows": list(written.values())})),
+            }
+        )
+
+    @dg.asset(
+        **asset_kwargs(
+            "online_features",
+            spec,
+            "Feast materialization of the day into the online store, so serving reads the same "
+            "feature values training used.",
+            {"feast", "sqlite"},
+        ),
+        partitions_def=parts,
+        deps=[key("features", spec), key("feature_store", spec)],
+    )
+    def online_features(context: dg.AssetExecutionContext, feast: FeastFeatureStore) -> dg.MaterializeResult:
+        import pandas as pd
+
+        from mlops_assets.core.sources import day_start_utc
+
+        day = day_of(context.partition_key)
+        tz = spec.source.timestamp.timezone
+        start = day_start_utc(day, tz).to_pydatetime()
+        end = (day_start_utc(day + timedelta(days=1), tz) - pd.Timedelta(microseconds=1)).to_pydatetime()
+        views = feast.materialize(spec, start, end)
+        return dg.MaterializeResult(
+            metadata={
+                "feature_views": dg.MetadataValue.json(views),
+                "window_start_utc": start.isoformat(),
+                "window_end_utc": end.isoformat(),
+                "online_rows_total": feast.online_row_count(spec),
+            }
+        )
+
+    return [feature_store, features, online_features]

@@ -1,0 +1,117 @@
+"""Ingest stage: the landed file becomes ``raw_<spec>``, then the typed ``dataset_<spec>``.
+
+Raw keeps the file as it arrived (every column, as text) so any later change to typing or cleaning
+can be replayed from it. The dataset is typed and labelled, and four blocking checks (schema, nulls,
+ranges, row count) stop everything downstream of a bad partition in the same run.
+"""
+
+
+import hashlib
+
+import dagster as dg
+
+from mlops_assets.common import asset_kwargs, daily_partitions, day_of, failure, key, md_table
+from mlops_assets.core.names import LABEL
+from mlops_assets.resources import LakeStorage
+from mlops_assets.specs import ModelSpec
+
+CHECKS = {
+    "schema": "Typed columns the spec expects are present, numeric where declared numeric.",
+    "nulls": "Share of missing values per column within the spec's limits.",
+    "ranges": "Numeric columns within the spec's declared ranges.",
+    "row_count": "Enough labelled rows in the partition.",
+}
+
+
+def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
+    parts = daily_partitions(spec)
+    name = spec.name
+
+    @dg.asset(
+        **asset_kwargs(
+            "raw",
+            spec,
+            "The day's landed file, as it arrived (every column kept as text). Fails, naming the file "
+            "and column, when the file is malformed or lacks a column the spec needs.",
+            {"csv", "parquet"},
+        ),
+        partitions_def=parts,
+    )
+    def raw(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
+        from mlops_assets.core.sources import DataError, infer_format, read_file, require_columns
+
+        day = context.partition_key
+        file = lake.landing_file(name, day)
+        if file is None:
+            raise failure(
+                f"no file landed for {day} in {lake.landing_dir(name)}; land one with "
+                f"`mlops land --spec {name} --date {day}`",
+                landing_dir=lake.landing_dir(name),
+            )
+        try:
+            df = read_file(str(file), infer_format(str(file), None))
+            require_columns(df, spec.required_source_columns, str(file), name)
+        except DataError as exc:
+            raise failure(str(exc), file=file) from exc
+        out = lake.write(df, lake.partition_path("raw", name, day))
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(df),
+                "source_file": dg.MetadataValue.path(str(file)),
+                "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+                "columns": len(df.columns),
+                "path": dg.MetadataValue.path(str(out)),
+            }
+        )
+
+    check_specs = [
+        dg.AssetCheckSpec(check, asset=key("dataset", spec), blocking=True, description=desc)
+        for check, desc in CHECKS.items()
+    ]
+
+    @dg.asset(
+        **asset_kwargs(
+            "dataset",
+            spec,
+            f"Typed and labelled events of one day. Label: {spec.target.column} "
+            f"({spec.target.task}); rows with a missing target: {spec.target.missing}. "
+            "Blocking checks stop downstream steps when the partition breaks a rule of the spec.",
+            {"pandas", "parquet"},
+        ),
+        partitions_def=parts,
+        deps=[key("raw", spec)],
+        check_specs=check_specs,
+    )
+    def dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
+        from mlops_assets.core.sources import DataError
+        from mlops_assets.core.validation import clean_events, dataset_checks
+
+        day = context.partition_key
+        raw_path = lake.partition_path("raw", name, day)
+        try:
+            df = clean_events(lake.read(raw_path), spec, day_of(day), where=f"{raw_path} (landed {day})")
+        except DataError as exc:
+            raise failure(str(exc), raw=raw_path) from exc
+        out = lake.write(df, lake.partition_path("dataset", name, day))
+        outcomes = dataset_checks(df, spec)
+        label_stat = "positive_rate" if spec.target.task == "classification" else "label_mean"
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(df),
+                label_stat: float(df[LABEL].mean()) if len(df) else float("nan"),
+                "path": dg.MetadataValue.path(str(out)),
+                "preview": md_table(df.head(10)),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=o.name,
+                    passed=o.passed,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=o.description,
+                    metadata=o.metadata,
+                )
+                for o in outcomes
+            ],
+        )
+
+    return [raw, dataset]

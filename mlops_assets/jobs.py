@@ -1,0 +1,43 @@
+"""Named jobs per spec, for CI (``dagster job execute``), ``dg launch`` and the demo.
+
+* ``register_<spec>``: Feast registration and lookup tables (once, and whenever the spec changes)
+* ``ingest_<spec>`` (daily partition): raw → dataset (+ blocking checks) → features → online store
+* ``train_<spec>``: Feast registration → training set → challenger → promotion gate
+* ``score_<spec>`` (daily partition): batch predictions of the champion
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mlops_assets.common import key
+from mlops_assets.specs import ModelSpec
+
+STAGES = {
+    "register": ("feature_store",),
+    "ingest": ("raw", "dataset", "features", "online_features"),
+    "train": ("feature_store", "training_set", "model", "champion"),
+    "score": ("predictions",),
+}
+
+
+def job_name(kind: str, spec: ModelSpec | str) -> str:
+    return f"{kind}_{spec if isinstance(spec, str) else spec.name}"
+
+
+def build(spec: ModelSpec) -> list[dg.UnresolvedAssetJobDefinition]:
+    descriptions = {
+        "register": "Register the spec's Feast entities, feature views and feature service; snapshot lookup tables.",
+        "ingest": "Land-to-online-store for one day (pass the partition, e.g. --tags '{\"dagster/partition\": \"2013-01-05\"}').",
+        "train": "Register features, build the point-in-time training set, fit the challenger, run the promotion gate.",
+        "score": "Score one day's events with the champion.",
+    }
+    return [
+        dg.define_asset_job(
+            job_name(kind, spec),
+            selection=dg.AssetSelection.assets(*(key(stage, spec) for stage in stages)),
+            description=f"{spec.name}: {descriptions[kind]}",
+            tags={"mlops/spec": spec.name, "mlops/job": kind},
+        )
+        for kind, stages in STAGES.items()
+    ]

@@ -1,0 +1,113 @@
+"""Promotion stage: the gate between the newest model and the one that serves.
+
+Challenger and champion are scored on the same holdout (the newest days of the training window,
+which neither was fitted on when the champion is older). The ``champion`` alias moves only when the
+challenger is better by the spec's margin. Both scores and the decision go to the asset's metadata,
+to the challenger's MLflow run, and to the ``promotion_gate`` check, which also verifies that whatever
+serves after the decision beats the no-skill baseline.
+"""
+
+
+import dagster as dg
+
+from mlops_assets.common import asset_kwargs, failure, key
+from mlops_assets.core.names import CHALLENGER, CHAMPION, LABEL
+from mlops_assets.resources import LakeStorage, MlflowTracking
+from mlops_assets.specs import ModelSpec
+from mlops_assets.training import training_set_paths
+
+
+def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
+    name = spec.name
+    metric = spec.promotion.metric
+
+    @dg.asset(
+        **asset_kwargs(
+            "champion",
+            spec,
+            f"Promotion gate: the '{CHAMPION}' alias moves to the challenger only if its holdout {metric} "
+            f"beats the champion's by more than {spec.promotion.margin}.",
+            {"mlflow"},
+        ),
+        deps=[key("model", spec)],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "promotion_gate",
+                asset=key("champion", spec),
+                description="Challenger and champion scores on the same holdout, the decision, and whether "
+                "the model serving after it beats the no-skill baseline.",
+            )
+        ],
+    )
+    def champion(context: dg.AssetExecutionContext, lake: LakeStorage, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        from mlops_assets.core.promotion import decide
+        from mlops_assets.core.training import baseline_scores, evaluate, feature_frame, predict_scores
+
+        challenger = mlflow.version_by_alias(name, CHALLENGER)
+        if challenger is None:
+            raise failure(f"model '{name}' has no '{CHALLENGER}' version; materialize {key('model', spec).to_user_string()} first")
+        current = mlflow.version_by_alias(name, CHAMPION)
+        train_path, holdout_path, _ = training_set_paths(lake, spec)
+        holdout, y_train = lake.read(holdout_path), lake.read(train_path)[LABEL]
+        X = feature_frame(holdout, spec)
+        y = holdout[LABEL]
+
+        challenger_score = evaluate(y, predict_scores(mlflow.load_version(name, challenger.version), X, spec), spec)[metric]
+        champion_score = None
+        if current is not None:
+            champion_score = (
+                challenger_score
+                if current.version == challenger.version
+                else evaluate(y, predict_scores(mlflow.load_version(name, current.version), X, spec), spec)[metric]
+            )
+        if current is not None and current.version == challenger.version:
+            promote, reason = False, f"version {challenger.version} is already the champion"
+        else:
+            d = decide(challenger_score, champion_score, margin=spec.promotion.margin, higher_is_better=spec.higher_is_better)
+            promote, reason = d.promote, d.reason
+        client = mlflow.client()
+        if promote:
+            client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        serving = challenger if promote or current is None else current
+        serving_score = challenger_score if serving.version == challenger.version else champion_score
+        baseline = evaluate(y, baseline_scores(y_train, len(y), spec), spec)[metric]
+        beats_baseline = serving_score > baseline if spec.higher_is_better else serving_score < baseline
+
+        run_id = challenger.run_id
+        if run_id:
+            client.log_metric(run_id, f"gate_challenger_{metric}", challenger_score)
+            if champion_score is not None:
+                client.log_metric(run_id, f"gate_champion_{metric}", champion_score)
+            client.set_tag(run_id, "mlops.promotion", "promoted" if promote else "rejected")
+            client.set_tag(run_id, "mlops.promotion_reason", reason)
+        decision = "promoted" if promote else "kept champion"
+        scores = {
+            f"challenger_{metric}": challenger_score,
+            f"champion_{metric}": champion_score if champion_score is not None else float("nan"),
+            f"baseline_{metric}": baseline,
+        }
+        meta = {
+            **scores,
+            "decision": decision,
+            "reason": reason,
+            "challenger_version": int(challenger.version),
+            "champion_version_before": int(current.version) if current else 0,
+            "champion_version": int(serving.version),
+            "mlflow_model_version": dg.MetadataValue.url(mlflow.model_version_url(name, serving.version)),
+        }
+        context.log.info(f"{name}: {decision} (challenger v{challenger.version}): {reason}")
+        return dg.MaterializeResult(
+            metadata=meta,
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="promotion_gate",
+                    passed=bool(beats_baseline),
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=f"{decision}: {reason}. Serving v{serving.version} ({metric} {serving_score:.4f}) "
+                    f"vs no-skill baseline {baseline:.4f}.",
+                    metadata={**scores, "decision": decision, "serving_version": int(serving.version)},
+                )
+            ],
+        )
+
+    return [champion]

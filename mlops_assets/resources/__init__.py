@@ -1,0 +1,7 @@
+"""One typed ``ConfigurableResource`` per external system. Heavy clients are imported inside methods."""
+
+from mlops_assets.resources.feast import FeastFeatureStore
+from mlops_assets.resources.mlflow import MlflowTracking
+from mlops_assets.resources.storage import LakeStorage
+
+__all__ = ["FeastFeatureStore", "LakeStorage", "MlflowTracking"]

@@ -1,0 +1,152 @@
+"""Feast: the spec's entities, feature views and feature service, and the calls the assets make.
+
+One Feast project per spec, sharing one registry file and one SQLite online store. Offline sources
+are folders of per-partition parquet files read by Feast's DuckDB offline store (its Dask store
+fails on rows whose entity has no feature row; DuckDB keeps them with missing values).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from pydantic import Field
+
+from mlops_assets.core.names import EVENT_ID, EVENT_TS, EVENTS_VIEW, FEATURE_SERVICE, lookup_view_name
+from mlops_assets.specs import ModelSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from feast import FeatureStore
+
+
+class FeastFeatureStore(dg.ConfigurableResource):
+    """A Feast feature store configured in code (no feature_store.yaml, no repo folder to import)."""
+
+    registry_path: str = Field(description="Feast registry file (or gs:// / s3:// URI).")
+    online_store_path: str = Field(description="SQLite database of the online store.")
+    offline_store: str = Field("duckdb", description="Feast offline store type.")
+
+    def store(self, spec: ModelSpec) -> FeatureStore:
+        from feast import FeatureStore
+        from feast.repo_config import RepoConfig
+
+        config = RepoConfig(
+            project=spec.name,
+            provider="local",
+            registry=self.registry_path,
+            online_store={"type": "sqlite", "path": self.online_store_path},
+            offline_store={"type": self.offline_store},
+            entity_key_serialization_version=3,
+        )
+        return FeatureStore(config=config)
+
+    # --- definitions ---------------------------------------------------------------------------
+
+    def definitions(self, spec: ModelSpec, table_dir) -> list[Any]:
+        """Feast objects for a spec. ``table_dir(name)`` gives the folder of a table's parquet files."""
+        from feast import Entity, FeatureService, FeatureView, Field as FeastField, FileSource, ValueType
+        from feast.data_format import ParquetFormat
+        from feast.types import Float64, String
+
+        from mlops_assets.core.features import row_feature_columns
+
+        def source(table: str) -> FileSource:
+            return FileSource(
+                name=f"{spec.name}_{table}",
+                path=f"{table_dir(table)}/*.parquet",
+                file_format=ParquetFormat(),
+                timestamp_field=EVENT_TS,
+            )
+
+        entities = {name: Entity(name=name, join_keys=[name], value_type=ValueType.STRING) for name in spec.entities}
+        event = Entity(name=EVENT_ID, join_keys=[EVENT_ID], value_type=ValueType.STRING, description="One event (row) of the source.")
+        cats = set(spec.categorical_features)
+        views = []
+        row_cols = row_feature_columns(spec)
+        if row_cols:
+            views.append(
+                FeatureView(
+                    name=EVENTS_VIEW,
+                    entities=[event],
+                    ttl=timedelta(days=1),
+                    schema=[FeastField(name=c, dtype=String if c in cats else Float64) for c in row_cols],
+                    source=source(EVENTS_VIEW),
+                    description="Per-event features (calendar parts and columns of the event row).",
+                )
+            )
+        for f in spec.past_rate_features:
+            views.append(
+                FeatureView(
+                    name=f.name,
+                    entities=[entities[c] for c in f.by],
+                    ttl=timedelta(days=2),
+                    schema=[FeastField(name=f.name, dtype=Float64), FeastField(name=f"{f.name}_count", dtype=Float64)],
+                    source=source(f.name),
+                    description=f"Smoothed mean label per {'+'.join(f.by)} over the {f.window_days} days before the event's day.",
+                )
+            )
+        for tname, table in spec.lookups.items():
+            views.append(
+                FeatureView(
+                    name=lookup_view_name(tname),
+                    entities=[entities[table.join_entity]],
+                    ttl=timedelta(hours=table.ttl_hours) if table.timestamp else timedelta(0),
+                    schema=[FeastField(name=c, dtype=Float64) for c in table.output_columns],
+                    source=source(lookup_view_name(tname)),
+                    description=f"Lookup table '{tname}' ({table.path}).",
+                )
+            )
+        by_name = {v.name: v for v in views}
+        projections = []
+        if row_cols:
+            projections.append(by_name[EVENTS_VIEW])
+        projections += [by_name[f.name][[f.name]] for f in spec.past_rate_features]
+        for tname in spec.lookups:
+            wanted = [f.source for f in spec.lookup_features if f.table == tname]
+            if wanted:
+                projections.append(by_name[lookup_view_name(tname)][list(dict.fromkeys(wanted))])
+        service = FeatureService(name=FEATURE_SERVICE, features=projections, description=spec.description.strip())
+        return [*entities.values(), event, *views, service]
+
+    def apply(self, spec: ModelSpec, table_dir) -> dict[str, int]:
+        objects = self.definitions(spec, table_dir)
+        self.store(spec).apply(objects)
+        kinds: dict[str, int] = {}
+        for o in objects:
+            kinds[type(o).__name__] = kinds.get(type(o).__name__, 0) + 1
+        return kinds
+
+    # --- reads and writes --------------------------------------------------------------------
+
+    def historical_features(self, spec: ModelSpec, entity_df: pd.DataFrame) -> pd.DataFrame:
+        """Point-in-time join of the feature service onto ``entity_df`` (which must carry
+        ``event_id``, ``event_timestamp`` and the entity columns). Rows come back in the input's
+        order; lookup features named differently from their column are renamed to the spec's name."""
+        store = self.store(spec)
+        service = store.get_feature_service(FEATURE_SERVICE)
+        joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
+        joined = joined.drop_duplicates(EVENT_ID).set_index(EVENT_ID).reindex(entity_df[EVENT_ID]).reset_index()
+        renames = {f.source: f.name for f in spec.lookup_features if f.source != f.name}
+        return joined.rename(columns=renames)
+
+    def materialize(self, spec: ModelSpec, start: datetime, end: datetime) -> list[str]:
+        """Load one window of every feature view into the online store. Static lookup tables
+        (no timestamp) are loaded from the epoch, so every partition carries them."""
+        store = self.store(spec)
+        names = []
+        for view in store.list_feature_views():
+            static = view.ttl == timedelta(0)
+            begin = datetime(1970, 1, 1, tzinfo=start.tzinfo) if static else start
+            store.materialize(begin, end, feature_views=[view.name])
+            names.append(view.name)
+        return names
+
+    def online_row_count(self, spec: ModelSpec) -> int:
+        """Rows in the online store for this spec's project (all views)."""
+        import sqlite3
+
+        with sqlite3.connect(self.online_store_path) as conn:
+            tables = [r[0] for r in conn.execute("select name from sqlite_master where type='table'")]
+            return sum(conn.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables if t.startswith(f"{spec.name}_"))

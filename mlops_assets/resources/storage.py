@@ -1,0 +1,75 @@
+"""Where files live: the landing zone, the quarantine and the lake of per-partition parquet files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dagster as dg
+from pydantic import Field
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class LakeStorage(dg.ConfigurableResource):
+    """The platform's file storage.
+
+    Layout under ``root``::
+
+        landing/<spec>/<YYYY-MM-DD>.<ext>      files as they arrive (one per day)
+        quarantine/<spec>/<file>               files refused, with <file>.reason.txt beside them
+        lake/<stage>/<spec>/<YYYY-MM-DD>.parquet   one file per stage per daily partition
+        lake/features/<spec>/<table>/…         Feast offline sources (one folder per feature view)
+
+    Partitions are separate files, so rewriting one day (or failing to) never touches another.
+    """
+
+    root: str = Field(description="Folder (local path) that holds landing zone, quarantine and lake.")
+
+    def landing_dir(self, spec: str) -> Path:
+        return Path(self.root) / "landing" / spec
+
+    def landing_file(self, spec: str, day: str) -> Path | None:
+        """The landed file for a day, whatever its extension (csv, csv.gz, parquet)."""
+        matches = sorted(self.landing_dir(spec).glob(f"{day}.*"))
+        return matches[0] if matches else None
+
+    def quarantine(self, spec: str, file: Path, reason: str) -> Path:
+        target_dir = Path(self.root) / "quarantine" / spec
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / file.name
+        shutil.move(str(file), target)
+        target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+        return target
+
+    def path(self, stage: str, spec: str, name: str) -> Path:
+        return Path(self.root) / "lake" / stage / spec / name
+
+    def partition_path(self, stage: str, spec: str, day: str) -> Path:
+        return self.path(stage, spec, f"{day}.parquet")
+
+    def write(self, df: pd.DataFrame, path: Path) -> Path:
+        """Write atomically (temp file + rename): a failed write never leaves half a partition."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+    def read(self, path: Path) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_parquet(path)
+
+    def read_partitions(self, stage: str, spec: str, days: list[str]) -> pd.DataFrame | None:
+        """Concatenate the partitions that exist among ``days`` (None when none exists)."""
+        import pandas as pd
+
+        frames = [pd.read_parquet(p) for d in days if (p := self.partition_path(stage, spec, d)).exists()]
+        return pd.concat(frames, ignore_index=True) if frames else None
+
+    def feature_table_dir(self, spec: str, table: str) -> Path:
+        return self.path("features", spec, table)

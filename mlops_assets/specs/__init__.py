@@ -1,0 +1,367 @@
+"""Model specs: one YAML file describes one model, and the asset factory turns it into assets.
+
+A spec is data, not code. Adding a model to the platform means adding a YAML file to this folder
+(bundled specs) or pointing ``MLOPS_SPECS`` at more files or folders (``os.pathsep``-separated).
+Everything that varies between models lives here: where the data comes from, what the label is,
+which features exist and how they are computed, which estimator to fit, how long the training
+window is and what "better" means for the promotion gate.
+
+This module imports only pydantic and PyYAML, so the code location stays cheap to load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUNDLED_SPEC_DIR = Path(__file__).parent
+SPEC_PATHS_ENV = "MLOPS_SPECS"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimestampSpec(_Strict):
+    """How to read the moment an event happened.
+
+    Either ``column`` (a parseable timestamp; ISO strings with ``Z`` are UTC) or ``parts`` (a mapping
+    of year/month/day/hour/minute to columns, as many public datasets ship them). Naive timestamps
+    are read in ``timezone``; daily partitions are cut in that timezone too, so a flight scheduled at
+    23:30 in New York belongs to that New York day.
+    """
+
+    column: str | None = None
+    parts: dict[Literal["year", "month", "day", "hour", "minute"], str] | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TimestampSpec:
+        if (self.column is None) == (self.parts is None):
+            raise ValueError("timestamp needs exactly one of 'column' or 'parts'")
+        if self.parts is not None and not {"year", "month", "day"} <= set(self.parts):
+            raise ValueError("timestamp.parts needs at least year, month and day")
+        return self
+
+    @property
+    def source_columns(self) -> list[str]:
+        return [self.column] if self.column else list(self.parts.values())  # type: ignore[union-attr]
+
+
+class SourceSpec(_Strict):
+    """The event table: one row per event to predict (a flight, a half-hour of a market...).
+
+    ``path`` is a file path or glob. ``${VAR}`` is expanded from the environment, and
+    ``package://<distribution>/<file>`` points inside an installed package without importing it.
+    """
+
+    path: str
+    format: Literal["csv", "parquet"] | None = None
+    timestamp: TimestampSpec
+
+
+class LookupTableSpec(_Strict):
+    """A side table joined to events by key, point in time when it has a timestamp (e.g. hourly
+    weather at the origin airport) or as static attributes when it has none (e.g. plane registry)."""
+
+    path: str
+    format: Literal["csv", "parquet"] | None = None
+    key: str = Field(description="Column of the table that matches an entity of the spec.")
+    entity: str | None = Field(None, description="Entity it joins on; defaults to `key`.")
+    timestamp: TimestampSpec | None = None
+    ttl_hours: float = Field(24.0, gt=0, description="How old a row may be and still join.")
+    columns: list[str]
+    rename: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def join_entity(self) -> str:
+        return self.entity or self.key
+
+    @property
+    def output_columns(self) -> list[str]:
+        """Feature names the table provides, after ``rename``."""
+        return [self.rename.get(c, c) for c in self.columns]
+
+
+class TargetSpec(_Strict):
+    """The label. For classification, ``positive`` says which rows are the positive class:
+    ``greater_than`` a number, or ``equals`` a value. ``missing`` says what a row whose target is
+    missing means (``drop`` it, or count it as ``positive`` / ``negative``); the choice is a
+    modelling decision and the spec must say why in ``missing_reason``."""
+
+    column: str
+    task: Literal["classification", "regression"]
+    positive: dict[Literal["greater_than", "equals"], Any] | None = None
+    missing: Literal["drop", "positive", "negative"] = "drop"
+    missing_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetSpec:
+        if self.task == "classification":
+            if not self.positive or len(self.positive) != 1:
+                raise ValueError("a classification target needs exactly one of positive.greater_than / positive.equals")
+        elif self.positive or self.missing in ("positive", "negative"):
+            raise ValueError("a regression target takes neither 'positive' nor missing=positive/negative")
+        if self.missing != "drop" and not self.missing_reason:
+            raise ValueError("target.missing_reason must explain why missing targets are not dropped")
+        return self
+
+
+class ColumnFeature(_Strict):
+    """A column of the event row, used as is."""
+
+    kind: Literal["column"]
+    name: str
+    column: str | None = None
+    type: Literal["numeric", "categorical"] = "numeric"
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+class TimePartFeature(_Strict):
+    """A calendar part of the event timestamp, in the spec's timezone."""
+
+    kind: Literal["time_part"]
+    name: str
+    part: Literal["hour", "weekday", "month", "dayofyear", "minute_of_day"]
+    type: Literal["numeric", "categorical"] = "numeric"
+
+
+class PastRateFeature(_Strict):
+    """Mean of the label per group over the ``window_days`` days *before* the event's day.
+
+    Computed once per day from history only (never the day itself), so it is leak-free by
+    construction; smoothed towards the window's overall rate with ``prior_weight`` pseudo-events so a
+    group seen twice does not get a rate of 0 or 1.
+    """
+
+    kind: Literal["past_rate"]
+    name: str
+    by: list[str]
+    window_days: int = Field(28, ge=1)
+    prior_weight: float = Field(20.0, ge=0)
+
+
+class LookupFeature(_Strict):
+    """A column of a lookup table, joined point in time by Feast."""
+
+    kind: Literal["lookup"]
+    name: str
+    table: str
+    column: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+class YearsSinceFeature(_Strict):
+    """Years between a year-valued feature (e.g. the year a plane was built) and the event."""
+
+    kind: Literal["years_since"]
+    name: str
+    of: str
+
+
+FeatureSpec = Annotated[
+    Union[ColumnFeature, TimePartFeature, PastRateFeature, LookupFeature, YearsSinceFeature],
+    Field(discriminator="kind"),
+]
+
+
+class EstimatorSpec(_Strict):
+    """A scikit-learn estimator by import path, with its constructor parameters."""
+
+    cls: str = Field(alias="class")
+    params: dict[str, Any] = Field(default_factory=dict)
+    categorical_encoding: Literal["ordinal", "onehot"] = "ordinal"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TrainingSpec(_Strict):
+    """Trailing window of daily partitions used to train, and the newest days held out so
+    challenger and champion are compared on the same unseen data."""
+
+    window_days: int = Field(28, ge=2)
+    holdout_days: int = Field(3, ge=1)
+    min_rows: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> TrainingSpec:
+        if self.holdout_days >= self.window_days:
+            raise ValueError("training.holdout_days must be smaller than training.window_days")
+        return self
+
+
+class PromotionSpec(_Strict):
+    """The gate: the challenger replaces the champion only if better by ``margin``."""
+
+    metric: Literal["roc_auc", "accuracy", "log_loss", "f1", "rmse", "mae", "r2"]
+    margin: float = Field(0.0, ge=0)
+
+
+class ChecksSpec(_Strict):
+    """Rules the typed dataset must meet before anything downstream runs (blocking checks)."""
+
+    min_rows: int = Field(1, ge=0)
+    max_null_fraction: float = Field(0.5, ge=0, le=1)
+    null_fraction: dict[str, float] = Field(default_factory=dict)
+    ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+
+
+class PartitionsSpec(_Strict):
+    start: date
+    end: date | None = Field(None, description="Exclusive; open-ended when absent.")
+
+
+class ModelSpec(_Strict):
+    """One model on the platform. See the bundled ``flight_delays.yaml`` for a commented example."""
+
+    name: str
+    description: str
+    owners: list[str] = Field(default_factory=list)
+    source: SourceSpec
+    entities: list[str] = Field(default_factory=list)
+    lookups: dict[str, LookupTableSpec] = Field(default_factory=dict)
+    target: TargetSpec
+    features: list[FeatureSpec]
+    estimator: EstimatorSpec
+    training: TrainingSpec = TrainingSpec()
+    promotion: PromotionSpec
+    checks: ChecksSpec = ChecksSpec()
+    partitions: PartitionsSpec
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"spec name {v!r} must be lower_snake_case (it becomes asset and Feast names)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        names = [f.name for f in self.features]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"feature names repeated: {sorted(dupes)}")
+        for f in self.features:
+            if isinstance(f, PastRateFeature):
+                missing = [c for c in f.by if c not in self.entities]
+                if missing:
+                    raise ValueError(f"feature {f.name!r}: group columns {missing} are not declared entities")
+            if isinstance(f, LookupFeature):
+                if f.table not in self.lookups:
+                    raise ValueError(f"feature {f.name!r}: unknown lookup table {f.table!r}")
+                table = self.lookups[f.table]
+                if f.source not in table.output_columns:
+                    raise ValueError(
+                        f"feature {f.name!r}: lookups.{f.table} provides {table.output_columns}, not {f.source!r}"
+                    )
+            if isinstance(f, YearsSinceFeature) and f.of not in names:
+                raise ValueError(f"feature {f.name!r}: 'of' names unknown feature {f.of!r}")
+        for tname, table in self.lookups.items():
+            if table.join_entity not in self.entities:
+                raise ValueError(f"lookups.{tname}: entity {table.join_entity!r} is not a declared entity")
+        task_metrics = {"classification": {"roc_auc", "accuracy", "log_loss", "f1"}, "regression": {"rmse", "mae", "r2"}}
+        if self.promotion.metric not in task_metrics[self.target.task]:
+            raise ValueError(f"promotion.metric {self.promotion.metric!r} does not fit a {self.target.task} target")
+        return self
+
+    # --- derived views the factory and the core use -------------------------------------------
+
+    @property
+    def spec_hash(self) -> str:
+        """Stable hash of the spec's content: any change to the spec changes code versions."""
+        payload = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [f.name for f in self.features if getattr(f, "type", "numeric") == "categorical"]
+
+    @property
+    def row_features(self) -> list[ColumnFeature | TimePartFeature]:
+        return [f for f in self.features if isinstance(f, (ColumnFeature, TimePartFeature))]
+
+    @property
+    def past_rate_features(self) -> list[PastRateFeature]:
+        return [f for f in self.features if isinstance(f, PastRateFeature)]
+
+    @property
+    def lookup_features(self) -> list[LookupFeature]:
+        return [f for f in self.features if isinstance(f, LookupFeature)]
+
+    @property
+    def derived_features(self) -> list[YearsSinceFeature]:
+        return [f for f in self.features if isinstance(f, YearsSinceFeature)]
+
+    @property
+    def required_source_columns(self) -> list[str]:
+        """Columns a landed file must have: timestamp, entities, target and row features."""
+        cols = [*self.source.timestamp.source_columns, *self.entities, self.target.column]
+        cols += [f.source for f in self.row_features if isinstance(f, ColumnFeature)]
+        return list(dict.fromkeys(cols))
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.promotion.metric not in ("log_loss", "rmse", "mae")
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be used; the message names the file."""
+
+
+def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return ModelSpec.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read spec: {exc}") from exc
+    except ValueError as exc:
+        raise SpecError(f"{path}: invalid spec: {exc}") from exc
+
+
+def spec_files() -> list[Path]:
+    """The bundled specs, plus any files or folders listed in ``MLOPS_SPECS``."""
+    files = sorted(BUNDLED_SPEC_DIR.glob("*.yaml"))
+    for entry in filter(None, os.environ.get(SPEC_PATHS_ENV, "").split(os.pathsep)):
+        p = Path(entry)
+        files += sorted(p.glob("*.yaml")) if p.is_dir() else [p]
+    return files
+
+
+def load_specs() -> list[ModelSpec]:
+    specs: dict[str, ModelSpec] = {}
+    for f in spec_files():
+        spec = load_spec(f)
+        if spec.name in specs:
+            raise SpecError(f"{f}: a spec named {spec.name!r} is already loaded")
+        specs[spec.name] = spec
+    return list(specs.values())
+
+
+def find_spec(name_or_path: str) -> ModelSpec:
+    """A spec by name (bundled or listed in MLOPS_SPECS) or by file path."""
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        return load_spec(name_or_path)
+    for spec in load_specs():
+        if spec.name == name_or_path:
+            return spec
+    raise SpecError(f"no spec named {name_or_path!r}; known: {[s.name for s in load_specs()]}")

@@ -1,0 +1,235 @@
+"""Training stage: the point-in-time training set and the challenger model.
+
+``training_set_<spec>`` asks Feast for the features of every labelled event in the trailing window
+(as they were at each event's time) and splits off the newest days as the holdout.
+``model_<spec>`` fits the spec's estimator, logs it to MLflow with its lineage, registers a version
+and points the ``challenger`` alias at it. Whether it serves is the gate's decision, not this one's.
+"""
+
+
+import json
+from datetime import date, timedelta
+
+from typing import TYPE_CHECKING
+
+import dagster as dg
+from pydantic import Field
+
+from mlops_assets.common import asset_kwargs, failure, key, md_table, png_markdown
+from mlops_assets.core.names import CHALLENGER, EVENT_ID, EVENT_TS, LABEL
+from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
+from mlops_assets.resources.mlflow import pip_requirements
+from mlops_assets.specs import ModelSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class TrainingSetConfig(dg.Config):
+    as_of: str | None = Field(
+        None, description="Last day (YYYY-MM-DD) of the training window; default: newest day with features."
+    )
+
+
+def training_set_paths(lake: LakeStorage, spec: ModelSpec):
+    return (lake.path("training_set", spec.name, n) for n in ("train.parquet", "holdout.parquet", "meta.json"))
+
+
+def entity_frame(dataset: "pd.DataFrame", spec: ModelSpec) -> "pd.DataFrame":
+    """What Feast joins features onto: event id and time, entity keys, and the label passing through."""
+    return dataset[[EVENT_ID, EVENT_TS, *spec.entities, LABEL]]
+
+
+def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
+    name = spec.name
+    tr = spec.training
+
+    @dg.asset(
+        **asset_kwargs(
+            "training_set",
+            spec,
+            f"Point-in-time training set: Feast get_historical_features over the {tr.window_days} days "
+            f"ending at the newest featurised day; the last {tr.holdout_days} days are the holdout that "
+            "challenger and champion are compared on.",
+            {"feast", "pandas", "parquet"},
+        ),
+        deps=[key("features", spec), key("feature_store", spec)],
+    )
+    def training_set(
+        context: dg.AssetExecutionContext, config: TrainingSetConfig, lake: LakeStorage, feast: FeastFeatureStore
+    ) -> dg.MaterializeResult:
+        import pandas as pd
+
+        from mlops_assets.core.features import add_derived
+        from mlops_assets.core.training import split_holdout
+
+        featurised = context.instance.get_materialized_partitions(key("features", spec))
+        if config.as_of:
+            as_of = date.fromisoformat(config.as_of)
+        elif featurised:
+            as_of = date.fromisoformat(max(featurised))
+        else:
+            raise failure(f"no partition of {key('features', spec).to_user_string()} is materialized yet; run the ingest job first")
+        window = [(as_of - timedelta(days=i)).isoformat() for i in range(tr.window_days - 1, -1, -1)]
+        usable = [d for d in window if d in featurised and lake.partition_path("dataset", name, d).exists()]
+        events = lake.read_partitions("dataset", name, usable)
+        if events is None:
+            raise failure(f"no featurised day in the window {window[0]}..{window[-1]}")
+        joined = feast.historical_features(spec, entity_frame(events, spec))
+        joined = add_derived(joined, spec)
+        train, holdout = split_holdout(joined, spec, as_of)
+        if len(train) < tr.min_rows or holdout.empty:
+            raise failure(
+                f"training window {window[0]}..{window[-1]} has {len(train)} training rows (min {tr.min_rows}) and "
+                f"{len(holdout)} holdout rows; land and ingest more days",
+                days_used=len(usable),
+            )
+        train_path, holdout_path, meta_path = training_set_paths(lake, spec)
+        lake.write(train, train_path)
+        lake.write(holdout, holdout_path)
+        meta = {"as_of": as_of.isoformat(), "partitions": usable, "rows_train": len(train), "rows_holdout": len(holdout)}
+        meta_path.write_text(json.dumps(meta))
+        nulls = pd.DataFrame(
+            {"feature": spec.feature_names, "null_share": [float(joined[f].isna().mean()) for f in spec.feature_names]}
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(joined),
+                "rows_train": len(train),
+                "rows_holdout": len(holdout),
+                "as_of": as_of.isoformat(),
+                "window_start": window[0],
+                "partitions_used": len(usable),
+                "partitions_missing": dg.MetadataValue.json(sorted(set(window) - set(usable))),
+                "label_mean_train": float(train[LABEL].mean()),
+                "feature_nulls": md_table(nulls, max_rows=100),
+            }
+        )
+
+    @dg.asset(
+        **asset_kwargs(
+            "model",
+            spec,
+            f"Challenger: {spec.estimator.cls} fitted on the training set, logged to MLflow (params, "
+            "metrics, signature, input example, lineage tags) and registered as a new version under "
+            f"the '{CHALLENGER}' alias.",
+            {"mlflow", "scikitlearn"},
+        ),
+        deps=[key("training_set", spec)],
+    )
+    def model(context: dg.AssetExecutionContext, lake: LakeStorage, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        train_path, holdout_path, meta_path = training_set_paths(lake, spec)
+        train, holdout = lake.read(train_path), lake.read(holdout_path)
+        meta = json.loads(meta_path.read_text())
+        lineage = {
+            "dagster_asset": context.asset_key.to_user_string(),
+            "mlops.spec": name,
+            "mlops.spec_hash": spec.spec_hash,
+            "mlops.code_version": context.assets_def.code_versions_by_key[context.asset_key] or "",
+            "mlops.training_as_of": meta["as_of"],
+            "mlops.training_partitions": f"{meta['partitions'][0]}..{meta['partitions'][-1]} ({len(meta['partitions'])} days)",
+        }
+        info = _train_and_log(context, mlflow, spec, train, holdout, lineage)
+        metrics = info["metrics"]
+        return dg.MaterializeResult(
+            metadata={
+                **{f"holdout_{k}": v for k, v in metrics.items()},
+                f"baseline_{spec.promotion.metric}": info["baseline"][spec.promotion.metric],
+                "model_version": int(info["version"]),
+                "mlflow_run_id": info["run_id"],
+                "mlflow_run": dg.MetadataValue.url(info["run_url"]),
+                "mlflow_model_version": dg.MetadataValue.url(info["version_url"]),
+                "model_uri": info["model_uri"],
+                "rows_train": len(train),
+                "training_partitions": lineage["mlops.training_partitions"],
+                "holdout_scores": info["plot"],
+            }
+        )
+
+    return [training_set, model]
+
+
+def _train_and_log(context, mlflow_res: MlflowTracking, spec: ModelSpec, train, holdout, lineage: dict) -> dict:
+    """Fit, evaluate and log inside one MLflow run, then register the version as challenger.
+
+    The run opens before fitting, so a fit that fails leaves a FAILED run carrying its parameters
+    and lineage, not silence. MLflow is imported here, never when the code location loads.
+    """
+    import mlflow
+    import skops.io
+    from mlflow.models import infer_signature
+
+    from mlops_assets.core.training import baseline_scores, evaluate, feature_frame, fit, predict_scores
+
+    tags = {**lineage, "dagster_run_id": context.run_id}
+    with mlflow_res.run(context, experiment=spec.name, run_name=f"train-{spec.name}", tags=tags) as run:
+        mlflow.log_params({f"estimator.{k}": v for k, v in spec.estimator.params.items()})
+        mlflow.log_params(
+            {"estimator": spec.estimator.cls, "window_days": spec.training.window_days, "holdout_days": spec.training.holdout_days}
+        )
+        mlflow.log_dict(json.loads(spec.model_dump_json(by_alias=True)), "spec.json")
+        mlflow.log_input(mlflow.data.from_pandas(train, name=f"{spec.name}_train"), context="training")
+        mlflow.log_input(mlflow.data.from_pandas(holdout, name=f"{spec.name}_holdout"), context="holdout")
+
+        fitted = fit(spec, train)
+        X_train, X_hold = feature_frame(train, spec), feature_frame(holdout, spec)
+        scores = predict_scores(fitted, X_hold, spec)
+        metrics = evaluate(holdout[LABEL], scores, spec)
+        base = evaluate(holdout[LABEL], baseline_scores(train[LABEL], len(holdout), spec), spec)
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics({f"baseline_{k}": v for k, v in base.items()})
+        mlflow.log_metric("rows_train", len(train))
+
+        info = mlflow.sklearn.log_model(
+            fitted,
+            name="model",
+            signature=infer_signature(X_train.head(200), predict_scores(fitted, X_train.head(200), spec)),
+            input_example=X_train.head(5),
+            pip_requirements=pip_requirements(),
+            registered_model_name=spec.name,
+            serialization_format="skops",
+            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
+        )
+        plot = _score_plot(spec, holdout[LABEL], scores, metrics)
+        run_id, exp_id = run.info.run_id, run.info.experiment_id
+    client = mlflow_res.client()
+    version = str(info.registered_model_version)
+    for k, v in {**tags, "mlflow_run_id": run_id}.items():
+        client.set_model_version_tag(spec.name, version, k, str(v))
+    client.set_registered_model_alias(spec.name, CHALLENGER, version)
+    return {
+        "version": version,
+        "run_id": run_id,
+        "metrics": metrics,
+        "baseline": base,
+        "model_uri": f"models:/{spec.name}/{version}",
+        "run_url": mlflow_res.run_url(exp_id, run_id),
+        "version_url": mlflow_res.model_version_url(spec.name, version),
+        "plot": plot,
+    }
+
+
+def _score_plot(spec: ModelSpec, y, scores, metrics) -> dg.MetadataValue:
+    """Holdout picture: score distribution per class (classification) or predicted vs actual."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    y = pd.Series(y).to_numpy()
+    if spec.target.task == "classification":
+        ax.hist(scores[y == 0], bins=30, alpha=0.6, label="negative", density=True)
+        ax.hist(scores[y == 1], bins=30, alpha=0.6, label="positive", density=True)
+        ax.set_xlabel("predicted probability")
+        ax.legend()
+    else:
+        ax.scatter(y, scores, s=4, alpha=0.4)
+        ax.set_xlabel("actual")
+        ax.set_ylabel("predicted")
+    metric = spec.promotion.metric
+    ax.set_title(f"holdout {metric} = {metrics[metric]:.3f}")
+    value = png_markdown(fig)
+    plt.close(fig)
+    return value
