@@ -161,7 +161,7 @@ def _train_and_log(context, mlflow_res: MlflowTracking, spec: ModelSpec, train, 
 
     from mlops_assets.core.training import baseline_scores, evaluate, feature_frame, fit, predict_scores
 
-    tags = {**lineage, "dagster_run_id": context.run_id}
+    tags = {**lineage, "dagster_run_id": context.run.run_id}
     with mlflow_res.run(context, experiment=spec.name, run_name=f"train-{spec.name}", tags=tags) as run:
         mlflow.log_params({f"estimator.{k}": v for k, v in spec.estimator.params.items()})
         mlflow.log_params(

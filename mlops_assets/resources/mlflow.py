@@ -63,7 +63,7 @@ class MlflowTracking(dg.ConfigurableResource):
         init_context = SimpleNamespace(
             log=context.log,
             dagster_run=SimpleNamespace(job_name=run_name),
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             resource_config={
                 "experiment_name": experiment,
                 "mlflow_tracking_uri": self.tracking_uri,

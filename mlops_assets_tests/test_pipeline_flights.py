@@ -1,0 +1,200 @@
+"""The real pipeline end to end on six days of 2013 flights, in a temporary home.
+
+Real Dagster instance (SQLite run/event storage), real MLflow (SQLite tracking store and registry),
+real Feast (registry file, DuckDB offline store over parquet, SQLite online store).
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+
+from mlops_assets_tests.conftest import platform
+
+START, DAYS = date(2013, 1, 1), 6
+KEYS = [(START + timedelta(days=i)).isoformat() for i in range(DAYS)]
+
+
+@pytest.fixture(scope="module")
+def flights(tmp_path_factory, flight_spec):
+    home = tmp_path_factory.mktemp("flights_home")
+    with platform(home, [flight_spec]) as p:
+        p.land("flight_delays", START, DAYS)
+        assert p.run("register", "flight_delays").success
+        p.ingest_results = {k: p.run("ingest", "flight_delays", k) for k in KEYS}
+        p.train_result = p.run("train", "flight_delays")
+        p.score_result = p.run("score", "flight_delays", KEYS[-1])
+        yield p
+
+
+def test_every_run_succeeds(flights):
+    assert all(r.success for r in flights.ingest_results.values())
+    assert flights.train_result.success, flights.train_result.all_events
+    assert flights.score_result.success
+
+
+def test_dataset_partitions_pass_blocking_checks_and_count_cancellations(flights):
+    checks = flights.check_results("dataset_flight_delays")
+    assert checks == {"schema": True, "nulls": True, "ranges": True, "row_count": True}
+    day = pd.read_parquet(flights.home / "lake" / "dataset" / "flight_delays" / f"{KEYS[0]}.parquet")
+    raw = pd.read_csv(flights.home / "landing" / "flight_delays" / f"{KEYS[0]}.csv")
+    assert len(day) == len(raw)  # cancelled flights are kept (as positives), nothing silently dropped
+    cancelled = raw["dep_delay"].isna().sum()
+    assert cancelled > 0
+    assert day["label"].sum() == (raw["dep_delay"] > 15).sum() + cancelled
+
+
+def test_point_in_time_features_use_only_the_past(flights, flight_spec):
+    """The past rate an event trains with equals the rate computed from earlier days only."""
+    from mlops_assets.core.features import past_rate
+
+    train = pd.read_parquet(flights.home / "lake" / "training_set" / "flight_delays" / "train.parquet")
+    lake = flights.home / "lake" / "dataset" / "flight_delays"
+    day = date(2013, 1, 3)
+    history = pd.concat([pd.read_parquet(lake / f"{d}.parquet") for d in KEYS[:2]])
+    today = pd.read_parquet(lake / f"{day}.parquet")
+    feature = next(f for f in flight_spec.past_rate_features if f.name == "carrier_delay_rate")
+    expected = past_rate(history, today, feature, day, "America/New_York").set_index("carrier")[feature.name]
+    rows = train[train["event_id"].str.startswith(day.isoformat())]
+    got = rows.groupby("carrier")["carrier_delay_rate"].first()
+    pd.testing.assert_series_equal(got.sort_index(), expected.loc[got.index].sort_index(), check_names=False)
+    # and today's own labels did not leak: recomputing with today's rows in history changes the value
+    leaky = past_rate(pd.concat([history, today]), today, feature, day + timedelta(days=1), "America/New_York")
+    assert not leaky.set_index("carrier")[feature.name].loc[got.index].equals(expected.loc[got.index])
+
+
+def test_weather_is_joined_point_in_time(flights):
+    """Each flight gets the latest hourly observation at its origin at or before scheduled departure."""
+    from mlops_assets.core.features import lookup_frame
+
+    train = pd.read_parquet(flights.home / "lake" / "training_set" / "flight_delays" / "train.parquet")
+    spec = flights.specs["flight_delays"]
+    weather = lookup_frame("weather", spec.lookups["weather"], spec)
+    row = train.dropna(subset=["temp"]).iloc[123]
+    obs = weather[(weather["origin"] == row["origin"]) & (weather["event_timestamp"] <= row["event_timestamp"])]
+    assert row["temp"] == obs.sort_values("event_timestamp").iloc[-1]["temp"]
+    assert train["temp"].notna().mean() > 0.95
+
+
+def test_online_store_serves_the_materialized_features(flights):
+    from mlops_assets.environments import resources
+
+    feast = resources()["feast"]
+    spec = flights.specs["flight_delays"]
+    store = feast.store(spec)
+    online = store.get_online_features(
+        features=["carrier_delay_rate:carrier_delay_rate", "lookup_weather:temp"],
+        entity_rows=[{"carrier": "UA", "origin": "EWR"}],
+    ).to_dict()
+    assert online["carrier_delay_rate"][0] is not None and 0 < online["carrier_delay_rate"][0] < 1
+    assert online["temp"][0] is not None
+    assert flights.latest("online_features_flight_delays")["online_rows_total"] > 0
+
+
+def test_model_is_logged_registered_and_linked_both_ways(flights):
+    from mlflow import MlflowClient
+
+    from mlops_assets.environments import mlflow_tracking_uri
+
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri(flights.home))
+    meta = flights.latest("model_flight_delays")
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dagster_run_id"] == flights.train_result.run_id
+    assert run.data.tags["mlops.spec_hash"] == flights.specs["flight_delays"].spec_hash
+    assert run.data.tags["mlops.training_partitions"].startswith("2013-01-01..2013-01-06")
+    assert run.data.params["estimator"] == "sklearn.ensemble.HistGradientBoostingClassifier"
+    assert 0.5 < run.data.metrics["holdout_roc_auc"] <= 1.0
+    assert meta["holdout_roc_auc"] == pytest.approx(run.data.metrics["holdout_roc_auc"])
+    assert meta["mlflow_run"].endswith(run.info.run_id)
+
+    version = client.get_model_version("flight_delays", str(meta["model_version"]))
+    assert version.run_id == run.info.run_id
+    assert version.tags["dagster_run_id"] == flights.train_result.run_id
+    assert set(client.get_registered_model("flight_delays").aliases) == {"challenger", "champion"}
+
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_tracking_uri(flights.home))
+    mlflow.set_registry_uri(mlflow_tracking_uri(flights.home))
+    uri = f"models:/flight_delays/{version.version}"
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature is not None and "carrier_delay_rate" in info.signature.inputs.input_names()
+    assert info.saved_input_example_info is not None
+    with open(mlflow.pyfunc.get_model_dependencies(uri)) as f:
+        reqs = f.read()
+    assert "scikit-learn==" in reqs and "skops==" in reqs
+
+
+def test_first_model_is_promoted_and_gate_is_recorded(flights):
+    gate = flights.latest("champion_flight_delays")
+    assert gate["decision"] == "promoted" and gate["reason"] == "no champion yet"
+    assert gate["champion_version"] == flights.latest("model_flight_delays")["model_version"]
+    assert gate["challenger_roc_auc"] > gate["baseline_roc_auc"]
+    assert flights.check_results("champion_flight_delays") == {"promotion_gate": True}
+
+
+def test_predictions_cover_the_day_with_the_champion_version(flights):
+    preds = pd.read_parquet(flights.home / "lake" / "predictions" / "flight_delays" / f"{KEYS[-1]}.parquet")
+    day = pd.read_parquet(flights.home / "lake" / "dataset" / "flight_delays" / f"{KEYS[-1]}.parquet")
+    assert len(preds) == len(day) and set(preds["event_id"]) == set(day["event_id"])
+    assert preds["score"].between(0, 1).all()
+    meta = flights.latest("predictions_flight_delays")
+    assert meta["model_version"] == flights.latest("champion_flight_delays")["champion_version"]
+    assert (preds["model_version"] == meta["model_version"]).all()
+    assert 0.5 < meta["realised_roc_auc"] <= 1
+
+
+def test_gate_keeps_the_champion_when_challenger_is_not_better_by_the_margin(flights, tmp_path):
+    """A second training with an impossible margin registers a challenger but does not promote it."""
+    strict = flights.specs["flight_delays"].model_copy(
+        update={"promotion": flights.specs["flight_delays"].promotion.model_copy(update={"margin": 0.9})}
+    )
+    from mlops_assets.factory import build_definitions
+    from mlops_assets.jobs import job_name
+    from mlops_assets_tests.conftest import QUIET
+
+    defs = build_definitions([strict])
+    before = flights.latest("champion_flight_delays")["champion_version"]
+    result = defs.resolve_job_def(job_name("train", strict)).execute_in_process(instance=flights.instance, run_config=QUIET)
+    assert result.success
+    gate = flights.latest("champion_flight_delays")
+    assert gate["decision"] == "kept champion"
+    assert gate["challenger_version"] == before + 1
+    assert gate["champion_version"] == before
+    from mlflow import MlflowClient
+
+    from mlops_assets.environments import mlflow_tracking_uri
+
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri(flights.home))
+    assert int(client.get_model_version_by_alias("flight_delays", "champion").version) == before
+    assert int(client.get_model_version_by_alias("flight_delays", "challenger").version) == before + 1
+    challenger_run = client.get_run(client.get_model_version_by_alias("flight_delays", "challenger").run_id)
+    assert challenger_run.data.tags["mlops.promotion"] == "rejected"
+    assert "gate_champion_roc_auc" in challenger_run.data.metrics
+
+
+def test_failed_training_ends_its_mlflow_run_failed(flights):
+    """An estimator that cannot fit leaves a FAILED MLflow run (with its params), never RUNNING."""
+    spec = flights.specs["flight_delays"]
+    broken = spec.model_copy(update={"estimator": spec.estimator.model_copy(update={"params": {"max_iter": -5}})})
+    from mlflow import MlflowClient
+
+    from mlops_assets.environments import mlflow_tracking_uri
+    from mlops_assets.factory import build_definitions
+    from mlops_assets.jobs import job_name
+    from mlops_assets_tests.conftest import QUIET
+
+    defs = build_definitions([broken])
+    result = defs.resolve_job_def(job_name("train", broken)).execute_in_process(
+        instance=flights.instance, run_config=QUIET, raise_on_error=False
+    )
+    assert not result.success
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri(flights.home))
+    exp = client.get_experiment_by_name("flight_delays")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.params["estimator.max_iter"] == "-5"
+    assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
