@@ -135,13 +135,14 @@ class FeastFeatureStore(dg.ConfigurableResource):
         """Load one window of every feature view into the online store. Static lookup tables
         (no timestamp) are loaded from the epoch, so every partition carries them."""
         store = self.store(spec)
-        names = []
-        for view in store.list_feature_views():
-            static = view.ttl == timedelta(0)
-            begin = datetime(1970, 1, 1, tzinfo=start.tzinfo) if static else start
-            store.materialize(begin, end, feature_views=[view.name])
-            names.append(view.name)
-        return names
+        views = store.list_feature_views()
+        timed = [v.name for v in views if v.ttl != timedelta(0)]
+        static = [v.name for v in views if v.ttl == timedelta(0)]
+        if timed:
+            store.materialize(start, end, feature_views=timed)
+        if static:
+            store.materialize(datetime(1970, 1, 1, tzinfo=start.tzinfo), end, feature_views=static)
+        return timed + static
 
     def online_row_count(self, spec: ModelSpec) -> int:
         """Rows in the online store for this spec's project (all views)."""

@@ -1,0 +1,76 @@
+"""The pipeline driven the way CI drives it: `mlops land`, `dagster job execute` and `dg launch`
+as subprocesses against a temporary home."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mlops_assets_tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+KEYS = [(date(2013, 2, 1) + timedelta(days=i)).isoformat() for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def cli_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cli_home")
+    env = {
+        **os.environ,
+        "MLOPS_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "VIRTUAL_ENV": str(BIN.parent),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    (home / "dagster").mkdir(parents=True)
+    (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return home, env
+
+
+def sh(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def execute(job: str, env: dict, partition: str | None = None) -> subprocess.CompletedProcess:
+    args = [str(BIN / "dagster"), "job", "execute", "-m", "mlops_assets.definitions", "-j", job]
+    if partition:
+        args += ["--tags", json.dumps({"dagster/partition": partition})]
+    return sh(args, env)
+
+
+def test_land_then_jobs_end_to_end_through_subprocesses(cli_home):
+    home, env = cli_home
+    out = sh([str(BIN / "mlops"), "land", "--spec", "flight_delays", "--date", KEYS[0], "--days", str(len(KEYS))], env)
+    assert [Path(line).name for line in out.stdout.split()] == [f"{k}.csv" for k in KEYS]
+
+    execute("register_flight_delays", env)
+    for k in KEYS:
+        execute("ingest_flight_delays", env, k)
+    execute("train_flight_delays", env)
+    execute("score_flight_delays", env, KEYS[-1])
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays")) == set(KEYS)
+        assert instance.get_materialized_partitions(dg.AssetKey("predictions_flight_delays")) == {KEYS[-1]}
+        gate = instance.get_latest_materialization_event(dg.AssetKey("champion_flight_delays"))
+        assert gate.asset_materialization.metadata["decision"].value == "promoted"
+        runs = instance.get_runs()
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs) and len(runs) == len(KEYS) + 3
+
+
+def test_dg_launch_runs_a_partition_of_a_named_job(cli_home):
+    home, env = cli_home
+    day = (date.fromisoformat(KEYS[-1]) + timedelta(days=1)).isoformat()
+    sh([str(BIN / "mlops"), "land", "--spec", "flight_delays", "--date", day], env)
+    sh([str(BIN / "dg"), "launch", "--job", "ingest_flight_delays", "--partition", day], env)
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert day in instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays"))
