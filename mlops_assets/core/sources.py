@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import re
 from datetime import date
 from pathlib import Path
 
@@ -24,8 +25,9 @@ def resolve_path(path: str) -> str:
     for instance, reads every table (and needs pkg_resources) at import time.
     """
     expanded = os.path.expandvars(path)
-    if "${" in expanded or "$" in expanded.split("/")[0]:
-        raise DataError(f"{path}: environment variable not set in source path")
+    unset = re.findall(r"\$\{?(\w+)", expanded)
+    if unset:
+        raise DataError(f"{path}: environment variable {', '.join(unset)} is not set")
     if expanded.startswith(PACKAGE_SCHEME):
         package, _, rel = expanded[len(PACKAGE_SCHEME):].partition("/")
         found = importlib.util.find_spec(package)

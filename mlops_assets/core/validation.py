@@ -129,7 +129,9 @@ def dataset_checks(df: pd.DataFrame, spec: ModelSpec) -> list[CheckOutcome]:
         if col not in df.columns:
             continue
         v = df[col].dropna()
-        n_bad = int(((v < lo) if lo is not None else False).sum() + ((v > hi) if hi is not None else False).sum())
+        below = (v < lo) if lo is not None else pd.Series(False, index=v.index)
+        above = (v > hi) if hi is not None else pd.Series(False, index=v.index)
+        n_bad = int((below | above).sum())
         if n_bad:
             range_rows.append(f"{col}: {n_bad} values outside [{lo}, {hi}] (min {v.min():g}, max {v.max():g})")
     ranges = CheckOutcome(

@@ -1,0 +1,89 @@
+"""The code location loads cheaply, validates, and explains itself in the UI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mlops_assets_tests.conftest import ELEC2_SPEC, REPO
+
+HEAVY = ("pandas", "feast", "mlflow", "sklearn", "dagster_mlflow", "boto3", "kubernetes", "google.cloud", "duckdb")
+
+
+def _env(tmp_path, **extra) -> dict:
+    return {
+        **os.environ,
+        "MLOPS_HOME": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "MLOPS_SPECS": str(ELEC2_SPEC),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("command", [["dagster", "definitions", "validate", "-m", "mlops_assets.definitions"], ["dg", "check", "defs"]])
+def test_definitions_validate_without_warnings_from_our_code(tmp_path, command):
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    bin_dir = os.path.dirname(sys.executable)
+    env = _env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=os.path.dirname(bin_dir))
+    proc = subprocess.run(
+        [os.path.join(bin_dir, command[0]), *command[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    ours = [line for line in output.splitlines() if "mlops_assets/" in line and "Warning" in line]
+    assert ours == [], ours
+
+
+def test_loading_the_code_location_imports_no_heavy_library(tmp_path):
+    probe = f"import sys, mlops_assets.definitions; print([m for m in {HEAVY!r} if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_spec):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    from mlops_assets.factory import build_definitions
+
+    defs = build_definitions([flight_spec, elec2_spec])
+    specs = defs.resolve_all_asset_specs()
+    assert len(specs) == 2 * 9
+    for s in specs:
+        spec = flight_spec if s.key.to_user_string().endswith("flight_delays") else elec2_spec
+        assert s.group_name == spec.name
+        assert s.owners == ["team:ml-platform"]
+        assert s.kinds and s.description and len(s.description) > 40
+        assert s.code_version and s.code_version.endswith(spec.spec_hash)
+        assert s.tags["mlops/spec"] == spec.name
+    job_names = {j.name for j in defs.resolve_all_job_defs()}
+    for spec in ("flight_delays", "elec2"):
+        assert {f"{k}_{spec}" for k in ("register", "ingest", "train", "score")} <= job_names
+    assert defs.resolve_job_def("ingest_flight_delays").partitions_def is not None
+
+
+def test_editing_a_spec_changes_the_code_versions(tmp_path, monkeypatch, flight_spec):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    from mlops_assets.factory import build_definitions
+
+    edited = flight_spec.model_copy(update={"training": flight_spec.training.model_copy(update={"window_days": 21})})
+    before = {s.key: s.code_version for s in build_definitions([flight_spec]).resolve_all_asset_specs()}
+    after = {s.key: s.code_version for s in build_definitions([edited]).resolve_all_asset_specs()}
+    assert all(before[k] != after[k] for k in before)
+
+
+@pytest.mark.parametrize(("env", "message"), [("aws", "planned but not implemented"), ("mars", "is unknown")])
+def test_environment_switch_refuses_what_does_not_exist(tmp_path, env, message):
+    proc = subprocess.run(
+        [sys.executable, "-c", "import mlops_assets.definitions"],
+        cwd=REPO,
+        env=_env(tmp_path, MLOPS_ENV=env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "MLOPS_ENV" in proc.stderr and message in proc.stderr
