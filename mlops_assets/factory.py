@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mlops_assets import environments, features, ingest, jobs, promotion, scoring, training
+from mlops_assets import alerts, environments, features, ingest, jobs, promotion, scoring, training
 from mlops_assets.specs import ModelSpec, load_specs
 
 STAGE_MODULES = (ingest, features, training, promotion, scoring)
@@ -21,6 +21,7 @@ def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=assets,
         jobs=all_jobs,
+        sensors=[alerts.close_mlflow_runs_of_failed_runs],
         resources=environments.resources(),
         executor=environments.executor(),
     )

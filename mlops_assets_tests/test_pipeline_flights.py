@@ -198,3 +198,39 @@ def test_failed_training_ends_its_mlflow_run_failed(flights):
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert runs[0].data.params["estimator.max_iter"] == "-5"
     assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+
+
+def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(flights):
+    """Simulate a training process killed mid-run: its MLflow run is still RUNNING when Dagster
+    marks the run failed. The run-failure sensor must close it as FAILED."""
+    import dagster as dg
+    from mlflow import MlflowClient
+
+    from mlops_assets.alerts import close_mlflow_runs_of_failed_runs
+    from mlops_assets.environments import mlflow_tracking_uri, resources
+
+    spec = flights.specs["flight_delays"]
+    broken = spec.model_copy(update={"estimator": spec.estimator.model_copy(update={"params": {"max_iter": -1}})})
+    from mlops_assets.factory import build_definitions
+    from mlops_assets_tests.conftest import QUIET
+
+    failed = build_definitions([broken]).resolve_job_def("train_flight_delays").execute_in_process(
+        instance=flights.instance, run_config=QUIET, raise_on_error=False
+    )
+    assert not failed.success
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri(flights.home))
+    exp = client.get_experiment_by_name("flight_delays")
+    orphan = client.create_run(exp.experiment_id, tags={"dagster_run_id": failed.run_id})  # left RUNNING
+    assert client.get_run(orphan.info.run_id).info.status == "RUNNING"
+
+    failure_event = next(e for e in failed.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="close_mlflow_runs_of_failed_runs",
+        dagster_event=failure_event,
+        dagster_instance=flights.instance,
+        dagster_run=flights.instance.get_run_by_id(failed.run_id),
+    ).for_run_failure()
+    close_mlflow_runs_of_failed_runs(context, mlflow=resources()["mlflow"])
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+    assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    assert flights.defs.resolve_sensor_def("close_mlflow_runs_of_failed_runs").default_status == dg.DefaultSensorStatus.RUNNING

@@ -1,0 +1,85 @@
+"""`dagster dev` and `dg dev` both find the code location and serve its asset graph.
+
+Each server runs on a free loopback port in its own process group, is asked over GraphQL for the
+asset graph, and is stopped by its process-group id (the dev server ignores a plain SIGTERM sent
+to its parent when started from a script).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from mlops_assets_tests.conftest import REPO
+
+BIN = os.path.dirname(sys.executable)
+QUERY = '{ assetNodes { assetKey { path } groupName } }'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def asset_graph(port: int, deadline: float) -> dict[str, str] | None:
+    body = json.dumps({"query": QUERY}).encode()
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                nodes = json.loads(resp.read())["data"]["assetNodes"]
+            if nodes:
+                return {n["assetKey"]["path"][-1]: n["groupName"] for n in nodes}
+        except (OSError, KeyError, TypeError, ValueError):
+            pass
+        time.sleep(1)
+    return None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "{port}"],
+        ["dg", "dev", "--host", "127.0.0.1", "--port", "{port}"],
+    ],
+    ids=["dagster-dev", "dg-dev"],
+)
+def test_dev_server_serves_the_asset_graph(tmp_path, command):
+    port = free_port()
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {
+        **os.environ,
+        "MLOPS_HOME": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "VIRTUAL_ENV": os.path.dirname(BIN),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    args = [os.path.join(BIN, command[0]), *(a.format(port=port) for a in command[1:])]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        graph = asset_graph(port, time.monotonic() + 120)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+    assert graph is not None, (tmp_path / "server.log").read_text()[-4000:]
+    stages = ("raw", "dataset", "feature_store", "features", "online_features", "training_set", "model", "champion", "predictions")
+    assert {f"{s}_flight_delays" for s in stages} <= set(graph)
+    assert graph["model_flight_delays"] == "flight_delays"
