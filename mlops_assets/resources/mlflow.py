@@ -55,8 +55,13 @@ class MlflowTracking(dg.ConfigurableResource):
     @contextmanager
     def run(self, context: dg.AssetExecutionContext, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[Any]:
         """An active MLflow run for this Dagster run, ended FINISHED or FAILED whatever happens."""
-        from dagster_mlflow.resources import MlFlow
+        import warnings
+
         from mlflow.entities import RunStatus
+
+        with warnings.catch_warnings():  # dagster-mlflow marks itself beta; we pin its version
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            from dagster_mlflow.resources import MlFlow
 
         mlflow = self._configure()
         self.ensure_experiment(experiment)
@@ -74,7 +79,9 @@ class MlflowTracking(dg.ConfigurableResource):
                 "extra_tags": {**self.extra_tags, **tags},
             },
         )
-        MlFlow(init_context)  # starts (or resumes) the run tagged with this Dagster run id
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            MlFlow(init_context)  # starts (or resumes) the run tagged with this Dagster run id
         run = mlflow.active_run()
         try:
             yield run
