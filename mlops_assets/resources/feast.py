@@ -7,6 +7,10 @@ fails on rows whose entity has no feature row; DuckDB keeps them with missing va
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +23,15 @@ from mlops_assets.specs import ModelSpec
 if TYPE_CHECKING:
     import pandas as pd
     from feast import FeatureStore
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Feast prints coloured progress to stdout and its DuckDB layer warns about an ibis deprecation
+    on every query; neither helps in a Dagster run log, where the asset metadata says what happened."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fetch_arrow_table.*", category=DeprecationWarning)
+        yield
 
 
 class FeastFeatureStore(dg.ConfigurableResource):
@@ -126,7 +139,8 @@ class FeastFeatureStore(dg.ConfigurableResource):
         order; lookup features named differently from their column are renamed to the spec's name."""
         store = self.store(spec)
         service = store.get_feature_service(FEATURE_SERVICE)
-        joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
+        with _quiet():
+            joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
         joined = joined.drop_duplicates(EVENT_ID).set_index(EVENT_ID).reindex(entity_df[EVENT_ID]).reset_index()
         renames = {f.source: f.name for f in spec.lookup_features if f.source != f.name}
         return joined.rename(columns=renames)
@@ -138,10 +152,11 @@ class FeastFeatureStore(dg.ConfigurableResource):
         views = store.list_feature_views()
         timed = [v.name for v in views if v.ttl != timedelta(0)]
         static = [v.name for v in views if v.ttl == timedelta(0)]
-        if timed:
-            store.materialize(start, end, feature_views=timed)
-        if static:
-            store.materialize(datetime(1970, 1, 1, tzinfo=start.tzinfo), end, feature_views=static)
+        with _quiet():
+            if timed:
+                store.materialize(start, end, feature_views=timed)
+            if static:
+                store.materialize(datetime(1970, 1, 1, tzinfo=start.tzinfo), end, feature_views=static)
         return timed + static
 
     def online_row_count(self, spec: ModelSpec) -> int:
