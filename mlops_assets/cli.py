@@ -1,8 +1,8 @@
 """``mlops``: land real data into the landing zone and run the demo on the embedded home.
 
-    mlops home
-    mlops land --spec flight_delays --date 2013-01-05 [--days 3]
-    mlops demo [--spec flight_delays] [--start 2013-01-01] [--days 14]
+mlops home
+mlops land --spec flight_delays --date 2013-01-05 [--days 3]
+mlops demo [--spec flight_delays] [--start 2013-01-01] [--days 14]
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from datetime import date, timedelta
-
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -92,7 +91,11 @@ def demo(spec_name: str, start: date, days: int) -> int:
             print(f"  {k:<24} {v:.4f}")
     print(f"  trained on               {model['training_partitions']}, {model['rows_train']} rows")
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s\n")
-    print("Open the Dagster UI:  make ui      (or: DAGSTER_HOME=" + os.environ["DAGSTER_HOME"] + " .venv/bin/dagster dev -w workspace.yaml)")
+    print(
+        "Open the Dagster UI:  make ui      (or: DAGSTER_HOME="
+        + os.environ["DAGSTER_HOME"]
+        + " .venv/bin/dagster dev -w workspace.yaml)"
+    )
     print(f"Open the MLflow UI:   make mlflow-ui (or: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow/mlflow.db)")
     return 0
 

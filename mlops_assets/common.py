@@ -6,7 +6,6 @@ import base64
 import io
 from datetime import date, timedelta
 from functools import cache
-
 from typing import TYPE_CHECKING
 
 import dagster as dg

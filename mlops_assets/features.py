@@ -6,13 +6,12 @@ snapshots its lookup tables; ``features_<spec>`` writes one parquet file per fea
 ``online_features_<spec>`` loads that day into the SQLite (or Redis, in the cloud) online store.
 """
 
-
 from datetime import timedelta
 
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, daily_partitions, day_of, days_before, failure, key, md_table
-from mlops_assets.core.names import EVENTS_VIEW, lookup_view_name
+from mlops_assets.core.names import EVENTS_VIEW, FEATURE_SERVICE, lookup_view_name
 from mlops_assets.resources import FeastFeatureStore, LakeStorage
 from mlops_assets.specs import ModelSpec
 
@@ -21,9 +20,6 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     parts = daily_partitions(spec)
     name = spec.name
     history_days = max((f.window_days for f in spec.past_rate_features), default=0)
-
-    def table_dir(lake: LakeStorage):
-        return lambda table: lake.feature_table_dir(name, table)
 
     @dg.asset(
         **asset_kwargs(
@@ -46,13 +42,13 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 raise failure(str(exc)) from exc
             lake.write(frame, lake.feature_table_dir(name, lookup_view_name(tname)) / "snapshot.parquet")
             rows[tname] = len(frame)
-        registered = feast.apply(spec, table_dir(lake))
+        registered = feast.apply(spec, lake.features_root(name))
         return dg.MaterializeResult(
             metadata={
                 "feast_project": name,
                 "feature_views": registered.get("FeatureView", 0),
                 "entities": registered.get("Entity", 0),
-                "feature_service": "model_inputs",
+                "feature_service": FEATURE_SERVICE,
                 "features": dg.MetadataValue.json(spec.feature_names),
                 **{f"lookup_rows/{t}": n for t, n in rows.items()},
             }
@@ -106,8 +102,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         **asset_kwargs(
             "online_features",
             spec,
-            "Feast materialization of the day into the online store, so serving reads the same "
-            "feature values training used.",
+            "Feast materialization of the day into the online store, so serving reads the same feature values training used.",
             {"feast", "sqlite"},
         ),
         partitions_def=parts,

@@ -5,7 +5,6 @@ can be replayed from it. The dataset is typed and labelled, and four blocking ch
 ranges, row count) stop everything downstream of a bad partition in the same run.
 """
 
-
 import hashlib
 
 import dagster as dg
@@ -44,8 +43,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         file = lake.landing_file(name, day)
         if file is None:
             raise failure(
-                f"no file landed for {day} in {lake.landing_dir(name)}; land one with "
-                f"`mlops land --spec {name} --date {day}`",
+                f"no file landed for {day} in {lake.landing_dir(name)}; land one with `mlops land --spec {name} --date {day}`",
                 landing_dir=lake.landing_dir(name),
             )
         try:
@@ -65,8 +63,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         )
 
     check_specs = [
-        dg.AssetCheckSpec(check, asset=key("dataset", spec), blocking=True, description=desc)
-        for check, desc in CHECKS.items()
+        dg.AssetCheckSpec(check, asset=key("dataset", spec), blocking=True, description=desc) for check, desc in CHECKS.items()
     ]
 
     @dg.asset(
@@ -75,7 +72,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             spec,
             f"Typed and labelled events of one day. Label: {spec.target.column} "
             f"({spec.target.task}); rows with a missing target: {spec.target.missing}. "
-            "Blocking checks stop downstream steps when the partition breaks a rule of the spec.",
+            "Blocking checks stop downstream steps when the partition breaks a rule of the spec; such a "
+            "partition is kept under lake/dataset_rejected/ and never feeds features or training.",
             {"pandas", "parquet"},
         ),
         partitions_def=parts,
@@ -92,13 +90,22 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             df = clean_events(lake.read(raw_path), spec, day_of(day), where=f"{raw_path} (landed {day})")
         except DataError as exc:
             raise failure(str(exc), raw=raw_path) from exc
-        out = lake.write(df, lake.partition_path("dataset", name, day))
         outcomes = dataset_checks(df, spec)
+        accepted = all(o.passed for o in outcomes)
+        # Only validated partitions enter the lake that features and training read; a rejected one
+        # is kept aside for triage and never replaces a partition validated earlier.
+        valid_path, rejected_path = lake.partition_path("dataset", name, day), lake.partition_path("dataset_rejected", name, day)
+        if accepted:
+            out = lake.write(df, valid_path)
+            rejected_path.unlink(missing_ok=True)
+        else:
+            out = lake.write(df, rejected_path)
         label_stat = "positive_rate" if spec.target.task == "classification" else "label_mean"
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(df),
                 label_stat: float(df[LABEL].mean()) if len(df) else float("nan"),
+                "accepted": accepted,
                 "path": dg.MetadataValue.path(str(out)),
                 "preview": md_table(df.head(10)),
             },

@@ -28,7 +28,7 @@ def job_name(kind: str, spec: ModelSpec | str) -> str:
 def build(spec: ModelSpec) -> list[dg.UnresolvedAssetJobDefinition]:
     descriptions = {
         "register": "Register the spec's Feast entities, feature views and feature service; snapshot lookup tables.",
-        "ingest": "Land-to-online-store for one day (pass the partition, e.g. --tags '{\"dagster/partition\": \"2013-01-05\"}').",
+        "ingest": 'Land-to-online-store for one day (pass the partition, e.g. --tags \'{"dagster/partition": "2013-01-05"}\').',
         "train": "Register features, build the point-in-time training set, fit the challenger, run the promotion gate.",
         "score": "Score one day's events with the champion.",
     }

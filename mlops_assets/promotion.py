@@ -7,7 +7,6 @@ to the challenger's MLflow run, and to the ``promotion_gate`` check, which also 
 serves after the decision beats the no-skill baseline.
 """
 
-
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, failure, key
@@ -45,7 +44,9 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
 
         challenger = mlflow.version_by_alias(name, CHALLENGER)
         if challenger is None:
-            raise failure(f"model '{name}' has no '{CHALLENGER}' version; materialize {key('model', spec).to_user_string()} first")
+            raise failure(
+                f"model '{name}' has no '{CHALLENGER}' version; materialize {key('model', spec).to_user_string()} first"
+            )
         current = mlflow.version_by_alias(name, CHAMPION)
         train_path, holdout_path, _ = training_set_paths(lake, spec)
         holdout, y_train = lake.read(holdout_path), lake.read(train_path)[LABEL]

@@ -5,7 +5,6 @@ champion sees at scoring time what it saw when it was fitted. Each row records t
 that scored it; where the partition's labels are already known, the realised metric is reported.
 """
 
-
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -20,7 +19,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def score_partition(spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFeatureStore, model, version: str) -> "pd.DataFrame":
+def score_partition(
+    spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFeatureStore, model, version: str
+) -> "pd.DataFrame":
     from mlops_assets.core.features import add_derived
     from mlops_assets.core.training import feature_frame, predict_scores
 

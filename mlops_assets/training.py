@@ -6,10 +6,8 @@
 and points the ``challenger`` alias at it. Whether it serves is the gate's decision, not this one's.
 """
 
-
 import json
 from datetime import date, timedelta
-
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -31,8 +29,9 @@ class TrainingSetConfig(dg.Config):
     )
 
 
-def training_set_paths(lake: LakeStorage, spec: ModelSpec):
-    return (lake.path("training_set", spec.name, n) for n in ("train.parquet", "holdout.parquet", "meta.json"))
+def training_set_paths(lake: LakeStorage, spec: ModelSpec) -> tuple:
+    """Where the newest training set lives: train rows, holdout rows, and what window they cover."""
+    return tuple(lake.path("training_set", spec.name, n) for n in ("train.parquet", "holdout.parquet", "meta.json"))
 
 
 def entity_frame(dataset: "pd.DataFrame", spec: ModelSpec) -> "pd.DataFrame":
@@ -69,7 +68,9 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         elif featurised:
             as_of = date.fromisoformat(max(featurised))
         else:
-            raise failure(f"no partition of {key('features', spec).to_user_string()} is materialized yet; run the ingest job first")
+            raise failure(
+                f"no partition of {key('features', spec).to_user_string()} is materialized yet; run the ingest job first"
+            )
         window = [(as_of - timedelta(days=i)).isoformat() for i in range(tr.window_days - 1, -1, -1)]
         usable = [d for d in window if d in featurised and lake.partition_path("dataset", name, d).exists()]
         events = lake.read_partitions("dataset", name, usable)
@@ -165,7 +166,11 @@ def _train_and_log(context, mlflow_res: MlflowTracking, spec: ModelSpec, train, 
     with mlflow_res.run(context, experiment=spec.name, run_name=f"train-{spec.name}", tags=tags) as run:
         mlflow.log_params({f"estimator.{k}": v for k, v in spec.estimator.params.items()})
         mlflow.log_params(
-            {"estimator": spec.estimator.cls, "window_days": spec.training.window_days, "holdout_days": spec.training.holdout_days}
+            {
+                "estimator": spec.estimator.cls,
+                "window_days": spec.training.window_days,
+                "holdout_days": spec.training.holdout_days,
+            }
         )
         mlflow.log_dict(json.loads(spec.model_dump_json(by_alias=True)), "spec.json")
         mlflow.log_input(mlflow.data.from_pandas(train, name=f"{spec.name}_train"), context="training")

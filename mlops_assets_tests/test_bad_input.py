@@ -87,6 +87,9 @@ def test_range_violation_blocks_downstream_through_the_blocking_check(bad):
     assert by_name["ranges"].passed is False
     assert "distance: 5 values outside [1.0, 6000.0]" in by_name["ranges"].metadata["violations"].value
     assert by_name["schema"].passed and by_name["row_count"].passed
+    # ...the partition is kept aside for triage, out of the lake that features and training read...
+    assert (bad.home / "lake" / "dataset_rejected" / "flight_delays" / "2013-01-05.parquet").exists()
+    assert not (bad.home / "lake" / "dataset" / "flight_delays" / "2013-01-05.parquet").exists()
     # ...and features/online store for that day were never computed
     assert not (bad.home / "lake" / "features" / "flight_delays" / "events" / "2013-01-05.parquet").exists()
     materialized = bad.instance.get_materialized_partitions(dg.AssetKey("features_flight_delays"))
@@ -98,5 +101,7 @@ def test_earlier_partitions_stay_intact_and_the_pipeline_keeps_going(bad):
         for day, before in digests.items():
             assert digest(bad.home / "lake" / stage / "flight_delays" / f"{day}.parquet") == before
     assert bad.results["2013-01-06"].success
+    # the next day's past rates were computed from validated days only (01-01, 01-02), not the rejected 01-05
+    assert bad.latest("features_flight_delays")["history_days_available"] == 2
     materialized = bad.instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays"))
     assert materialized == {"2013-01-01", "2013-01-02", "2013-01-06"}

@@ -210,8 +210,19 @@ def test_unparseable_timestamp_column_names_the_row():
 
 def raw_flights(rows: list[dict]) -> pd.DataFrame:
     """A landed day as read_file returns it: every column text, missing values None."""
-    base = {"year": "2013", "month": "1", "day": "5", "hour": "9", "minute": "0", "carrier": "UA", "origin": "EWR",
-            "dest": "ORD", "tailnum": "N14228", "dep_delay": "0", "distance": "719"}
+    base = {
+        "year": "2013",
+        "month": "1",
+        "day": "5",
+        "hour": "9",
+        "minute": "0",
+        "carrier": "UA",
+        "origin": "EWR",
+        "dest": "ORD",
+        "tailnum": "N14228",
+        "dep_delay": "0",
+        "distance": "719",
+    }
     return pd.DataFrame([{**base, **r} for r in rows], dtype=object)
 
 
@@ -276,8 +287,9 @@ def test_clean_events_missing_column_raises(spec):
 
 
 def clean_day(spec: ModelSpec, n: int = 10, **overrides) -> pd.DataFrame:
-    rows = [{"hour": str(6 + i % 12), "minute": str(i % 60), "dep_delay": str(i * 7 - 10), "tailnum": f"N{i:04d}"}
-            for i in range(n)]
+    rows = [
+        {"hour": str(6 + i % 12), "minute": str(i % 60), "dep_delay": str(i * 7 - 10), "tailnum": f"N{i:04d}"} for i in range(n)
+    ]
     for i, changes in overrides.items():
         rows[int(i.lstrip("r"))].update(changes)
     return validation.clean_events(raw_flights(rows), spec, DAY, "f.csv")
@@ -377,11 +389,17 @@ def rates(out: pd.DataFrame, col: str = "carrier_rate") -> dict:
 def test_past_rate_smoothing_and_window():
     out = features.past_rate(events(HISTORY), events(TODAY), rate_feature(k=2.0), RATE_DAY, NY)
     prior = 2 / 4  # window rows: AA 1, AA 0, AA 1, UA 0
-    assert out["carrier_rate"].tolist() == pytest.approx(list(out["carrier"].map({
-        "AA": (2 + 2 * prior) / (3 + 2),
-        "UA": (0 + 2 * prior) / (1 + 2),
-        "DL": prior,  # seen only today: the prior
-    })))
+    assert out["carrier_rate"].tolist() == pytest.approx(
+        list(
+            out["carrier"].map(
+                {
+                    "AA": (2 + 2 * prior) / (3 + 2),
+                    "UA": (0 + 2 * prior) / (1 + 2),
+                    "DL": prior,  # seen only today: the prior
+                }
+            )
+        )
+    )
     assert set(out["carrier"]) == {"AA", "UA", "DL"}
     assert rates(out, "carrier_rate_count") == {"AA": 3.0, "UA": 1.0, "DL": 0.0}
 

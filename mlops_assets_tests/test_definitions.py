@@ -23,7 +23,9 @@ def _env(tmp_path, **extra) -> dict:
     }
 
 
-@pytest.mark.parametrize("command", [["dagster", "definitions", "validate", "-m", "mlops_assets.definitions"], ["dg", "check", "defs"]])
+@pytest.mark.parametrize(
+    "command", [["dagster", "definitions", "validate", "-m", "mlops_assets.definitions"], ["dg", "check", "defs"]]
+)
 def test_definitions_validate_without_warnings_from_our_code(tmp_path, command):
     (tmp_path / "dagster").mkdir()
     (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -40,7 +42,9 @@ def test_definitions_validate_without_warnings_from_our_code(tmp_path, command):
 
 def test_loading_the_code_location_imports_no_heavy_library(tmp_path):
     probe = f"import sys, mlops_assets.definitions; print([m for m in {HEAVY!r} if m in sys.modules])"
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 

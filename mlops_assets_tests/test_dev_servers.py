@@ -21,7 +21,7 @@ import pytest
 from mlops_assets_tests.conftest import REPO
 
 BIN = os.path.dirname(sys.executable)
-QUERY = '{ assetNodes { assetKey { path } groupName } }'
+QUERY = "{ assetNodes { assetKey { path } groupName } }"
 
 
 def free_port() -> int:
@@ -80,6 +80,16 @@ def test_dev_server_serves_the_asset_graph(tmp_path, command):
             proc.wait(timeout=10)
         log.close()
     assert graph is not None, (tmp_path / "server.log").read_text()[-4000:]
-    stages = ("raw", "dataset", "feature_store", "features", "online_features", "training_set", "model", "champion", "predictions")
+    stages = (
+        "raw",
+        "dataset",
+        "feature_store",
+        "features",
+        "online_features",
+        "training_set",
+        "model",
+        "champion",
+        "predictions",
+    )
     assert {f"{s}_flight_delays" for s in stages} <= set(graph)
     assert graph["model_flight_delays"] == "flight_delays"

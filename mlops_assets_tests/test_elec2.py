@@ -58,11 +58,10 @@ def test_pipeline_trains_gates_and_scores(elec2, elec2_spec):
 
 
 def test_the_model_sees_exactly_the_specs_seven_features(elec2, elec2_spec):
+    import mlflow
     from mlflow import MlflowClient
 
     from mlops_assets.environments import mlflow_tracking_uri
-
-    import mlflow
 
     mlflow.set_tracking_uri(mlflow_tracking_uri(elec2.home))
     mlflow.set_registry_uri(mlflow_tracking_uri(elec2.home))

@@ -214,8 +214,10 @@ def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(fligh
     from mlops_assets.factory import build_definitions
     from mlops_assets_tests.conftest import QUIET
 
-    failed = build_definitions([broken]).resolve_job_def("train_flight_delays").execute_in_process(
-        instance=flights.instance, run_config=QUIET, raise_on_error=False
+    failed = (
+        build_definitions([broken])
+        .resolve_job_def("train_flight_delays")
+        .execute_in_process(instance=flights.instance, run_config=QUIET, raise_on_error=False)
     )
     assert not failed.success
     client = MlflowClient(tracking_uri=mlflow_tracking_uri(flights.home))

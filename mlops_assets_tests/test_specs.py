@@ -61,8 +61,15 @@ def test_bundled_flight_spec_loads_by_name():
 def test_flight_spec_required_source_columns():
     spec = find_spec("flight_delays")
     assert spec.required_source_columns == [
-        "year", "month", "day", "hour", "minute",  # timestamp parts
-        "carrier", "origin", "dest", "tailnum",  # entities
+        "year",
+        "month",
+        "day",
+        "hour",
+        "minute",  # timestamp parts
+        "carrier",
+        "origin",
+        "dest",
+        "tailnum",  # entities
         "dep_delay",  # target
         "distance",  # the only column feature that is not an entity
     ]
@@ -83,9 +90,15 @@ def test_flight_spec_feature_groups():
     lookups = spec.lookup_features
     assert all(isinstance(f, LookupFeature) for f in lookups)
     assert [(f.name, f.table) for f in lookups] == [
-        ("temp", "weather"), ("humid", "weather"), ("wind_speed", "weather"), ("wind_gust", "weather"),
-        ("precip", "weather"), ("pressure", "weather"), ("visib", "weather"),
-        ("plane_year", "planes"), ("seats", "planes"),
+        ("temp", "weather"),
+        ("humid", "weather"),
+        ("wind_speed", "weather"),
+        ("wind_gust", "weather"),
+        ("precip", "weather"),
+        ("pressure", "weather"),
+        ("visib", "weather"),
+        ("plane_year", "planes"),
+        ("seats", "planes"),
     ]
     assert spec.lookups["planes"].output_columns == ["plane_year", "seats"]
     assert spec.lookups["weather"].ttl_hours == 2

@@ -26,4 +26,6 @@ def decide(challenger: float, champion: float | None, *, margin: float, higher_i
     improvement = challenger - champion if higher_is_better else champion - challenger
     if improvement > margin + 1e-12:  # exactly-at-the-margin must not win through float rounding
         return PromotionDecision(True, f"better by {improvement:.4f} (> margin {margin})", challenger, champion, improvement)
-    return PromotionDecision(False, f"improvement {improvement:.4f} does not exceed margin {margin}", challenger, champion, improvement)
+    return PromotionDecision(
+        False, f"improvement {improvement:.4f} does not exceed margin {margin}", challenger, champion, improvement
+    )

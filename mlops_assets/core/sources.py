@@ -29,7 +29,7 @@ def resolve_path(path: str) -> str:
     if unset:
         raise DataError(f"{path}: environment variable {', '.join(unset)} is not set")
     if expanded.startswith(PACKAGE_SCHEME):
-        package, _, rel = expanded[len(PACKAGE_SCHEME):].partition("/")
+        package, _, rel = expanded[len(PACKAGE_SCHEME) :].partition("/")
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
             raise DataError(f"{path}: package {package!r} is not installed")
@@ -118,7 +118,9 @@ def day_start_utc(day: date, timezone: str) -> pd.Timestamp:
     return pd.Timestamp(day).tz_localize(timezone).tz_convert("UTC")
 
 
-def extract_day(source: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, day: date, where: str) -> pd.DataFrame:
+def extract_day(
+    source: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, day: date, where: str
+) -> pd.DataFrame:
     """The rows of a source table that belong to one local day, columns untouched (for landing)."""
     ts = event_timestamps(source, column, parts, timezone, where)
     return source.loc[(local_dates(ts, timezone) == day).to_numpy()]

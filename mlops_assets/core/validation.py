@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlops_assets.core.names import EVENT_ID, EVENT_TS, LABEL  # noqa: F401  (re-exported)
 from mlops_assets.core.sources import DataError, event_timestamps, local_dates, require_columns
 from mlops_assets.specs import ColumnFeature, ModelSpec
-
-from mlops_assets.core.names import EVENT_ID, EVENT_TS, LABEL  # noqa: F401  (re-exported)
 
 
 def numeric_columns(spec: ModelSpec) -> list[str]:
@@ -37,7 +36,7 @@ def derive_label(target: pd.Series, spec: ModelSpec) -> pd.Series:
     t = spec.target
     if t.task == "regression":
         return target.astype("float64")
-    (op, value), = t.positive.items()  # type: ignore[union-attr]
+    ((op, value),) = t.positive.items()  # type: ignore[union-attr]
     positive = target > float(value) if op == "greater_than" else target.astype("string") == str(value)
     label = positive.astype("float64")
     label[target.isna()] = {"positive": 1.0, "negative": 0.0, "drop": np.nan}[t.missing]

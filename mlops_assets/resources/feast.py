@@ -12,6 +12,7 @@ import io
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -57,9 +58,10 @@ class FeastFeatureStore(dg.ConfigurableResource):
 
     # --- definitions ---------------------------------------------------------------------------
 
-    def definitions(self, spec: ModelSpec, table_dir) -> list[Any]:
-        """Feast objects for a spec. ``table_dir(name)`` gives the folder of a table's parquet files."""
-        from feast import Entity, FeatureService, FeatureView, Field as FeastField, FileSource, ValueType
+    def definitions(self, spec: ModelSpec, features_root: Path) -> list[Any]:
+        """Feast objects for a spec; each feature view reads ``features_root/<view>/*.parquet``."""
+        from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
+        from feast import Field as FeastField
         from feast.data_format import ParquetFormat
         from feast.types import Float64, String
 
@@ -68,13 +70,15 @@ class FeastFeatureStore(dg.ConfigurableResource):
         def source(table: str) -> FileSource:
             return FileSource(
                 name=f"{spec.name}_{table}",
-                path=f"{table_dir(table)}/*.parquet",
+                path=str(features_root / table / "*.parquet"),
                 file_format=ParquetFormat(),
                 timestamp_field=EVENT_TS,
             )
 
         entities = {name: Entity(name=name, join_keys=[name], value_type=ValueType.STRING) for name in spec.entities}
-        event = Entity(name=EVENT_ID, join_keys=[EVENT_ID], value_type=ValueType.STRING, description="One event (row) of the source.")
+        event = Entity(
+            name=EVENT_ID, join_keys=[EVENT_ID], value_type=ValueType.STRING, description="One event (row) of the source."
+        )
         cats = set(spec.categorical_features)
         views = []
         row_cols = row_feature_columns(spec)
@@ -123,8 +127,8 @@ class FeastFeatureStore(dg.ConfigurableResource):
         service = FeatureService(name=FEATURE_SERVICE, features=projections, description=spec.description.strip())
         return [*entities.values(), event, *views, service]
 
-    def apply(self, spec: ModelSpec, table_dir) -> dict[str, int]:
-        objects = self.definitions(spec, table_dir)
+    def apply(self, spec: ModelSpec, features_root: Path) -> dict[str, int]:
+        objects = self.definitions(spec, features_root)
         self.store(spec).apply(objects)
         kinds: dict[str, int] = {}
         for o in objects:

@@ -99,7 +99,8 @@ class MlflowTracking(dg.ConfigurableResource):
         closed = []
         for exp in client.search_experiments():
             for r in client.search_runs(
-                [exp.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}' and attributes.status = 'RUNNING'"
+                [exp.experiment_id],
+                filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}' and attributes.status = 'RUNNING'",
             ):
                 client.set_terminated(r.info.run_id, status="FAILED")
                 closed.append(r.info.run_id)

@@ -22,6 +22,7 @@ class LakeStorage(dg.ConfigurableResource):
         landing/<spec>/<YYYY-MM-DD>.<ext>      files as they arrive (one per day)
         quarantine/<spec>/<file>               files refused, with <file>.reason.txt beside them
         lake/<stage>/<spec>/<YYYY-MM-DD>.parquet   one file per stage per daily partition
+        lake/dataset_rejected/<spec>/…         partitions that failed a blocking check (kept for triage)
         lake/features/<spec>/<table>/…         Feast offline sources (one folder per feature view)
 
     Partitions are separate files, so rewriting one day (or failing to) never touches another.
@@ -71,5 +72,9 @@ class LakeStorage(dg.ConfigurableResource):
         frames = [pd.read_parquet(p) for d in days if (p := self.partition_path(stage, spec, d)).exists()]
         return pd.concat(frames, ignore_index=True) if frames else None
 
+    def features_root(self, spec: str) -> Path:
+        """Folder of a spec's Feast offline sources: one sub-folder of parquet files per feature view."""
+        return Path(self.root) / "lake" / "features" / spec
+
     def feature_table_dir(self, spec: str, table: str) -> Path:
-        return self.path("features", spec, table)
+        return self.features_root(spec) / table

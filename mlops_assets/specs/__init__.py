@@ -266,9 +266,7 @@ class ModelSpec(_Strict):
                     raise ValueError(f"feature {f.name!r}: unknown lookup table {f.table!r}")
                 table = self.lookups[f.table]
                 if f.source not in table.output_columns:
-                    raise ValueError(
-                        f"feature {f.name!r}: lookups.{f.table} provides {table.output_columns}, not {f.source!r}"
-                    )
+                    raise ValueError(f"feature {f.name!r}: lookups.{f.table} provides {table.output_columns}, not {f.source!r}")
             if isinstance(f, YearsSinceFeature) and f.of not in names:
                 raise ValueError(f"feature {f.name!r}: 'of' names unknown feature {f.of!r}")
         for tname, table in self.lookups.items():
