@@ -53,15 +53,13 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         X = feature_frame(holdout, spec)
         y = holdout[LABEL]
 
-        challenger_score = evaluate(y, predict_scores(mlflow.load_version(name, challenger.version), X, spec), spec)[metric]
-        champion_score = None
-        if current is not None:
-            champion_score = (
-                challenger_score
-                if current.version == challenger.version
-                else evaluate(y, predict_scores(mlflow.load_version(name, current.version), X, spec), spec)[metric]
-            )
-        if current is not None and current.version == challenger.version:
+        def score(version) -> float:
+            return evaluate(y, predict_scores(mlflow.load_version(name, version.version), X, spec), spec)[metric]
+
+        challenger_score = score(challenger)
+        same = current is not None and current.version == challenger.version
+        champion_score = None if current is None else challenger_score if same else score(current)
+        if same:
             promote, reason = False, f"version {challenger.version} is already the champion"
         else:
             d = decide(challenger_score, champion_score, margin=spec.promotion.margin, higher_is_better=spec.higher_is_better)
@@ -69,10 +67,10 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         client = mlflow.client()
         if promote:
             client.set_registered_model_alias(name, CHAMPION, challenger.version)
-        serving = challenger if promote or current is None else current
-        serving_score = challenger_score if serving.version == challenger.version else champion_score
+        serving = challenger if promote else current
+        serving_score = challenger_score if promote else champion_score
         baseline = evaluate(y, baseline_scores(y_train, len(y), spec), spec)[metric]
-        beats_baseline = serving_score > baseline if spec.higher_is_better else serving_score < baseline
+        beats_baseline = serving is not None and (serving_score > baseline if spec.higher_is_better else serving_score < baseline)
 
         run_id = challenger.run_id
         if run_id:
@@ -81,7 +79,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 client.log_metric(run_id, f"gate_champion_{metric}", champion_score)
             client.set_tag(run_id, "mlops.promotion", "promoted" if promote else "rejected")
             client.set_tag(run_id, "mlops.promotion_reason", reason)
-        decision = "promoted" if promote else "kept champion"
+        decision = "promoted" if promote else "kept champion" if current else "no champion"
+        serving_text = f"v{serving.version} ({metric} {serving_score:.4f})" if serving else "no model"
         scores = {
             f"challenger_{metric}": challenger_score,
             f"champion_{metric}": champion_score if champion_score is not None else float("nan"),
@@ -93,8 +92,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "reason": reason,
             "challenger_version": int(challenger.version),
             "champion_version_before": int(current.version) if current else 0,
-            "champion_version": int(serving.version),
-            "mlflow_model_version": dg.MetadataValue.url(mlflow.model_version_url(name, serving.version)),
+            "champion_version": int(serving.version) if serving else 0,
+            "mlflow_model_version": dg.MetadataValue.url(mlflow.model_version_url(name, (serving or challenger).version)),
         }
         context.log.info(f"{name}: {decision} (challenger v{challenger.version}): {reason}")
         return dg.MaterializeResult(
@@ -104,9 +103,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                     check_name="promotion_gate",
                     passed=bool(beats_baseline),
                     severity=dg.AssetCheckSeverity.ERROR,
-                    description=f"{decision}: {reason}. Serving v{serving.version} ({metric} {serving_score:.4f}) "
-                    f"vs no-skill baseline {baseline:.4f}.",
-                    metadata={**scores, "decision": decision, "serving_version": int(serving.version)},
+                    description=f"{decision}: {reason}. Serving {serving_text} vs no-skill baseline {baseline:.4f}.",
+                    metadata={**scores, "decision": decision, "serving_version": int(serving.version) if serving else 0},
                 )
             ],
         )
