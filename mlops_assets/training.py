@@ -130,7 +130,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "mlops.training_as_of": meta["as_of"],
             "mlops.training_partitions": f"{meta['partitions'][0]}..{meta['partitions'][-1]} ({len(meta['partitions'])} days)",
         }
-        info = _train_and_log(context, mlflow, spec, train, holdout, lineage)
+        info = _train_and_log(context, mlflow, lake, spec, train, holdout, lineage)
         metrics = info["metrics"]
         return dg.MaterializeResult(
             metadata={
@@ -150,7 +150,26 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     return [training_set, model]
 
 
-def _train_and_log(context, mlflow_res: MlflowTracking, spec: ModelSpec, train, holdout, lineage: dict) -> dict:
+def reference_dir(lake: LakeStorage, spec: ModelSpec, run_id: str):
+    """The monitoring reference stored with a model (also logged as the run's ``reference/`` artifacts)."""
+    return lake.path("reference", spec.name, run_id)
+
+
+def _write_reference(folder, spec: ModelSpec, X_train, holdout_scores, holdout_labels, metrics: dict) -> None:
+    """What drift and performance checks compare a scored day against: a sample of the training
+    features, the holdout's scores, and the holdout metric the model was promoted on."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = min(len(X_train), spec.policies.drift.reference_rows)
+    X_train.sample(n=n, random_state=0).to_parquet(folder / "features.parquet", index=False)
+    pd.DataFrame({"score": holdout_scores, "label": holdout_labels}).to_parquet(folder / "scores.parquet", index=False)
+    (folder / "reference.json").write_text(json.dumps({"metric": spec.promotion.metric, "holdout": metrics}))
+
+
+def _train_and_log(
+    context, mlflow_res: MlflowTracking, lake: LakeStorage, spec: ModelSpec, train, holdout, lineage: dict
+) -> dict:
     """Fit, evaluate and log inside one MLflow run, then register the version as challenger.
 
     The run opens before fitting, so a fit that fails leaves a FAILED run carrying its parameters
@@ -197,6 +216,9 @@ def _train_and_log(context, mlflow_res: MlflowTracking, spec: ModelSpec, train, 
         )
         plot = _score_plot(spec, holdout[LABEL], scores, metrics)
         run_id, exp_id = run.info.run_id, run.info.experiment_id
+        folder = reference_dir(lake, spec, run_id)
+        _write_reference(folder, spec, X_train, scores, holdout[LABEL].to_numpy(), metrics)
+        mlflow.log_artifacts(str(folder), artifact_path="reference")
     client = mlflow_res.client()
     version = str(info.registered_model_version)
     for k, v in {**tags, "mlflow_run_id": run_id}.items():

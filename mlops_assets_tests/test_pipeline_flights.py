@@ -236,3 +236,61 @@ def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(fligh
     assert client.get_run(orphan.info.run_id).info.status == "FAILED"
     assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
     assert flights.defs.resolve_sensor_def("close_mlflow_runs_of_failed_runs").default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_scored_day_is_monitored_against_the_champions_reference(flights):
+    import dagster as dg
+
+    results = flights.check_results("predictions_flight_delays")
+    assert set(results) == {"feature_drift", "prediction_drift", "performance"}
+    records = flights.instance.event_log_storage.get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1000
+    )
+    drift = next(
+        r.event_log_entry.dagster_event.event_specific_data
+        for r in records
+        if r.event_log_entry.dagster_event.event_specific_data.check_name == "feature_drift"
+    )
+    assert drift.metadata["rows"].value > 500 and drift.metadata["reference_rows"].value > 1000
+    table = drift.metadata["per_feature"].value
+    for feature in flights.specs["flight_delays"].feature_names:
+        assert f"| {feature} " in table
+    assert drift.metadata["plot"].value.startswith("![plot](data:image/png;base64,")
+    champion_run = flights.latest("model_flight_delays")["mlflow_run_id"]
+    assert (flights.home / "lake" / "reference" / "flight_delays" / champion_run / "features.parquet").exists()
+
+
+def test_injected_drift_fails_the_feature_drift_check_and_names_the_features(flights):
+    """A day where every flight is United to O'Hare: carrier and dest (and the rates keyed on them) drift."""
+    import dagster as dg
+
+    from mlops_assets.factory import build_definitions
+    from mlops_assets_tests.conftest import QUIET
+
+    day = date(2013, 1, 7)
+    flights.land("flight_delays", day)
+    path = flights.home / "landing" / "flight_delays" / f"{day}.csv"
+    raw = pd.read_csv(path, dtype=str)
+    raw["carrier"], raw["dest"] = "UA", "ORD"
+    raw.to_csv(path, index=False)
+    assert flights.run("ingest", "flight_delays", day.isoformat()).success
+
+    spec = flights.specs["flight_delays"]
+    strict = spec.model_copy(
+        update={"policies": spec.policies.model_copy(update={"drift": spec.policies.drift.model_copy(update={"drift_share": 0.1})})}
+    )
+    result = (
+        build_definitions([strict])
+        .resolve_job_def("score_flight_delays")
+        .execute_in_process(instance=flights.instance, partition_key=day.isoformat(), run_config=QUIET)
+    )
+    assert result.success  # monitoring checks warn; they never fail the scoring run
+    checks = {
+        e.event_specific_data.check_name: e.event_specific_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    }
+    assert checks["feature_drift"].passed is False
+    assert checks["feature_drift"].severity == dg.AssetCheckSeverity.WARN
+    drifted = checks["feature_drift"].metadata["drifted_features"].value.split(", ")
+    assert {"carrier", "dest", "route_delay_rate"} <= set(drifted)

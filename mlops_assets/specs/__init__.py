@@ -221,6 +221,33 @@ class ChecksSpec(_Strict):
     ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
 
 
+class DriftPolicy(_Strict):
+    """How drift of a day's features and scores against the champion's training reference is judged.
+
+    ``method`` ``auto`` picks the test per column (see ``mlops_assets.core.drift``); ``drift_share``
+    is the share of drifted features that makes the day drifted; days with fewer than ``min_rows``
+    rows are not judged. ``reference_rows`` is how many training rows are stored with each model.
+    """
+
+    method: Literal["auto", "wasserstein", "ks", "jensenshannon", "chisquare", "z", "psi"] = "auto"
+    drift_share: float = Field(0.5, gt=0, le=1)
+    min_rows: int = Field(30, ge=1)
+    reference_rows: int = Field(50_000, ge=100)
+
+
+class PerformancePolicy(_Strict):
+    """Concept drift: the realised metric on labelled days may fall at most ``tolerated_drop`` below
+    the champion's holdout metric (for error metrics: rise at most that much above it)."""
+
+    tolerated_drop: float = Field(0.05, ge=0)
+    min_rows: int = Field(30, ge=1)
+
+
+class PoliciesSpec(_Strict):
+    drift: DriftPolicy = DriftPolicy()
+    performance: PerformancePolicy = PerformancePolicy()
+
+
 class PartitionsSpec(_Strict):
     start: date
     end: date | None = Field(None, description="Exclusive; open-ended when absent.")
@@ -241,6 +268,7 @@ class ModelSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     promotion: PromotionSpec
     checks: ChecksSpec = ChecksSpec()
+    policies: PoliciesSpec = PoliciesSpec()
     partitions: PartitionsSpec
 
     @field_validator("name")

@@ -1,0 +1,95 @@
+"""Monitoring a scored day against the champion's training reference: feature drift, prediction
+drift and (once labels are known) performance. Each verdict is a ``CheckOutcome``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mlops_assets.core.drift import P_VALUE_TESTS, ColumnDrift, column_drift, dataset_drift
+from mlops_assets.core.validation import CheckOutcome
+from mlops_assets.specs import ModelSpec
+
+LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
+
+
+def drift_strength(col: ColumnDrift) -> float:
+    """How far past its threshold a column is, on one scale for every test: > 1 means drifted.
+    Distances are divided by their threshold; p-values give threshold / p (capped at 100)."""
+    if col.method in P_VALUE_TESTS:
+        return min(col.threshold / max(col.score, 1e-300), 100.0)
+    return col.score / col.threshold
+
+
+def feature_drift(reference: pd.DataFrame, today: pd.DataFrame, spec: ModelSpec) -> tuple[CheckOutcome, pd.DataFrame]:
+    """Per-feature drift of the day against the reference, and whether the drifted share reaches the
+    policy's ``drift_share``. Returns the outcome and the per-feature table (for metadata and plots)."""
+    policy = spec.policies.drift
+    if len(today) < policy.min_rows:
+        return _not_judged("feature_drift", len(today), policy.min_rows), pd.DataFrame()
+    result = dataset_drift(
+        reference,
+        today,
+        spec.feature_names,
+        categorical=spec.categorical_features,
+        method=policy.method,
+        drift_share=policy.drift_share,
+    )
+    table = result.table()[["column", "method", "score", "threshold", "drifted", "current_missing_share", "constant_reference"]]
+    table.insert(4, "strength", [drift_strength(c) for c in result.columns])
+    drifted = table.loc[table["drifted"], "column"].tolist()
+    outcome = CheckOutcome(
+        "feature_drift",
+        not result.drifted,
+        f"{len(drifted)} of {len(table)} features drifted (share {result.drifted_share:.2f}, "
+        f"limit {policy.drift_share:.2f}){': ' + ', '.join(drifted) if drifted else ''}.",
+        {
+            "drifted_share": result.drifted_share,
+            "drifted_features": ", ".join(drifted) or "none",
+            "rows": len(today),
+            "reference_rows": len(reference),
+        },
+    )
+    return outcome, table
+
+
+def prediction_drift(reference_scores: np.ndarray, today_scores: np.ndarray, spec: ModelSpec) -> CheckOutcome:
+    """Drift of the model's output distribution: the earliest sign that inputs moved in a way that
+    matters to this model, available before any label arrives."""
+    policy = spec.policies.drift
+    if len(today_scores) < policy.min_rows:
+        return _not_judged("prediction_drift", len(today_scores), policy.min_rows)
+    col = column_drift(pd.Series(reference_scores, name="score"), pd.Series(today_scores, name="score"), kind="numeric")
+    return CheckOutcome(
+        "prediction_drift",
+        not col.drifted,
+        f"score distribution {'drifted' if col.drifted else 'stable'}: {col.method} {col.score:.4g} (threshold {col.threshold}).",
+        {
+            "method": col.method,
+            "score": col.score,
+            "threshold": col.threshold,
+            "mean_score": float(np.mean(today_scores)),
+            "reference_mean_score": float(np.mean(reference_scores)),
+        },
+    )
+
+
+def performance(realised: float | None, labelled_rows: int, reference: float, spec: ModelSpec) -> CheckOutcome:
+    """Concept drift: the realised metric against the champion's holdout metric and the tolerated drop."""
+    policy, metric = spec.policies.performance, spec.promotion.metric
+    if realised is None or labelled_rows < policy.min_rows:
+        return _not_judged("performance", labelled_rows, policy.min_rows, what="labelled rows")
+    drop = (realised - reference) if metric in LOWER_IS_BETTER else (reference - realised)
+    ok = bool(drop <= policy.tolerated_drop)
+    return CheckOutcome(
+        "performance",
+        ok,
+        f"realised {metric} {realised:.4f} vs champion holdout {reference:.4f}: "
+        f"{'within' if ok else 'beyond'} the tolerated drop of {policy.tolerated_drop}.",
+        {f"realised_{metric}": realised, f"reference_{metric}": reference, "drop": drop, "labelled_rows": labelled_rows},
+    )
+
+
+def _not_judged(name: str, rows: int, minimum: int, what: str = "rows") -> CheckOutcome:
+    return CheckOutcome(name, True, f"not judged: {rows} {what} (policy minimum {minimum}).", {"evaluated": False, "rows": rows})
