@@ -67,7 +67,11 @@ def days_before(day: date, n: int) -> list[str]:
 
 def asset_kwargs(stage: str, spec: ModelSpec, description: str, kinds: set[str]) -> dict:
     """Arguments every asset of a spec shares, so the UI explains each one the same way."""
+    from mlops_assets import policies
+
     return {
+        "automation_condition": policies.automation_condition(stage, spec),
+        "freshness_policy": policies.freshness_policy(stage, spec),
         "name": asset_name(stage, spec),
         "group_name": spec.name,
         "owners": spec.owners,

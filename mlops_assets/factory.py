@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mlops_assets import alerts, environments, features, ingest, jobs, promotion, scoring, training
+from mlops_assets import alerts, environments, features, ingest, jobs, landing, policies, promotion, scoring, training
 from mlops_assets.specs import ModelSpec, load_specs
 
 STAGE_MODULES = (ingest, features, training, promotion, scoring)
@@ -14,14 +14,16 @@ def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
     specs = load_specs() if specs is None else specs
     assets: list = []
     all_jobs: list = []
+    sensors: list = [alerts.close_mlflow_runs_and_record_alerts, policies.automation_sensor()]
     for spec in specs:
         for module in STAGE_MODULES:
             assets += module.build(spec)
         all_jobs += jobs.build(spec)
+        sensors.append(landing.build(spec))
     return dg.Definitions(
         assets=assets,
         jobs=all_jobs,
-        sensors=[alerts.close_mlflow_runs_of_failed_runs],
+        sensors=sensors,
         resources=environments.resources(),
         executor=environments.executor(),
     )

@@ -206,7 +206,7 @@ def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(fligh
     import dagster as dg
     from mlflow import MlflowClient
 
-    from mlops_assets.alerts import close_mlflow_runs_of_failed_runs
+    from mlops_assets.alerts import close_mlflow_runs_and_record_alerts
     from mlops_assets.environments import mlflow_tracking_uri, resources
 
     spec = flights.specs["flight_delays"]
@@ -227,15 +227,15 @@ def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(fligh
 
     failure_event = next(e for e in failed.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
     context = dg.build_run_status_sensor_context(
-        sensor_name="close_mlflow_runs_of_failed_runs",
+        sensor_name="close_mlflow_runs_and_record_alerts",
         dagster_event=failure_event,
         dagster_instance=flights.instance,
         dagster_run=flights.instance.get_run_by_id(failed.run_id),
     ).for_run_failure()
-    close_mlflow_runs_of_failed_runs(context, mlflow=resources()["mlflow"])
+    close_mlflow_runs_and_record_alerts(context, mlflow=resources()["mlflow"])
     assert client.get_run(orphan.info.run_id).info.status == "FAILED"
     assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
-    assert flights.defs.resolve_sensor_def("close_mlflow_runs_of_failed_runs").default_status == dg.DefaultSensorStatus.RUNNING
+    assert flights.defs.resolve_sensor_def("close_mlflow_runs_and_record_alerts").default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_scored_day_is_monitored_against_the_champions_reference(flights):
@@ -277,7 +277,9 @@ def test_injected_drift_fails_the_feature_drift_check_and_names_the_features(fli
 
     spec = flights.specs["flight_delays"]
     strict = spec.model_copy(
-        update={"policies": spec.policies.model_copy(update={"drift": spec.policies.drift.model_copy(update={"drift_share": 0.1})})}
+        update={
+            "policies": spec.policies.model_copy(update={"drift": spec.policies.drift.model_copy(update={"drift_share": 0.1})})
+        }
     )
     result = (
         build_definitions([strict])

@@ -243,9 +243,23 @@ class PerformancePolicy(_Strict):
     min_rows: int = Field(30, ge=1)
 
 
+class FreshnessSpec(_Strict):
+    """How old data and models may get (Dagster ``FreshnessPolicy.time_window``): features should
+    arrive at least every ``features_hours``; a model older than ``model_days`` is retrained."""
+
+    features_hours: float | None = Field(48.0, gt=0)
+    model_days: float | None = Field(30.0, gt=0)
+
+
 class PoliciesSpec(_Strict):
+    """When the model retrains by itself: a drift or performance check newly fails, the model's
+    freshness fails, or its code version changes; never within ``cooldown_days`` of the last
+    training, never while it is already training, never while an upstream blocking check fails."""
+
     drift: DriftPolicy = DriftPolicy()
     performance: PerformancePolicy = PerformancePolicy()
+    freshness: FreshnessSpec = FreshnessSpec()
+    cooldown_days: float = Field(7.0, ge=0)
 
 
 class PartitionsSpec(_Strict):

@@ -1,0 +1,115 @@
+"""Policies, compiled: the one place that turns a spec's policies into Dagster automation.
+
+Nothing retrains unless a policy says so. For each spec:
+
+* ``model_<spec>`` rematerializes when a monitoring check on ``predictions_<spec>`` (feature drift,
+  prediction drift, performance) **newly** fails, when the model's freshness fails (older than
+  ``policies.freshness.model_days``), or when its code version changes. A trigger stays pending
+  until handled, but the model is never requested within ``policies.cooldown_days`` of its last
+  training, while it (or its training set) is in progress, or while the latest blocking check of
+  ``dataset_<spec>`` is failing.
+* ``training_set_<spec>`` evaluates the same retrain decision, and the model is only requested
+  together with it: a retrain always runs training set + model (+ gate) in one run on fresh data.
+* ``champion_<spec>`` (the promotion gate) follows the model (``eager``).
+* ``predictions_<spec>`` scores the newest featurised day as soon as it and a champion exist, and
+  re-scores it after a promotion (``eager``).
+* raw → dataset → features → online store run from the landing sensor, one run per landed file.
+
+Freshness policies (``FreshnessPolicy.time_window``) go on features and model so the UI shows
+their state; the model's automation computes the same window itself, so it does not depend on the
+freshness daemon having run (and replays with simulated time behave like production).
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import timedelta
+
+import dagster as dg
+
+from mlops_assets.common import key
+from mlops_assets.specs import ModelSpec
+
+AUTOMATION_SENSOR = "mlops_automation"
+
+
+class UpdatedWithin(dg.AutomationCondition):
+    """True while the target's latest materialization is younger than ``window``.
+
+    Measured against the evaluation time (the daemon's clock, or a replay's simulated clock), from
+    the materialization's own timestamp."""
+
+    def __init__(self, window: timedelta):
+        self._window = window
+
+    @property
+    def name(self) -> str:
+        return f"updated within the last {self._window.total_seconds() / 86400:g} days"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        event = context.asset_graph_view.instance.get_latest_materialization_event(context.key)
+        recent = event is not None and context.evaluation_time.timestamp() - event.timestamp < self._window.total_seconds()
+        return dg.AutomationResult(
+            context=context, true_subset=context.candidate_subset if recent else context.get_empty_subset()
+        )
+
+
+def retrain_triggers(spec: ModelSpec) -> dg.AutomationCondition:
+    """The events that make a retrain due (each labelled, so the UI says which one fired)."""
+    A = dg.AutomationCondition
+    monitoring_failed = A.asset_matches(key("predictions", spec), A.any_checks_match(A.check_failed())).newly_true()
+    triggers = monitoring_failed.with_label("drift or performance check newly failed")
+    if spec.policies.freshness.model_days:
+        stale = ~UpdatedWithin(timedelta(days=spec.policies.freshness.model_days))
+        triggers = triggers | (stale & ~A.missing()).newly_true().with_label(
+            f"freshness failed (model older than {spec.policies.freshness.model_days:g} days)"
+        )
+    return triggers | A.code_version_changed().with_label("code version changed")
+
+
+def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition:
+    A = dg.AutomationCondition
+    pending = retrain_triggers(spec).since(A.newly_requested() | A.newly_updated()).with_label("retrain due")
+    condition = pending & ~A.in_progress() & ~A.any_deps_in_progress()
+    if spec.policies.cooldown_days:
+        condition = condition & ~UpdatedWithin(timedelta(days=spec.policies.cooldown_days))  # the cooldown
+    upstream_failing = A.asset_matches(key("dataset", spec), A.any_checks_match(A.check_failed(), blocking_only=True))
+    return condition & ~upstream_failing.with_label("an upstream blocking check is failing")
+
+
+def automation_condition(stage: str, spec: ModelSpec) -> dg.AutomationCondition | None:
+    """The automation condition of a stage's asset, or None for assets the landing sensor drives."""
+    A = dg.AutomationCondition
+    if stage == "training_set":
+        return retrain_condition(spec)
+    if stage == "model":
+        return retrain_condition(spec) & A.any_deps_match(A.will_be_requested()).with_label(
+            "training set refreshed in the same run"
+        )
+    if stage in ("champion", "predictions"):
+        return A.eager()
+    return None
+
+
+def freshness_policy(stage: str, spec: ModelSpec) -> dg.FreshnessPolicy | None:
+    f = spec.policies.freshness
+    if stage == "features" and f.features_hours:
+        return dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=f.features_hours))
+    if stage == "model" and f.model_days:
+        return dg.FreshnessPolicy.time_window(fail_window=timedelta(days=f.model_days))
+    return None
+
+
+def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+    """Evaluates every condition above. Runs by default (Dagster's implicit sensor starts stopped),
+    and in the code server because ``UpdatedWithin`` is Python the daemon cannot import."""
+    with warnings.catch_warnings():  # use_user_code_server is beta; we need it for UpdatedWithin
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.AutomationConditionSensorDefinition(
+            AUTOMATION_SENSOR,
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            use_user_code_server=True,
+            minimum_interval_seconds=30,
+            description="Retrains, gates and re-scores models when their policies say so (mlops_assets.policies).",
+        )

@@ -1,0 +1,144 @@
+"""The compiled retrain policy on the real asset graph, over simulated days.
+
+Materializations and check results are reported as events at simulated times (Dagster's clock is
+frozen at each simulated moment), and the real conditions from ``mlops_assets.policies`` are
+evaluated with ``evaluate_automation_conditions`` tick by tick, the way the automation sensor does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+from dagster._core.test_utils import freeze_time
+
+T0 = datetime(2013, 3, 1, 6, tzinfo=timezone.utc)
+RETRAIN = ("training_set", "model", "champion")
+
+
+class Simulation:
+    """A real instance, the real definitions of one spec, and a clock we move by hand."""
+
+    def __init__(self, spec, instance, defs):
+        self.spec, self.instance, self.defs = spec, instance, defs
+        self.cursor = None
+        self.retrains: list[datetime] = []
+
+    def key(self, stage: str) -> dg.AssetKey:
+        return dg.AssetKey(f"{stage}_{self.spec.name}")
+
+    def materialize(self, at: datetime, *stages: str, partition: str | None = None) -> None:
+        with freeze_time(at):
+            for stage in stages:
+                self.instance.report_runless_asset_event(dg.AssetMaterialization(self.key(stage), partition=partition))
+
+    def check(self, at: datetime, asset_stage: str, name: str, passed: bool, partition: str | None = None) -> None:
+        with freeze_time(at):
+            self.instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=self.key(asset_stage),
+                    check_name=name,
+                    passed=passed,
+                    metadata={},
+                    severity=dg.AssetCheckSeverity.WARN if asset_stage == "predictions" else dg.AssetCheckSeverity.ERROR,
+                    partition=partition,
+                )
+            )
+
+    def tick(self, at: datetime, defs=None) -> set[str]:
+        """One automation tick; requested retrain assets are 'run' (reported) right away."""
+        with freeze_time(at):
+            result = dg.evaluate_automation_conditions(
+                defs=defs or self.defs, instance=self.instance, cursor=self.cursor, evaluation_time=at
+            )
+        self.cursor = result.cursor
+        requested = {s for s in RETRAIN if result.get_num_requested(self.key(s))}
+        if "model" in requested:
+            assert {"training_set", "model"} <= requested  # always retrained on a fresh training set
+            self.retrains.append(at)
+            self.materialize(at + timedelta(minutes=5), *RETRAIN)
+        return requested
+
+    def day(self, n: int, *, drift: bool = False) -> datetime:
+        """Day n: a new partition is scored and checked, then the sensor ticks."""
+        at = T0 + timedelta(days=n)
+        partition = (at - timedelta(days=1)).date().isoformat()
+        self.materialize(at, "predictions", partition=partition)
+        for name in ("feature_drift", "prediction_drift", "performance"):
+            self.check(at, "predictions", name, passed=not (drift and name == "feature_drift"), partition=partition)
+        self.tick(at + timedelta(minutes=1))
+        return at
+
+
+@pytest.fixture
+def sim(tmp_path, monkeypatch, flight_spec):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    from mlops_assets.factory import build_definitions
+
+    with dg.instance_for_test() as instance:
+        s = Simulation(flight_spec, instance, build_definitions([flight_spec]))
+        s.tick(T0 - timedelta(hours=2))  # first evaluation: nothing is newly anything yet
+        s.materialize(T0 - timedelta(hours=1), "feature_store", *RETRAIN)  # the first model
+        yield s
+
+
+def test_no_retrain_while_nothing_drifts(sim):
+    for n in range(1, 21):
+        sim.day(n)
+    assert sim.retrains == []
+
+
+def test_exactly_one_retrain_after_injected_drift(sim):
+    for n in range(1, 10):
+        sim.day(n)
+    drift_day = sim.day(10, drift=True)
+    for n in range(11, 15):
+        sim.day(n, drift=True)  # still drifting: the check is failing, but not newly
+    assert sim.retrains == [drift_day + timedelta(minutes=1)]
+
+
+def test_no_retrain_inside_the_cooldown_then_one_when_it_ends(sim):
+    assert sim.spec.policies.cooldown_days == 7
+    for n in range(1, 3):
+        sim.day(n)
+    sim.day(3, drift=True)  # due, but the model is 3 days old
+    for n in range(4, 12):
+        sim.day(n)  # drift resolved on its own, the pending trigger is still owed once
+    assert len(sim.retrains) == 1
+    assert sim.retrains[0] >= T0 + timedelta(days=7)  # not before the cooldown ended
+    assert sim.retrains[0] < T0 + timedelta(days=8, hours=1)
+
+
+def test_failed_freshness_triggers_one_retrain(sim):
+    assert sim.spec.policies.freshness.model_days == 30
+    for n in range(1, 40):
+        sim.day(n)
+    assert len(sim.retrains) == 1
+    assert T0 + timedelta(days=30) <= sim.retrains[0] < T0 + timedelta(days=31, hours=1)
+
+
+def test_no_retrain_while_an_upstream_blocking_check_fails(sim):
+    for n in range(1, 10):
+        sim.day(n)
+    at = T0 + timedelta(days=10)
+    sim.check(at, "dataset", "ranges", passed=False, partition=(at - timedelta(days=1)).date().isoformat())
+    sim.day(10, drift=True)
+    sim.day(11)
+    assert sim.retrains == []
+    at = T0 + timedelta(days=12)
+    sim.check(at, "dataset", "ranges", passed=True, partition=(at - timedelta(days=1)).date().isoformat())
+    sim.day(12)
+    assert len(sim.retrains) == 1  # the drift seen on day 10 is handled once the data is valid again
+
+
+def test_a_new_code_version_triggers_a_retrain(sim, flight_spec):
+    from mlops_assets.factory import build_definitions
+
+    for n in range(1, 9):
+        sim.day(n)
+    assert sim.retrains == []
+    edited = flight_spec.model_copy(update={"training": flight_spec.training.model_copy(update={"window_days": 21})})
+    sim.defs = build_definitions([edited])
+    sim.day(9)
+    assert len(sim.retrains) == 1
