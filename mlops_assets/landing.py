@@ -3,17 +3,19 @@
 A file is named ``YYYY-MM-DD.<csv|csv.gz|parquet>``. The sensor reads it before requesting a run:
 a file that is misnamed, outside the spec's partitions, unreadable or missing a column the spec
 needs is moved to ``quarantine/<spec>/`` with a ``.reason.txt`` beside it, and the sensor goes on
-with the other files. A file landed again (new modification time) is ingested again.
+with the other files. A file landed again is ingested again only if its content changed: a day
+whose latest ``raw_<spec>`` materialization came from identical bytes (same SHA-256) is skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import date
 
 import dagster as dg
 
-from mlops_assets.common import daily_partitions
+from mlops_assets.common import daily_partitions, key
 from mlops_assets.jobs import job_name
 from mlops_assets.resources import LakeStorage
 from mlops_assets.specs import ModelSpec
@@ -38,6 +40,17 @@ def check_landed_file(spec: ModelSpec, path, partition_keys: set[str]) -> str | 
     if df.empty:
         return f"{path}: no rows"
     return None
+
+
+def already_ingested(instance: dg.DagsterInstance, spec: ModelSpec, day: str, digest: str) -> bool:
+    """Whether the day's latest raw materialization was made from a file with this SHA-256."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key("raw", spec), asset_partitions=[day]), limit=1
+    ).records
+    if not records:
+        return False
+    sha = records[0].asset_materialization.metadata.get("sha256")
+    return sha is not None and sha.value == digest
 
 
 def build(spec: ModelSpec) -> dg.SensorDefinition:
@@ -70,10 +83,13 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
                 seen.pop(path.name, None)
                 continue
             seen[path.name] = stamp
+            day = path.name.split(".", 1)[0]
+            if already_ingested(context.instance, spec, day, hashlib.sha256(path.read_bytes()).hexdigest()):
+                continue
             requests.append(
                 dg.RunRequest(
                     run_key=f"{path.name}:{stamp}",
-                    partition_key=path.name.split(".", 1)[0],
+                    partition_key=day,
                     tags={"mlops/landed_file": path.name},
                 )
             )

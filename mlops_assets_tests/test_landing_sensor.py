@@ -1,0 +1,51 @@
+"""The landing sensor: good files become ingest runs for their day; bad files go to quarantine with
+the reason, and the sensor keeps going."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+import pandas as pd
+
+
+def test_landing_sensor_requests_good_days_and_quarantines_bad_files(tmp_path, monkeypatch, flight_spec):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    from mlops_assets.cli import land
+    from mlops_assets.environments import resources
+    from mlops_assets.factory import build_definitions
+
+    defs = build_definitions([flight_spec])
+    landing = tmp_path / "landing" / "flight_delays"
+    land(flight_spec, date(2013, 1, 1), 4)
+    (landing / "notes.csv").write_text("hello\n")
+    lines = (landing / "2013-01-03.csv").read_text().splitlines()
+    lines.insert(3, lines[3] + ",1,2,3")
+    (landing / "2013-01-03.csv").write_text("\n".join(lines) + "\n")
+    pd.read_csv(landing / "2013-01-04.csv", dtype=str).drop(columns=["carrier"]).to_csv(landing / "2013-01-04.csv", index=False)
+    pd.read_csv(landing / "2013-01-01.csv", dtype=str).to_csv(landing / "2012-12-31.csv", index=False)
+
+    sensor = defs.resolve_sensor_def("landing_flight_delays")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources={"lake": resources()["lake"]}, definitions=defs)
+        result = sensor.evaluate_tick(ctx)
+        assert sorted(r.partition_key for r in result.run_requests) == ["2013-01-01", "2013-01-02"]
+        assert all(r.tags["mlops/landed_file"].startswith(r.partition_key) for r in result.run_requests)
+
+        quarantine = tmp_path / "quarantine" / "flight_delays"
+        reasons = {p.name.removesuffix(".reason.txt"): p.read_text() for p in quarantine.glob("*.reason.txt")}
+        assert set(reasons) == {"notes.csv", "2013-01-03.csv", "2013-01-04.csv", "2012-12-31.csv"}
+        assert "file name must start with the day" in reasons["notes.csv"]
+        assert "malformed CSV" in reasons["2013-01-03.csv"] and "line 4" in reasons["2013-01-03.csv"]
+        assert "missing column 'carrier'" in reasons["2013-01-04.csv"]
+        assert "outside the partitions" in reasons["2012-12-31.csv"]
+        assert sorted(p.name for p in landing.iterdir()) == ["2013-01-01.csv", "2013-01-02.csv"]
+
+        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"lake": resources()["lake"]}, definitions=defs))
+        assert again.run_requests == []  # nothing new
+
+        land(flight_spec, date(2013, 1, 2), 1)  # the day is landed again (corrected upstream)
+        third = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=again.cursor, resources={"lake": resources()["lake"]}, definitions=defs))
+        assert [r.partition_key for r in third.run_requests] == ["2013-01-02"]
+        assert third.run_requests[0].run_key != result.run_requests[1].run_key
