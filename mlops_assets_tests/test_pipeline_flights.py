@@ -232,8 +232,13 @@ def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(fligh
         dagster_instance=flights.instance,
         dagster_run=flights.instance.get_run_by_id(failed.run_id),
     ).for_run_failure()
-    close_mlflow_runs_and_record_alerts(context, mlflow=resources()["mlflow"])
+    close_mlflow_runs_and_record_alerts(context, mlflow=resources()["mlflow"], lake=resources()["lake"])
     assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+    import json
+
+    alerts = [json.loads(line) for line in (flights.home / "alerts" / "alerts.jsonl").read_text().splitlines()]
+    assert alerts[-1]["run_id"] == failed.run_id and alerts[-1]["job"] == "train_flight_delays"
+    assert orphan.info.run_id in alerts[-1]["mlflow_runs_closed"] and alerts[-1]["error"]
     assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
     assert flights.defs.resolve_sensor_def("close_mlflow_runs_and_record_alerts").default_status == dg.DefaultSensorStatus.RUNNING
 
