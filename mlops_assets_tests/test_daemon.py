@@ -92,7 +92,10 @@ def test_daemon_runs_landing_sensor_and_automation(tmp_path, monkeypatch):
                         continue
                     if run.tags.get("mlops/landed_file") == f"{yesterday}.csv":
                         landed = run
-                    if run.tags.get("dagster/sensor_name") == "mlops_automation" and run.tags.get("dagster/partition") == yesterday.isoformat():
+                    if (
+                        run.tags.get("dagster/sensor_name") == "mlops_automation"
+                        and run.tags.get("dagster/partition") == yesterday.isoformat()
+                    ):
                         scored = run
         finally:
             os.killpg(daemon.pid, signal.SIGTERM)

@@ -125,3 +125,14 @@ def test_psi_bands_and_dataset_drift_share():
     assert stable.score < 0.1 and not stable.drifted
     assert moved.score >= 0.25 and moved.drifted
     assert set(result.table().columns) >= {"column", "method", "score", "threshold", "drifted"}
+
+
+def test_a_column_without_values_on_one_side_is_reported_not_tested():
+    """E.g. a past-rate feature on the first day of history: all missing in the reference."""
+    rng = np.random.default_rng(5)
+    reference = pd.DataFrame({"rate": [np.nan] * 2000, "x": rng.normal(0, 1, 2000), "y": rng.normal(0, 1, 2000)})
+    current = pd.DataFrame({"rate": rng.uniform(0, 1, 500), "x": rng.normal(1, 1, 500), "y": rng.normal(0, 1, 500)})
+    result = dataset_drift(reference, current)
+    rate = next(c for c in result.columns if c.column == "rate")
+    assert rate.method == "not_tested" and not rate.drifted and rate.reference_missing_share == 1.0
+    assert result.drifted_share == 0.5  # x drifted, y did not; rate not counted

@@ -42,10 +42,18 @@ def test_landing_sensor_requests_good_days_and_quarantines_bad_files(tmp_path, m
         assert "outside the partitions" in reasons["2012-12-31.csv"]
         assert sorted(p.name for p in landing.iterdir()) == ["2013-01-01.csv", "2013-01-02.csv"]
 
-        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"lake": resources()["lake"]}, definitions=defs))
+        again = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=result.cursor, resources={"lake": resources()["lake"]}, definitions=defs
+            )
+        )
         assert again.run_requests == []  # nothing new
 
         land(flight_spec, date(2013, 1, 2), 1)  # the day is landed again (corrected upstream)
-        third = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=again.cursor, resources={"lake": resources()["lake"]}, definitions=defs))
+        third = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=again.cursor, resources={"lake": resources()["lake"]}, definitions=defs
+            )
+        )
         assert [r.partition_key for r in third.run_requests] == ["2013-01-02"]
         assert third.run_requests[0].run_key != result.run_requests[1].run_key

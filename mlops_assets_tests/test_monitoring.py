@@ -67,3 +67,11 @@ def test_drift_strength_puts_every_test_on_one_scale():
     assert monitoring.drift_strength(distance) == pytest.approx(2.5)
     assert monitoring.drift_strength(pvalue) == pytest.approx(5.0)
     assert monitoring.drift_strength(stable) < 1
+
+
+def test_feature_drift_reports_untested_features_instead_of_failing(spec):
+    reference = frame(spec, 5000, 1)
+    reference["carrier_delay_rate"] = np.nan  # no history yet when the champion was trained
+    outcome, table = monitoring.feature_drift(reference, frame(spec, 800, 2), spec)
+    assert outcome.passed and outcome.metadata["untested_features"] == "carrier_delay_rate"
+    assert table.set_index("column").loc["carrier_delay_rate", "strength"] == 0.0

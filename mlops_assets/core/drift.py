@@ -36,6 +36,7 @@ import pandas as pd
 Method = Literal["auto", "wasserstein", "ks", "jensenshannon", "chisquare", "z", "psi"]
 THRESHOLDS = {"wasserstein": 0.1, "ks": 0.05, "jensenshannon": 0.1, "chisquare": 0.05, "z": 0.05, "psi": 0.1}
 P_VALUE_TESTS = {"ks", "chisquare", "z"}
+NOT_TESTED = "not_tested"  # a column with no value on one side: reported, left out of the drifted share
 LARGE_REFERENCE = 1000
 INTEGER_CATEGORY_LIMIT = 10
 FEW_VALUES = 5
@@ -69,9 +70,10 @@ class DatasetDrift:
     drifted: bool = field(init=False)
 
     def __post_init__(self):
-        share = float(np.mean([c.drifted for c in self.columns])) if self.columns else 0.0
+        tested = [c.drifted for c in self.columns if c.method != NOT_TESTED]
+        share = float(np.mean(tested)) if tested else 0.0
         object.__setattr__(self, "drifted_share", share)
-        object.__setattr__(self, "drifted", bool(self.columns) and share >= self.drift_share)
+        object.__setattr__(self, "drifted", bool(tested) and share >= self.drift_share)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([c.as_row() for c in self.columns])
@@ -301,14 +303,26 @@ def dataset_drift(
     """Drift of every column, and whether the share of drifted columns reaches ``drift_share``."""
     columns = list(reference.columns) if columns is None else columns
     categorical = set(categorical or [])
-    results = [
-        column_drift(
-            reference[c],
-            current[c],
-            column=c,
-            kind="categorical" if c in categorical else None,
-            method=method,
-        )
-        for c in columns
-    ]
+    results = []
+    for c in columns:
+        kind = "categorical" if c in categorical else infer_kind(reference[c])
+        ref, ref_missing = _clean(reference[c])
+        cur, cur_missing = _clean(current[c])
+        if ref.empty or cur.empty:  # e.g. a history-based feature on the very first days
+            results.append(
+                ColumnDrift(
+                    c,
+                    kind,
+                    NOT_TESTED,
+                    float("nan"),
+                    float("nan"),
+                    False,
+                    len(ref),
+                    len(cur),
+                    float(ref_missing),
+                    float(cur_missing),
+                )
+            )
+            continue
+        results.append(column_drift(reference[c], current[c], column=c, kind=kind, method=method))
     return DatasetDrift(columns=results, drift_share=drift_share)

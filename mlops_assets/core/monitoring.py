@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mlops_assets.core.drift import P_VALUE_TESTS, ColumnDrift, column_drift, dataset_drift
+from mlops_assets.core.drift import NOT_TESTED, P_VALUE_TESTS, ColumnDrift, column_drift, dataset_drift
 from mlops_assets.core.validation import CheckOutcome
 from mlops_assets.specs import ModelSpec
 
@@ -17,6 +17,8 @@ LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
 def drift_strength(col: ColumnDrift) -> float:
     """How far past its threshold a column is, on one scale for every test: > 1 means drifted.
     Distances are divided by their threshold; p-values give threshold / p (capped at 100)."""
+    if col.method == NOT_TESTED:
+        return 0.0
     if col.method in P_VALUE_TESTS:
         return min(col.threshold / max(col.score, 1e-300), 100.0)
     return col.score / col.threshold
@@ -39,14 +41,16 @@ def feature_drift(reference: pd.DataFrame, today: pd.DataFrame, spec: ModelSpec)
     table = result.table()[["column", "method", "score", "threshold", "drifted", "current_missing_share", "constant_reference"]]
     table.insert(4, "strength", [drift_strength(c) for c in result.columns])
     drifted = table.loc[table["drifted"], "column"].tolist()
+    untested = table.loc[table["method"] == NOT_TESTED, "column"].tolist()
     outcome = CheckOutcome(
         "feature_drift",
         not result.drifted,
-        f"{len(drifted)} of {len(table)} features drifted (share {result.drifted_share:.2f}, "
+        f"{len(drifted)} of {len(table) - len(untested)} tested features drifted (share {result.drifted_share:.2f}, "
         f"limit {policy.drift_share:.2f}){': ' + ', '.join(drifted) if drifted else ''}.",
         {
             "drifted_share": result.drifted_share,
             "drifted_features": ", ".join(drifted) or "none",
+            "untested_features": ", ".join(untested) or "none",
             "rows": len(today),
             "reference_rows": len(reference),
         },
