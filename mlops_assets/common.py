@@ -94,6 +94,17 @@ def png_markdown(fig) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![plot](data:image/png;base64,{data})")
 
 
+def check_result(outcome, severity: dg.AssetCheckSeverity, **extra_metadata) -> dg.AssetCheckResult:
+    """A core ``CheckOutcome`` (name, verdict, description, metadata) as a Dagster check result."""
+    return dg.AssetCheckResult(
+        check_name=outcome.name,
+        passed=outcome.passed,
+        severity=severity,
+        description=outcome.description,
+        metadata={**outcome.metadata, **extra_metadata},
+    )
+
+
 def failure(message: str, **metadata) -> dg.Failure:
     """A run failure whose description is the whole story (file, row, column), shown in the UI."""
     return dg.Failure(description=message, metadata={k: str(v) for k, v in metadata.items()}, allow_retries=False)

@@ -9,7 +9,7 @@ import hashlib
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, daily_partitions, day_of, failure, key, md_table
+from mlops_assets.common import asset_kwargs, check_result, daily_partitions, day_of, failure, key, md_table
 from mlops_assets.core.names import LABEL
 from mlops_assets.resources import LakeStorage
 from mlops_assets.specs import ModelSpec
@@ -109,16 +109,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 "path": dg.MetadataValue.path(str(out)),
                 "preview": md_table(df.head(10)),
             },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=o.name,
-                    passed=o.passed,
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    description=o.description,
-                    metadata=o.metadata,
-                )
-                for o in outcomes
-            ],
+            check_results=[check_result(o, dg.AssetCheckSeverity.ERROR) for o in outcomes],
         )
 
     return [raw, dataset]

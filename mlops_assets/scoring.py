@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, daily_partitions, failure, key
+from mlops_assets.common import asset_kwargs, check_result, daily_partitions, failure, key
 from mlops_assets.core.names import CHAMPION, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
@@ -140,14 +140,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             meta["drifted_feature_share"] = drift.metadata["drifted_share"]
             drift_meta = {"per_feature": md_table(table, max_rows=200), "plot": _drift_plot(table)}
         check_results = [
-            dg.AssetCheckResult(
-                check_name=o.name,
-                passed=o.passed,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=o.description,
-                metadata={**o.metadata, **(drift_meta if o.name == "feature_drift" else {})},
-            )
-            for o in outcomes
+            check_result(o, dg.AssetCheckSeverity.WARN, **(drift_meta if o.name == "feature_drift" else {})) for o in outcomes
         ]
         return dg.MaterializeResult(metadata=meta, check_results=check_results)
 

