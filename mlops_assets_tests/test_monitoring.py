@@ -75,3 +75,8 @@ def test_feature_drift_reports_untested_features_instead_of_failing(spec):
     outcome, table = monitoring.feature_drift(reference, frame(spec, 800, 2), spec)
     assert outcome.passed and outcome.metadata["untested_features"] == "carrier_delay_rate"
     assert table.set_index("column").loc["carrier_delay_rate", "strength"] == 0.0
+
+
+def test_an_undefined_realised_metric_is_not_judged(spec):
+    outcome = monitoring.performance(float("nan"), 500, 0.70, spec)  # ROC AUC of a one-class day
+    assert outcome.passed and outcome.metadata["evaluated"] is False and "undefined" in outcome.description

@@ -84,6 +84,8 @@ def performance(realised: float | None, labelled_rows: int, reference: float, sp
     policy, metric = spec.policies.performance, spec.promotion.metric
     if realised is None or labelled_rows < policy.min_rows:
         return _not_judged("performance", labelled_rows, policy.min_rows, what="labelled rows")
+    if np.isnan(realised):  # e.g. ROC AUC on a day whose labels are all one class
+        return CheckOutcome("performance", True, f"not judged: {metric} is undefined on this day's labels.", {"evaluated": False})
     drop = (realised - reference) if metric in LOWER_IS_BETTER else (reference - realised)
     ok = bool(drop <= policy.tolerated_drop)
     return CheckOutcome(
