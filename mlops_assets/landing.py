@@ -74,6 +74,10 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
             stamp = path.stat().st_mtime_ns
             if seen.get(path.name) == stamp:
                 continue
+            day = path.name.split(".", 1)[0]
+            if already_ingested(context.instance, spec, day, hashlib.sha256(path.read_bytes()).hexdigest()):
+                seen[path.name] = stamp  # same bytes as the day's latest raw: nothing to do
+                continue
             if keys is None:
                 keys = set(daily_partitions(spec).get_partition_keys())
             reason = check_landed_file(spec, path, keys)
@@ -83,9 +87,6 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
                 seen.pop(path.name, None)
                 continue
             seen[path.name] = stamp
-            day = path.name.split(".", 1)[0]
-            if already_ingested(context.instance, spec, day, hashlib.sha256(path.read_bytes()).hexdigest()):
-                continue
             requests.append(
                 dg.RunRequest(
                     run_key=f"{path.name}:{stamp}",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, check_result, daily_partitions, failure, key
+from mlops_assets.common import asset_kwargs, check_result, daily_partitions, failure, key, md_table, png_markdown
 from mlops_assets.core.names import CHAMPION, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
@@ -65,8 +65,6 @@ def _drift_plot(table):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mlops_assets.common import png_markdown
-
     ordered = table.sort_values("strength")
     fig, ax = plt.subplots(figsize=(6, 0.25 * len(ordered) + 1))
     ax.barh(ordered["column"], ordered["strength"], color=["tab:red" if d else "tab:blue" for d in ordered["drifted"]])
@@ -105,7 +103,6 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     def predictions(
         context: dg.AssetExecutionContext, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking
     ) -> dg.MaterializeResult:
-        from mlops_assets.common import md_table
         from mlops_assets.core import monitoring
         from mlops_assets.core.training import evaluate
 
