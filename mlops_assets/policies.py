@@ -10,9 +10,11 @@ Nothing retrains unless a policy says so. For each spec:
   ``dataset_<spec>`` is failing.
 * ``training_set_<spec>`` evaluates the same retrain decision, and the model is only requested
   together with it: a retrain always runs training set + model (+ gate) in one run on fresh data.
+* ``policies.retrain`` swaps those triggers for ``static`` (no automation on training set and
+  model) or ``cron:N`` (retrain once the model is N days old), the peers a replay compares against.
 * ``champion_<spec>`` (the promotion gate) follows the model (``eager``).
-* ``predictions_<spec>`` scores the newest featurised day as soon as it and a champion exist, and
-  re-scores it after a promotion (``eager``).
+* ``predictions_<spec>`` scores the newest featurised day as soon as it and a champion exist
+  (``eager``, ignoring champion updates): a day keeps the predictions that were served for it.
 * raw → dataset → features → online store run from the landing sensor, one run per landed file.
 
 Freshness policies (``FreshnessPolicy.time_window``) go on features and model so the UI shows
@@ -67,8 +69,14 @@ def retrain_triggers(spec: ModelSpec) -> dg.AutomationCondition:
     return triggers | A.code_version_changed().with_label("code version changed")
 
 
-def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition:
+def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition | None:
     A = dg.AutomationCondition
+    if spec.policies.retrain == "static":
+        return None  # trained once, by hand or CI (the train job), never again by itself
+    if spec.policies.cron_days:
+        n = spec.policies.cron_days  # an hour's slack so a daily tick is never a few minutes early
+        due = (~UpdatedWithin(timedelta(days=n, hours=-1)) & ~A.missing()).with_label(f"cron: every {n} days")
+        return due & ~A.in_progress() & ~A.any_deps_in_progress()
     pending = retrain_triggers(spec).since(A.newly_requested() | A.newly_updated()).with_label("retrain due")
     condition = pending & ~A.in_progress() & ~A.any_deps_in_progress()
     if spec.policies.cooldown_days:
@@ -83,11 +91,18 @@ def automation_condition(stage: str, spec: ModelSpec) -> dg.AutomationCondition 
     if stage == "training_set":
         return retrain_condition(spec)
     if stage == "model":
-        return retrain_condition(spec) & A.any_deps_match(A.will_be_requested()).with_label(
-            "training set refreshed in the same run"
+        condition = retrain_condition(spec)
+        return (
+            None
+            if condition is None
+            else condition & A.any_deps_match(A.will_be_requested()).with_label("training set refreshed in the same run")
         )
-    if stage in ("champion", "predictions"):
+    if stage == "champion":
         return A.eager()
+    if stage == "predictions":
+        # A day is scored once, by the champion serving when it arrives; a later promotion does not
+        # rewrite what was served (monitoring and replays judge the predictions that were made).
+        return A.eager().ignore(dg.AssetSelection.assets(key("champion", spec))) & ~A.any_deps_missing()
     return None
 
 

@@ -54,7 +54,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         y = holdout[LABEL]
 
         def score(version) -> float:
-            return evaluate(y, predict_scores(mlflow.load_version(name, version.version), X, spec), spec)[metric]
+            return evaluate(y, predict_scores(mlflow.load_version(name, version.version, version.run_id), X, spec), spec)[metric]
 
         challenger_score = score(challenger)
         same = current is not None and current.version == challenger.version

@@ -5,8 +5,6 @@ champion sees at scoring time what it saw when it was fitted. Each row records t
 that scored it; where the partition's labels are already known, the realised metric is reported.
 """
 
-from typing import TYPE_CHECKING
-
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, check_result, daily_partitions, failure, key, md_table, png_markdown
@@ -14,9 +12,6 @@ from mlops_assets.core.names import CHAMPION, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
 from mlops_assets.training import entity_frame, reference_dir
-
-if TYPE_CHECKING:
-    pass
 
 
 def score_partition(spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFeatureStore, model, version: str):
@@ -35,6 +30,28 @@ def score_partition(spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFe
     out["model_version"] = int(version)
     out[LABEL] = joined[LABEL]
     return out, X
+
+
+def newest_labelled(spec: ModelSpec, day: str, scored, lake: LakeStorage):
+    """The served predictions whose labels became known with this day, joined to those labels.
+
+    With ``target.label_delay_days = 0`` that is the day just scored. With a delay of N it is the
+    day N days earlier: its predictions were made (and stored) when it arrived, and its labels were
+    landed since, so the performance check judges what the model really served, out of sample."""
+    from datetime import date, timedelta
+
+    delay = spec.target.label_delay_days
+    if delay == 0:
+        return day, scored[scored[LABEL].notna()]
+    labelled_day = (date.fromisoformat(day) - timedelta(days=delay)).isoformat()
+    served_path = lake.partition_path("predictions", spec.name, labelled_day)
+    events_path = lake.partition_path("dataset", spec.name, labelled_day)
+    if not (served_path.exists() and events_path.exists()):
+        return labelled_day, scored.iloc[:0]
+    served = lake.read(served_path).drop(columns=[LABEL])
+    labels = lake.read(events_path)[[EVENT_ID, LABEL]]
+    joined = served.merge(labels, on=EVENT_ID, how="inner")
+    return labelled_day, joined[joined[LABEL].notna()]
 
 
 def load_reference(lake: LakeStorage, mlflow: MlflowTracking, spec: ModelSpec, run_id: str):
@@ -110,7 +127,9 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         if champion is None:
             raise failure(f"model '{name}' has no '{CHAMPION}' yet; run the train job (it ends with the promotion gate)")
         day = context.partition_key
-        out, X = score_partition(spec, day, lake, feast, mlflow.load_version(name, champion.version), champion.version)
+        out, X = score_partition(
+            spec, day, lake, feast, mlflow.load_version(name, champion.version, champion.run_id), champion.version
+        )
         path = lake.write(out, lake.partition_path("predictions", name, day))
         meta = {
             "dagster/row_count": len(out),
@@ -123,10 +142,11 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         ref_features, ref_scores, ref_meta = load_reference(lake, mlflow, spec, champion.run_id)
         drift, table = monitoring.feature_drift(ref_features, X, spec)
         metric = spec.promotion.metric
-        labelled = out[out[LABEL].notna()]
+        labelled_day, labelled = newest_labelled(spec, day, out, lake)
         realised = evaluate(labelled[LABEL], labelled["score"].to_numpy(), spec)[metric] if len(labelled) else None
         if realised is not None:
             meta[f"realised_{metric}"] = realised
+            meta["realised_on"] = labelled_day
         outcomes = [
             drift,
             monitoring.prediction_drift(ref_scores, out["score"].to_numpy(), spec),

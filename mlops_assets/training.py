@@ -78,6 +78,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             raise failure(f"no featurised day in the window {window[0]}..{window[-1]}")
         joined = feast.historical_features(spec, entity_frame(events, spec))
         joined = add_derived(joined, spec)
+        joined = joined[joined[LABEL].notna()]  # days whose labels are still to come teach nothing yet
         train, holdout = split_holdout(joined, spec, as_of)
         if len(train) < tr.min_rows or holdout.empty:
             raise failure(

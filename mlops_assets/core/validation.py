@@ -43,6 +43,12 @@ def derive_label(target: pd.Series, spec: ModelSpec) -> pd.Series:
     return label
 
 
+def labels_pending(raw: pd.DataFrame, spec: ModelSpec) -> bool:
+    """A file whose target column is entirely empty, for a spec whose labels arrive late, holds
+    events whose labels are still to come (not events with a missing target)."""
+    return spec.target.label_delay_days > 0 and len(raw) > 0 and bool(raw[spec.target.column].isna().all())
+
+
 def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> pd.DataFrame:
     """Type one day of landed events.
 
@@ -74,10 +80,12 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
         out[col] = raw[col].astype("string").fillna("").astype(object)
     if spec.target.column not in out.columns:
         out[spec.target.column] = raw[spec.target.column]
-    out[LABEL] = derive_label(out[spec.target.column], spec)
     out[EVENT_TS] = ts
-
-    out = out[out[LABEL].notna()]
+    if labels_pending(raw, spec):
+        out[LABEL] = np.nan  # the day's labels come later (target.label_delay_days): keep the events
+    else:
+        out[LABEL] = derive_label(out[spec.target.column], spec)
+        out = out[out[LABEL].notna()]
     out = out.sort_values(EVENT_TS, kind="stable").reset_index(drop=True)
     out.insert(0, EVENT_ID, [f"{day.isoformat()}-{i:06d}" for i in range(len(out))])
     return out
@@ -143,7 +151,7 @@ def dataset_checks(df: pd.DataFrame, spec: ModelSpec) -> list[CheckOutcome]:
     rows = CheckOutcome(
         "row_count",
         len(df) >= c.min_rows,
-        f"At least {c.min_rows} labelled rows in the partition.",
+        f"At least {c.min_rows} rows in the partition.",
         {"rows": len(df), "min_rows": c.min_rows},
     )
     return [schema, nulls, ranges, rows]

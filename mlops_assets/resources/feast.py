@@ -8,6 +8,7 @@ fails on rows whose entity has no feature row; DuckDB keeps them with missing va
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import warnings
 from collections.abc import Iterator
@@ -43,18 +44,10 @@ class FeastFeatureStore(dg.ConfigurableResource):
     offline_store: str = Field("duckdb", description="Feast offline store type.")
 
     def store(self, spec: ModelSpec) -> FeatureStore:
-        from feast import FeatureStore
-        from feast.repo_config import RepoConfig
-
-        config = RepoConfig(
-            project=spec.name,
-            provider="local",
-            registry=self.registry_path,
-            online_store={"type": "sqlite", "path": self.online_store_path},
-            offline_store={"type": self.offline_store},
-            entity_key_serialization_version=3,
-        )
-        return FeatureStore(config=config)
+        """The spec's Feast project. One ``FeatureStore`` per project and location per process:
+        building one parses the config and opens the registry (~0.2 s), and a process that runs
+        several steps (in-process runs, replays) would pay it on every step."""
+        return cached_feature_store(spec.name, self.registry_path, self.online_store_path, self.offline_store)
 
     # --- definitions ---------------------------------------------------------------------------
 
@@ -170,3 +163,19 @@ class FeastFeatureStore(dg.ConfigurableResource):
         with sqlite3.connect(self.online_store_path) as conn:
             tables = [r[0] for r in conn.execute("select name from sqlite_master where type='table'")]
             return sum(conn.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables if t.startswith(f"{spec.name}_"))
+
+
+@functools.lru_cache(maxsize=16)
+def cached_feature_store(project: str, registry: str, online_path: str, offline: str) -> FeatureStore:
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    config = RepoConfig(
+        project=project,
+        provider="local",
+        registry=registry,
+        online_store={"type": "sqlite", "path": online_path},
+        offline_store={"type": offline},
+        entity_key_serialization_version=3,
+    )
+    return FeatureStore(config=config)

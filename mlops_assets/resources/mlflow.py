@@ -10,6 +10,7 @@ the run ends FINISHED when the block succeeds and FAILED (KILLED on interrupt) w
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,12 +116,14 @@ class MlflowTracking(dg.ConfigurableResource):
         except MlflowException:
             return None
 
-    def load_version(self, name: str, version: str | int):
-        """The scikit-learn pipeline of a registered version."""
-        import mlflow.sklearn
-
-        self._configure()
-        return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    def load_version(self, name: str, version: str | int, run_id: str | None = None):
+        """The scikit-learn pipeline of a registered version. Given the version's MLflow ``run_id``
+        (which no other version shares), a process keeps the few it used last instead of
+        downloading them again for every partition."""
+        registry = self.registry_uri or self.tracking_uri
+        if run_id is None:
+            return _load_version.__wrapped__(self.tracking_uri, registry, name, str(version), None)
+        return _load_version(self.tracking_uri, registry, name, str(version), run_id)
 
     # --- links -------------------------------------------------------------------------------
 
@@ -129,6 +132,16 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def model_version_url(self, name: str, version: str | int) -> str:
         return f"{self.ui_url}/#/models/{name}/versions/{version}"
+
+
+@functools.lru_cache(maxsize=4)
+def _load_version(tracking_uri: str, registry_uri: str, name: str, version: str, run_id: str | None):
+    import mlflow
+    import mlflow.sklearn
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
 
 
 def pip_requirements() -> list[str]:

@@ -103,6 +103,13 @@ class TargetSpec(_Strict):
     positive: dict[Literal["greater_than", "equals"], Any] | None = None
     missing: Literal["drop", "positive", "negative"] = "drop"
     missing_reason: str | None = None
+    label_delay_days: int = Field(
+        0,
+        ge=0,
+        description="Days after its events that a day's labels are known. A landed file whose target "
+        "column is entirely empty carries labels still to come: its rows are kept unlabelled, and the "
+        "same day's file is landed again once its labels exist.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
@@ -254,12 +261,23 @@ class FreshnessSpec(_Strict):
 class PoliciesSpec(_Strict):
     """When the model retrains by itself: a drift or performance check newly fails, the model's
     freshness fails, or its code version changes; never within ``cooldown_days`` of the last
-    training, never while it is already training, never while an upstream blocking check fails."""
+    training, never while it is already training, never while an upstream blocking check fails.
+    ``retrain`` replaces those triggers by ``static`` (never) or ``cron:N`` (every N days)."""
 
     drift: DriftPolicy = DriftPolicy()
     performance: PerformancePolicy = PerformancePolicy()
     freshness: FreshnessSpec = FreshnessSpec()
     cooldown_days: float = Field(7.0, ge=0)
+    retrain: str = Field(
+        "default",
+        pattern=r"^(default|static|cron:[1-9][0-9]*)$",
+        description="'default': retrain on the triggers above; 'static': never retrain after the first "
+        "model; 'cron:N': retrain every N days whatever the monitoring says (the peers replays compare to).",
+    )
+
+    @property
+    def cron_days(self) -> int | None:
+        return int(self.retrain.split(":", 1)[1]) if self.retrain.startswith("cron:") else None
 
 
 class PartitionsSpec(_Strict):

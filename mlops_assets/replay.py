@@ -1,0 +1,366 @@
+"""Replay: play a dataset day by day through the real platform, and score the retrain policy.
+
+A replay is how a policy is judged before it runs in production. On a fresh home (its own Dagster
+instance, lake, Feast store and MLflow registry) it does, for every day of the source, what the
+world and the daemon would do:
+
+1. **lands** the day's file in ``landing/<spec>/`` once the day is over (with the target column
+   empty when ``target.label_delay_days`` > 0) and lands the file of the day whose labels are now
+   known again, complete;
+2. **ticks the landing sensor** with its cursor at the simulated time and executes the ingest runs
+   it requests;
+3. **ticks the automation** (the same evaluator as the ``mlops_automation`` sensor, with its
+   cursor) until it requests nothing more, and executes the runs it asks for: scoring runs first,
+   then retraining runs, so each day is scored by the model then serving before any model can learn
+   from it (prequential evaluation).
+
+Dagster's clock is frozen at each simulated moment, so run and event timestamps, freshness, the
+cooldown and cron ages all live in simulated time. The replay keeps the truth aside: the metric of a
+day is computed from the predictions served for it when it arrived and the day's real labels.
+
+The first ``window_days + holdout_days`` days are the warm-up: ingested the same way, then the first
+model is trained with the ``train_<spec>`` job (as CI would); prequential scoring starts after it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+CAUSES = {  # trigger label prefix (mlops_assets.policies) -> cause in the report
+    "drift or performance check newly failed": "monitoring",
+    "freshness failed": "freshness",
+    "code version changed": "code_version",
+    "cron:": "cron",
+}
+DRIFT_CHECKS = {"feature_drift": "drift", "prediction_drift": "drift", "performance": "performance"}
+MAX_TICKS_PER_DAY = 6
+
+
+@dataclass
+class DayRow:
+    day: str
+    rows: int
+    metric: float | None
+    model_version: int | None
+    retrained: bool = False
+    causes: list[str] = field(default_factory=list)
+    promoted: bool | None = None
+    failed_checks: list[str] = field(default_factory=list)
+
+
+def apply_policy(spec, policy: str):
+    """The spec with its retrain policy replaced (``default`` keeps the spec's own triggers)."""
+    policies = spec.policies.model_copy(update={"retrain": policy})
+    type(policies).model_validate(policies.model_dump())  # the same validation as a spec file
+    return spec.model_copy(update={"policies": policies})
+
+
+class Replay:
+    def __init__(
+        self,
+        spec,
+        home: Path,
+        start: date | None = None,
+        days: int | None = None,
+        progress: bool = True,
+        keep_instance: bool = False,
+    ):
+        import pandas as pd
+
+        from mlops_assets.core.sources import event_timestamps, local_dates, read_table
+
+        self.spec, self.home, self.progress, self.keep_instance = spec, home, progress, keep_instance
+        tr, ts = spec.training, spec.source.timestamp
+        source = read_table(spec.source.path, spec.source.format)
+        stamps = event_timestamps(source, ts.column, ts.parts, ts.timezone, spec.source.path)
+        by_day = source.groupby(local_dates(stamps, ts.timezone).to_numpy(), sort=True)
+        self.source_days: dict[date, pd.DataFrame] = {d: g for d, g in by_day}
+        first = max(min(self.source_days), spec.partitions.start)
+        self.start = start or first + timedelta(days=tr.window_days + tr.holdout_days)
+        last = (
+            max(self.source_days)
+            if spec.partitions.end is None
+            else min(max(self.source_days), spec.partitions.end - timedelta(days=1))
+        )
+        self.end = min(last, self.start + timedelta(days=days - 1)) if days else last
+        self.warmup = [first + timedelta(days=i) for i in range((self.start - first).days)]
+        if (self.start - first).days < tr.window_days:
+            raise ValueError(
+                f"replay of '{spec.name}' starts {self.start}: it needs {tr.window_days} days of warm-up from {first}"
+            )
+        self.timezone = ts.timezone
+        self.rows: list[DayRow] = []
+        self.truth: list[pd.DataFrame] = []
+        self.automation_cursor = None
+        self.landing_cursor: str | None = None
+        self.pending_causes: set[str] = set()
+        self.failed_checks: list[str] = []
+        self._setup_platform()
+
+    # -- the platform -------------------------------------------------------------------------
+    def _setup_platform(self) -> None:
+        if self.home.exists():
+            shutil.rmtree(self.home)  # a replay always starts from nothing
+        self.home.mkdir(parents=True)
+        os.environ["MLOPS_HOME"] = str(self.home)
+        from mlops_assets.environments import ensure_dagster_home
+
+        dagster_home = ensure_dagster_home(self.home)
+        os.environ["DAGSTER_HOME"] = str(dagster_home)
+
+        import dagster as dg
+
+        from mlops_assets.factory import build_definitions
+        from mlops_assets.jobs import job_name
+        from mlops_assets.resources import LakeStorage
+        from mlops_assets.resources.feast import cached_feature_store
+
+        cached_feature_store.cache_clear()  # this home's Feast registry is new, even at a path seen before
+        self.dg = dg
+        self.defs = build_definitions([self.spec])
+        # In memory by default: the Dagster bookkeeping of a thousand simulated days costs half the
+        # replay's time in SQLite. ``keep_instance`` writes it to the home so the UI can open it.
+        self.instance = (
+            dg.DagsterInstance.from_config(str(dagster_home)) if self.keep_instance else dg.DagsterInstance.ephemeral()
+        )
+        self.lake = LakeStorage(root=str(self.home))
+        self.landing = self.defs.get_sensor_def(f"landing_{self.spec.name}")
+        self.ingest_job = self.defs.resolve_job_def(job_name("ingest", self.spec))
+        self.train_job = self.defs.resolve_job_def(job_name("train", self.spec))
+        self.assets_job = self.defs.resolve_implicit_global_asset_job_def()
+        self.repository = self.defs.get_repository_def()
+        self.key = lambda stage: dg.AssetKey(f"{stage}_{self.spec.name}")
+
+    def _arrival(self, day: date) -> datetime:
+        """When a day's file lands: half an hour after the day ends, in the spec's timezone."""
+        from zoneinfo import ZoneInfo
+
+        return datetime.combine(day + timedelta(days=1), datetime.min.time(), ZoneInfo(self.timezone)) + timedelta(minutes=30)
+
+    def _land(self, day: date, labelled: bool) -> None:
+        rows = self.source_days[day].copy()
+        if not labelled:
+            rows[self.spec.target.column] = ""
+        folder = self.lake.landing_dir(self.spec.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{day.isoformat()}.csv"
+        tmp = folder / f".{path.name}.tmp"
+        rows.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+
+    def _execute(self, job, at: datetime, **kwargs):
+        from dagster._core.test_utils import freeze_time
+
+        with freeze_time(at):
+            result = job.execute_in_process(instance=self.instance, raise_on_error=False, run_config=QUIET, **kwargs)
+        if not result.success:
+            failed = [e.message for e in result.all_events if e.is_failure][:1]
+            print(f"\n{self.spec.name}: run {result.run_id} failed: {failed}", file=sys.stderr)
+        return result
+
+    def _sensor_tick(self, at: datetime) -> None:
+        from dagster._core.test_utils import freeze_time
+
+        dg = self.dg
+        with freeze_time(at):
+            context = dg.build_sensor_context(
+                instance=self.instance,
+                cursor=self.landing_cursor,
+                resources=self.defs.resources,
+                sensor_name=self.landing.name,
+                repository_def=self.repository,
+            )
+            data = self.landing.evaluate_tick(context)
+        self.landing_cursor = data.cursor
+        for i, request in enumerate(data.run_requests or []):
+            tags = {**request.tags, "dagster/sensor_name": self.landing.name, "dagster/run_key": request.run_key or ""}
+            self._execute(self.ingest_job, at + timedelta(seconds=10 * (i + 1)), partition_key=request.partition_key, tags=tags)
+
+    def _automation_tick(self, at: datetime) -> list[tuple[str | None, list]]:
+        """One evaluation of every automation condition; returns the runs it requests, grouped the
+        way the daemon groups them (one run per partition key), scoring runs first."""
+        from dagster._core.test_utils import freeze_time
+
+        dg = self.dg
+        with freeze_time(at), warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)  # the evaluator selects source assets (beta)
+            result = dg.evaluate_automation_conditions(
+                defs=self.defs, instance=self.instance, cursor=self.automation_cursor, evaluation_time=at
+            )
+        self.automation_cursor = result.cursor
+        for r in result.results:
+            if r.key == self.key("training_set"):
+                self.pending_causes |= _fired(r)
+        runs: dict[str | None, list] = {}
+        for r in result.results:
+            if not isinstance(r.key, dg.AssetKey):
+                continue
+            for partition in result.get_requested_partitions(r.key):
+                runs.setdefault(partition, []).append(r.key)
+        return sorted(runs.items(), key=lambda item: item[0] is None)  # partitioned (scoring) first
+
+    # -- one day --------------------------------------------------------------------------------
+    def day(self, day: date, scored: bool) -> DayRow | None:
+        delay = self.spec.target.label_delay_days
+        at = self._arrival(day)
+        self._land(day, labelled=delay == 0)
+        released = day - timedelta(days=delay)
+        if delay and released in self.source_days:
+            self._land(released, labelled=True)
+        self._sensor_tick(at)
+        row = DayRow(day.isoformat(), len(self.source_days[day]), None, None) if scored else None
+        tick_at = at + timedelta(minutes=5)
+        for _ in range(MAX_TICKS_PER_DAY):
+            runs = self._automation_tick(tick_at)
+            if not runs:
+                break
+            retrained = any(partition is None for partition, _ in runs)
+            for n, (partition, keys) in enumerate(runs):
+                run_at = tick_at + timedelta(minutes=1 + n)
+                tags = {"dagster/from_automation_condition": "true", "mlops/replay": "true"}
+                result = self._execute(self.assets_job, run_at, asset_selection=keys, partition_key=partition, tags=tags)
+                if row is not None:
+                    self._record(row, day, partition, keys, result)
+            if not retrained:
+                break  # only a retrain leaves follow-up work (its gate); otherwise the next tick is tomorrow's
+            tick_at += timedelta(minutes=10)
+        return row
+
+    def _record(self, row: DayRow, day: date, partition: str | None, keys: list, result) -> None:
+        if partition == day.isoformat() and self.key("predictions") in keys:
+            failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+            self.failed_checks, row.failed_checks = failed, failed
+            if row.model_version is None and result.success:  # the first scoring is the one served
+                self._score_served(row, day)
+        if self.key("model") in keys and result.success:
+            row.retrained = True
+            row.causes = self._causes()
+            self.pending_causes = set()
+            gate = self.instance.get_latest_materialization_event(self.key("champion"))
+            if gate is not None:
+                decision = gate.asset_materialization.metadata.get("decision")
+                row.promoted = decision is not None and decision.value == "promoted"
+
+    def _causes(self) -> list[str]:
+        causes = set()
+        for label in self.pending_causes:
+            cause = next((c for prefix, c in CAUSES.items() if label.startswith(prefix)), None)
+            if cause == "monitoring":
+                causes |= {DRIFT_CHECKS[c] for c in self.failed_checks if c in DRIFT_CHECKS} or {"monitoring"}
+            elif cause:
+                causes.add(cause)
+        return sorted(causes)
+
+    def _score_served(self, row: DayRow, day: date) -> None:
+        from mlops_assets.core.names import EVENT_ID, LABEL
+        from mlops_assets.core.training import evaluate
+        from mlops_assets.core.validation import clean_events
+
+        served = self.lake.read(self.lake.partition_path("predictions", self.spec.name, day.isoformat()))
+        truth = clean_events(self.source_days[day].reset_index(drop=True), self.spec, day, f"source {day}")
+        joined = served.drop(columns=[LABEL]).merge(truth[[EVENT_ID, LABEL]], on=EVENT_ID)
+        row.model_version = int(served["model_version"].iloc[0])
+        row.rows = len(joined)
+        if len(joined):
+            row.metric = evaluate(joined[LABEL], joined["score"].to_numpy(), self.spec)[self.spec.promotion.metric]
+            self.truth.append(joined[[LABEL, "score"]])
+
+    # -- the whole replay -----------------------------------------------------------------------
+    def run(self, policy: str) -> dict:
+        import pandas as pd
+
+        from mlops_assets.core.names import LABEL
+        from mlops_assets.core.training import evaluate
+
+        t0 = time.perf_counter()
+        for day in self.warmup:
+            self.day(day, scored=False)
+        bootstrap = self._execute(self.train_job, self._arrival(self.warmup[-1]) + timedelta(minutes=2))
+        if not bootstrap.success:
+            raise RuntimeError(f"the first model of '{self.spec.name}' could not be trained (run {bootstrap.run_id})")
+        days = [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]
+        days = [d for d in days if d in self.source_days]
+        for i, day in enumerate(days, 1):
+            row = self.day(day, scored=True)
+            self.rows.append(row)
+            if self.progress:
+                self._progress(i, len(days), time.perf_counter() - t0)
+        if self.progress:
+            print(file=sys.stderr)
+        pooled = pd.concat(self.truth, ignore_index=True) if self.truth else None
+        metric_name = self.spec.promotion.metric
+        metric = evaluate(pooled[LABEL], pooled["score"].to_numpy(), self.spec)[metric_name] if pooled is not None else None
+        retrains = [r for r in self.rows if r.retrained]
+        return {
+            "spec": self.spec.name,
+            "policy": policy,
+            "metric_name": metric_name,
+            "metric": metric,
+            "retrains": len(retrains),
+            "retrain_causes": dict(Counter(c for r in retrains for c in r.causes)),
+            "promotions": sum(1 for r in retrains if r.promoted),
+            "days": len(self.rows),
+            "scored_rows": len(pooled) if pooled is not None else 0,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "warmup_days": len(self.warmup),
+            "label_delay_days": self.spec.target.label_delay_days,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "home": str(self.home),
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+    def _progress(self, i: int, n: int, elapsed: float) -> None:
+        done = [r.metric for r in self.rows if r.metric is not None]
+        width = 30
+        bar = "#" * (width * i // n) + "." * (width - width * i // n)
+        retrains = sum(r.retrained for r in self.rows)
+        last = f"{done[-1]:.3f}" if done else "-"
+        print(
+            f"\r{self.spec.name} [{bar}] {i}/{n} days  {self.spec.promotion.metric} today {last}  "
+            f"retrains {retrains}  {elapsed / max(i, 1):.2f} s/day",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _fired(result) -> set[str]:
+    """Labels of the retrain triggers that are true in this evaluation (the tree the UI shows)."""
+    labels = set()
+    stack = [result]
+    while stack:
+        r = stack.pop()
+        label = r.condition.get_label()
+        if label and any(label.startswith(p) for p in CAUSES) and not r.true_subset.is_empty:
+            labels.add(label)
+        stack.extend(r.child_results)
+    return labels
+
+
+def replay(
+    spec_ref,
+    policy: str = "default",
+    start: date | None = None,
+    days: int | None = None,
+    home: Path | None = None,
+    progress: bool = True,
+    keep_instance: bool = False,
+) -> dict:
+    """Replay a spec under a policy and return the report (see the module docstring)."""
+    from mlops_assets.environments import mlops_home
+    from mlops_assets.specs import ModelSpec, find_spec
+
+    spec = spec_ref if isinstance(spec_ref, ModelSpec) else find_spec(spec_ref)
+    spec = apply_policy(spec, policy)
+    home = home or mlops_home() / "replays" / f"{spec.name}-{policy.replace(':', '')}"
+    return Replay(spec, Path(home), start, days, progress, keep_instance).run(policy)
