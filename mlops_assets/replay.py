@@ -24,6 +24,8 @@ model is trained with the ``train_<spec>`` job (as CI would); prequential scorin
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import sys
@@ -160,11 +162,12 @@ class Replay:
     def _execute(self, job, at: datetime, **kwargs):
         from dagster._core.test_utils import freeze_time
 
-        with freeze_time(at):
+        chatter = io.StringIO()  # MLflow prints registry notices to stderr; keep the progress line clean
+        with freeze_time(at), contextlib.redirect_stderr(chatter):
             result = job.execute_in_process(instance=self.instance, raise_on_error=False, run_config=QUIET, **kwargs)
         if not result.success:
             failed = [e.message for e in result.all_events if e.is_failure][:1]
-            print(f"\n{self.spec.name}: run {result.run_id} failed: {failed}", file=sys.stderr)
+            print(f"\n{self.spec.name}: run {result.run_id} failed: {failed}\n{chatter.getvalue()[-2000:]}", file=sys.stderr)
         return result
 
     def _sensor_tick(self, at: datetime) -> None:

@@ -13,9 +13,13 @@ from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTrackin
 from mlops_assets.specs import ModelSpec
 from mlops_assets.training import entity_frame, reference_dir
 
+FEATURE_PREFIX = "feature."
+
 
 def score_partition(spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFeatureStore, model, version: str):
     """Scores of one day, and the feature frame the model saw (for drift monitoring)."""
+    import pandas as pd
+
     from mlops_assets.core.features import add_derived
     from mlops_assets.core.training import feature_frame, predict_scores
 
@@ -29,29 +33,75 @@ def score_partition(spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFe
         out["prediction"] = (scores >= 0.5).astype("int8")
     out["model_version"] = int(version)
     out[LABEL] = joined[LABEL]
+    # what the model saw, beside what it said: monitoring windows read it back from here
+    out = pd.concat([out, X.add_prefix(FEATURE_PREFIX).set_index(out.index)], axis=1)
     return out, X
 
 
-def newest_labelled(spec: ModelSpec, day: str, scored, lake: LakeStorage):
-    """The served predictions whose labels became known with this day, joined to those labels.
-
-    With ``target.label_delay_days = 0`` that is the day just scored. With a delay of N it is the
-    day N days earlier: its predictions were made (and stored) when it arrived, and its labels were
-    landed since, so the performance check judges what the model really served, out of sample."""
+def _days_back(day: str, n: int, offset: int = 0) -> list[str]:
+    """``n`` partition keys ending ``offset`` days before ``day`` (oldest first)."""
     from datetime import date, timedelta
 
+    last = date.fromisoformat(day) - timedelta(days=offset)
+    return [(last - timedelta(days=i)).isoformat() for i in range(n - 1, -1, -1)]
+
+
+def drift_window(spec: ModelSpec, day: str, scored, X, lake: LakeStorage):
+    """The features and scores of the newest ``policies.drift.window_days`` scored days (this one
+    included), as they were when each day was scored, and which days they cover."""
+    import pandas as pd
+
+    frames, days = [], []
+    for d in _days_back(day, spec.policies.drift.window_days):
+        if d == day:
+            frames.append(scored)  # score_partition stored the features beside the scores
+        elif (path := lake.partition_path("predictions", spec.name, d)).exists():
+            frames.append(lake.read(path))
+        else:
+            continue
+        days.append(d)
+    window = pd.concat(frames, ignore_index=True)
+    features = window[[f"{FEATURE_PREFIX}{c}" for c in X.columns]]
+    features.columns = list(X.columns)
+    return features, window["score"].to_numpy(), days
+
+
+def performance_window(spec: ModelSpec, day: str, scored, lake: LakeStorage, champion_version: int):
+    """The served predictions whose labels are known, over the newest ``policies.performance.window_days``
+    labelled days, that the current champion made; joined to their labels.
+
+    With ``target.label_delay_days = 0`` the newest labelled day is the day just scored. With a delay
+    of N it is N days earlier: its predictions were made (and stored) when it arrived, and its labels
+    were landed since, so the check judges what the model really served, out of sample. Days served by
+    an earlier champion are left out: a new champion is not blamed for its predecessor."""
+    import pandas as pd
+
     delay = spec.target.label_delay_days
-    if delay == 0:
-        return day, scored[scored[LABEL].notna()]
-    labelled_day = (date.fromisoformat(day) - timedelta(days=delay)).isoformat()
-    served_path = lake.partition_path("predictions", spec.name, labelled_day)
-    events_path = lake.partition_path("dataset", spec.name, labelled_day)
-    if not (served_path.exists() and events_path.exists()):
-        return labelled_day, scored.iloc[:0]
-    served = lake.read(served_path).drop(columns=[LABEL])
-    labels = lake.read(events_path)[[EVENT_ID, LABEL]]
-    joined = served.merge(labels, on=EVENT_ID, how="inner")
-    return labelled_day, joined[joined[LABEL].notna()]
+    frames, days = [], []
+    for d in _days_back(day, spec.policies.performance.window_days, offset=delay):
+        if d == day:
+            served = scored
+        elif (path := lake.partition_path("predictions", spec.name, d)).exists():
+            served = lake.read(path)
+        else:
+            continue
+        events = lake.partition_path("dataset", spec.name, d)
+        if d != day and events.exists():
+            labels = lake.read(events)[[EVENT_ID, LABEL]]
+            served = served.drop(columns=[LABEL]).merge(labels, on=EVENT_ID, how="inner")
+        served = served[(served["model_version"] == champion_version) & served[LABEL].notna()]
+        if len(served):
+            frames.append(served[[LABEL, "score"]])
+            days.append(d)
+    if not frames:
+        return scored.iloc[:0][[LABEL, "score"]], days
+    return pd.concat(frames, ignore_index=True), days
+
+
+def _span(days: list[str]) -> str:
+    if len(days) < 2:
+        return days[0] if days else "none"
+    return f"{days[0]}..{days[-1]} ({len(days)} days)"
 
 
 def load_reference(lake: LakeStorage, mlflow: MlflowTracking, spec: ModelSpec, run_id: str):
@@ -108,7 +158,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "predictions",
             spec,
             f"Batch scores of the '{CHAMPION}' model for the day's events, with the version that scored "
-            "them; the realised metric when the day's labels are known.",
+            "them and the features it saw; monitoring checks over the policy windows; the realised "
+            "metric once labels are known.",
             {"mlflow", "parquet"},
         ),
         partitions_def=daily_partitions(spec),
@@ -140,16 +191,18 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         if "prediction" in out:
             meta["predicted_positive_rate"] = float(out["prediction"].mean())
         ref_features, ref_scores, ref_meta = load_reference(lake, mlflow, spec, champion.run_id)
-        drift, table = monitoring.feature_drift(ref_features, X, spec)
+        window_X, window_scores, drift_days = drift_window(spec, day, out, X, lake)
+        drift, table = monitoring.feature_drift(ref_features, window_X, spec)
         metric = spec.promotion.metric
-        labelled_day, labelled = newest_labelled(spec, day, out, lake)
+        labelled, labelled_days = performance_window(spec, day, out, lake, int(champion.version))
         realised = evaluate(labelled[LABEL], labelled["score"].to_numpy(), spec)[metric] if len(labelled) else None
         if realised is not None:
             meta[f"realised_{metric}"] = realised
-            meta["realised_on"] = labelled_day
+            meta["realised_on"] = _span(labelled_days)
+        meta["drift_window"] = _span(drift_days)
         outcomes = [
             drift,
-            monitoring.prediction_drift(ref_scores, out["score"].to_numpy(), spec),
+            monitoring.prediction_drift(ref_scores, window_scores, spec),
             monitoring.performance(realised, len(labelled), ref_meta["holdout"][metric], spec),
         ]
         drift_meta = {}

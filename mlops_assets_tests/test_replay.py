@@ -16,10 +16,13 @@ DAYS = 7
 
 @pytest.fixture
 def short_elec2(elec2_spec):
-    """Elec2 with a 7-day training window (2 holdout days) and labels known one day late."""
+    """Elec2 with an 8-day training window (2 holdout days), labels known one day late and drift
+    judged over 3-day windows."""
     training = elec2_spec.training.model_copy(update={"window_days": 8, "holdout_days": 2})
     target = elec2_spec.target.model_copy(update={"label_delay_days": 1})
-    return elec2_spec.model_copy(update={"training": training, "target": target})
+    drift = elec2_spec.policies.drift.model_copy(update={"window_days": 3})
+    policies = elec2_spec.policies.model_copy(update={"drift": drift})
+    return elec2_spec.model_copy(update={"training": training, "target": target, "policies": policies})
 
 
 @pytest.fixture
@@ -75,13 +78,20 @@ def test_cron_replay_through_sensor_and_automation(short_elec2, replay_env):
     assert len(automated) >= DAYS + 2
     scored = instance.get_materialized_partitions(dg.AssetKey("predictions_elec2"))
     assert {r["day"] for r in rows} <= scored
-    # performance is judged on the day whose labels just arrived, on what was served for it
-    record = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions_elec2"), asset_partitions=["1996-05-23"]), limit=1
-    ).records[0]
-    meta = record.asset_materialization.metadata
-    assert meta["realised_on"].value == "1996-05-22"
-    assert meta["realised_accuracy"].value == pytest.approx(rows[-2]["metric"])
+    # performance is judged on the day whose labels just arrived, on what that same champion served
+    for before, after in zip(rows, rows[1:]):
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions_elec2"), asset_partitions=[after["day"]]), limit=1
+        ).records[0]
+        meta = record.asset_materialization.metadata
+        if before["model_version"] == after["model_version"]:
+            assert meta["realised_on"].value == before["day"]
+            assert meta["realised_accuracy"].value == pytest.approx(before["metric"])
+        else:  # a new champion: its predecessor's day is not held against it
+            assert "realised_accuracy" not in meta
+    # drift is judged on the newest three scored days together, as the policy's window says
+    assert meta["drift_window"].value == "1996-05-21..1996-05-23 (3 days)"
+    assert meta["dagster/row_count"].value == 48
 
 
 def test_static_replay_from_the_cli(short_elec2, replay_env, tmp_path, monkeypatch):

@@ -232,22 +232,27 @@ class DriftPolicy(_Strict):
     """How drift of a day's features and scores against the champion's training reference is judged.
 
     ``method`` ``auto`` picks the test per column (see ``mlops_assets.core.drift``); ``drift_share``
-    is the share of drifted features that makes the day drifted; days with fewer than ``min_rows``
-    rows are not judged. ``reference_rows`` is how many training rows are stored with each model.
+    is the share of drifted features that makes the day drifted; windows with fewer than ``min_rows``
+    rows are not judged. ``window_days`` > 1 judges the newest days together: a small day's
+    sampling noise is not drift. ``reference_rows`` is how many training rows are stored with each model.
     """
 
     method: Literal["auto", "wasserstein", "ks", "jensenshannon", "chisquare", "z", "psi"] = "auto"
     drift_share: float = Field(0.5, gt=0, le=1)
     min_rows: int = Field(30, ge=1)
+    window_days: int = Field(1, ge=1, description="Scored days (ending with the newest) judged together.")
     reference_rows: int = Field(50_000, ge=100)
 
 
 class PerformancePolicy(_Strict):
     """Concept drift: the realised metric on labelled days may fall at most ``tolerated_drop`` below
-    the champion's holdout metric (for error metrics: rise at most that much above it)."""
+    the champion's holdout metric (for error metrics: rise at most that much above it). The realised
+    metric pools the newest ``window_days`` labelled days, counting only the events the current
+    champion served (a new champion is not blamed for its predecessor's days)."""
 
     tolerated_drop: float = Field(0.05, ge=0)
     min_rows: int = Field(30, ge=1)
+    window_days: int = Field(1, ge=1, description="Labelled days (ending with the newest) judged together.")
 
 
 class FreshnessSpec(_Strict):
