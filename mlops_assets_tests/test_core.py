@@ -256,6 +256,22 @@ def test_clean_events_missing_target_dropped_when_spec_says_drop(spec):
     assert out[EVENT_ID].tolist() == ["2013-01-05-000000", "2013-01-05-000001", "2013-01-05-000002"]
 
 
+def test_labels_still_to_come_keep_their_events_with_the_same_ids(spec):
+    drop = spec.target.model_copy(update={"missing": "drop", "missing_reason": None})
+    late = spec.model_copy(update={"target": drop.model_copy(update={"label_delay_days": 2})})
+    rows = [*FOUR, {"hour": "12", "minute": "0", "dep_delay": None, "carrier": "WN"}]  # cancelled at noon
+    unlabelled = [{**r, "dep_delay": None} for r in rows]
+    pending = validation.clean_events(raw_flights(unlabelled), late, DAY, "f.csv")
+    assert len(pending) == 5 and pending[LABEL].isna().all()  # kept: their labels come in two days
+    complete = validation.clean_events(raw_flights(rows), late.model_copy(update={"target": drop}), DAY, "f.csv")
+    assert len(complete) == 3  # the two cancellations have no target and are dropped...
+    joined = pending[[EVENT_ID, "carrier"]].merge(complete[[EVENT_ID, "carrier"]], on=EVENT_ID)
+    assert (joined["carrier_x"] == joined["carrier_y"]).all() and len(joined) == 3  # ...and ids still match
+    # without a label delay, an empty target column means missing targets: dropped as the spec says
+    now = spec.model_copy(update={"target": drop})
+    assert validation.clean_events(raw_flights(unlabelled), now, DAY, "f.csv").empty
+
+
 def test_clean_events_non_numeric_column_names_column_and_row(spec):
     rows = [dict(r) for r in FOUR]
     rows[2]["distance"] = "far"

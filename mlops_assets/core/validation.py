@@ -81,14 +81,13 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
     if spec.target.column not in out.columns:
         out[spec.target.column] = raw[spec.target.column]
     out[EVENT_TS] = ts
-    if labels_pending(raw, spec):
-        out[LABEL] = np.nan  # the day's labels come later (target.label_delay_days): keep the events
-    else:
-        out[LABEL] = derive_label(out[spec.target.column], spec)
-        out = out[out[LABEL].notna()]
+    pending = labels_pending(raw, spec)
+    # the day's labels come later (target.label_delay_days): keep the events, unlabelled
+    out[LABEL] = np.nan if pending else derive_label(out[spec.target.column], spec)
     out = out.sort_values(EVENT_TS, kind="stable").reset_index(drop=True)
+    # Ids before any row is dropped: the same event keeps its id when its day lands again with labels.
     out.insert(0, EVENT_ID, [f"{day.isoformat()}-{i:06d}" for i in range(len(out))])
-    return out
+    return out if pending else out[out[LABEL].notna()].reset_index(drop=True)
 
 
 @dataclass(frozen=True)
