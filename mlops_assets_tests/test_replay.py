@@ -16,12 +16,13 @@ DAYS = 7
 
 @pytest.fixture
 def short_elec2(elec2_spec):
-    """Elec2 with an 8-day training window (2 holdout days), labels known one day late and drift
-    judged over 3-day windows."""
+    """Elec2 with an 8-day training window (2 holdout days), labels known one day late, drift
+    judged over 3-day windows and performance day by day."""
     training = elec2_spec.training.model_copy(update={"window_days": 8, "holdout_days": 2})
     target = elec2_spec.target.model_copy(update={"label_delay_days": 1})
     drift = elec2_spec.policies.drift.model_copy(update={"window_days": 3})
-    policies = elec2_spec.policies.model_copy(update={"drift": drift})
+    performance = elec2_spec.policies.performance.model_copy(update={"window_days": 1})
+    policies = elec2_spec.policies.model_copy(update={"drift": drift, "performance": performance})
     return elec2_spec.model_copy(update={"training": training, "target": target, "policies": policies})
 
 
