@@ -3,6 +3,7 @@ instance at simulated times, labels released a day late, prequential scoring, re
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import date
 
@@ -80,7 +81,7 @@ def test_cron_replay_through_sensor_and_automation(short_elec2, replay_env):
     scored = instance.get_materialized_partitions(dg.AssetKey("predictions_elec2"))
     assert {r["day"] for r in rows} <= scored
     # performance is judged on the day whose labels just arrived, on what that same champion served
-    for before, after in zip(rows, rows[1:]):
+    for before, after in itertools.pairwise(rows):
         record = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions_elec2"), asset_partitions=[after["day"]]), limit=1
         ).records[0]
