@@ -18,8 +18,9 @@ Dagster's clock is frozen at each simulated moment, so run and event timestamps,
 cooldown and cron ages all live in simulated time. The replay keeps the truth aside: the metric of a
 day is computed from the predictions served for it when it arrived and the day's real labels.
 
-The first ``window_days + holdout_days`` days are the warm-up: ingested the same way, then the first
-model is trained with the ``train_<spec>`` job (as CI would); prequential scoring starts after it.
+The ``window_days + holdout_days`` days before the first scored day are the warm-up: ingested the
+same way, then the first model is trained with the ``train_<spec>`` job (as CI would); prequential
+scoring starts after it.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ class Replay:
             else min(max(self.source_days), spec.partitions.end - timedelta(days=1))
         )
         self.end = min(last, self.start + timedelta(days=days - 1)) if days else last
-        self.warmup = [first + timedelta(days=i) for i in range((self.start - first).days)]
+        # The warm-up is the first model's training window (+ holdout) before the first scored day:
+        # days before it could teach no model anything.
+        warm_from = max(first, self.start - timedelta(days=tr.window_days + tr.holdout_days))
+        self.warmup = [warm_from + timedelta(days=i) for i in range((self.start - warm_from).days)]
         if (self.start - first).days < tr.window_days:
             raise ValueError(
                 f"replay of '{spec.name}' starts {self.start}: it needs {tr.window_days} days of warm-up from {first}"
@@ -217,7 +221,7 @@ class Replay:
         at = self._arrival(day)
         self._land(day, labelled=delay == 0)
         released = day - timedelta(days=delay)
-        if delay and released in self.source_days:
+        if delay and released in self.source_days and released >= self.warmup[0]:
             self._land(released, labelled=True)
         self._sensor_tick(at)
         row = DayRow(day.isoformat(), len(self.source_days[day]), None, None) if scored else None
