@@ -6,7 +6,9 @@ warm-up, the bootstrap training and every scored day; it excludes interpreter st
 
     MLOPS_DATA_DIR=../shared/data .venv/bin/python bench/replay.py [--policy default] [--repeats 1]
 
-Prints per-run figures, then one JSON line (medians over the repeats) last.
+With ``--days`` only that many days are scored; the full replay's time is then projected from the
+seconds per day (warm-up included), and the JSON says so. Prints per-run figures, then one JSON line
+(medians over the repeats) last.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+FULL_DAYS = 944  # Elec2: 1996-05-07..1998-12-06
 
 
 def main() -> int:
@@ -51,6 +54,8 @@ def main() -> int:
             file=sys.stderr,
         )
     seconds = statistics.median(r["seconds"] for r in runs)
+    per_day = seconds / runs[0]["days"]
+    full = seconds if args.days is None else per_day * FULL_DAYS  # a shorter run is projected
     result = {
         "bench": "replay",
         "spec": report["spec"],
@@ -58,9 +63,11 @@ def main() -> int:
         "days": runs[0]["days"],
         "repeats": args.repeats,
         "median_seconds": round(seconds, 1),
-        "seconds_per_day": round(seconds / runs[0]["days"], 3),
+        "seconds_per_day": round(per_day, 3),
+        "full_replay_seconds": round(full, 1),
+        "full_replay_projected": args.days is not None,
         "goal_seconds": 600,
-        "meets_goal": seconds <= 600,
+        "meets_goal": full <= 600,
         "metric_name": report["metric_name"],
         "metric": report["metric"],
         "retrains": report["retrains"],
