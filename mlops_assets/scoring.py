@@ -2,7 +2,9 @@
 
 Features come from Feast exactly as in training (point in time for the partition's events), so the
 champion sees at scoring time what it saw when it was fitted. Each row records the model version
-that scored it; where the partition's labels are already known, the realised metric is reported.
+that scored it and the features it saw. The monitoring checks judge the policy windows: drift of the
+newest scored days against the champion's training reference, and the realised metric of the newest
+labelled days the champion served.
 """
 
 import dagster as dg
