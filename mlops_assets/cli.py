@@ -30,8 +30,6 @@ def land(spec_ref, start: date, days: int = 1) -> list[str]:
     lake = LakeStorage(root=str(mlops_home()))
     source = read_table(spec.source.path, spec.source.format)
     ts = spec.source.timestamp
-    out_dir = lake.landing_dir(spec.name)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(days):
         day = start + timedelta(days=i)
@@ -39,11 +37,7 @@ def land(spec_ref, start: date, days: int = 1) -> list[str]:
         if rows.empty:
             print(f"{spec.name}: no source rows on {day}; nothing landed", file=sys.stderr)
             continue
-        path = out_dir / f"{day.isoformat()}.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        rows.to_csv(tmp, index=False)
-        os.replace(tmp, path)  # the landing sensor must never see half a file
-        written.append(str(path))
+        written.append(str(lake.land(spec.name, day.isoformat(), rows)))
     return written
 
 

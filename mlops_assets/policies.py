@@ -33,6 +33,12 @@ from mlops_assets.common import key
 from mlops_assets.specs import ModelSpec
 
 AUTOMATION_SENSOR = "mlops_automation"
+# Labels of the retrain triggers: the UI shows them in the evaluation tree, and a replay reads the
+# cause of each retrain from them (the freshness and cron labels go on with their figures).
+TRIGGER_MONITORING = "drift or performance check newly failed"
+TRIGGER_FRESHNESS = "freshness failed"
+TRIGGER_CODE_VERSION = "code version changed"
+TRIGGER_CRON = "cron:"
 
 
 class UpdatedWithin(dg.AutomationCondition):
@@ -60,13 +66,13 @@ def retrain_triggers(spec: ModelSpec) -> dg.AutomationCondition:
     """The events that make a retrain due (each labelled, so the UI says which one fired)."""
     A = dg.AutomationCondition
     monitoring_failed = A.asset_matches(key("predictions", spec), A.any_checks_match(A.check_failed())).newly_true()
-    triggers = monitoring_failed.with_label("drift or performance check newly failed")
+    triggers = monitoring_failed.with_label(TRIGGER_MONITORING)
     if spec.policies.freshness.model_days:
         stale = ~UpdatedWithin(timedelta(days=spec.policies.freshness.model_days))
         triggers = triggers | (stale & ~A.missing()).newly_true().with_label(
-            f"freshness failed (model older than {spec.policies.freshness.model_days:g} days)"
+            f"{TRIGGER_FRESHNESS} (model older than {spec.policies.freshness.model_days:g} days)"
         )
-    return triggers | A.code_version_changed().with_label("code version changed")
+    return triggers | A.code_version_changed().with_label(TRIGGER_CODE_VERSION)
 
 
 def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition | None:
@@ -75,7 +81,7 @@ def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition | None:
         return None  # trained once, by hand or CI (the train job), never again by itself
     if spec.policies.cron_days:
         n = spec.policies.cron_days  # an hour's slack so a daily tick is never a few minutes early
-        due = (~UpdatedWithin(timedelta(days=n, hours=-1)) & ~A.missing()).with_label(f"cron: every {n} days")
+        due = (~UpdatedWithin(timedelta(days=n, hours=-1)) & ~A.missing()).with_label(f"{TRIGGER_CRON} every {n} days")
         return due & ~A.in_progress() & ~A.any_deps_in_progress()
     pending = retrain_triggers(spec).since(A.newly_requested() | A.newly_updated()).with_label("retrain due")
     condition = pending & ~A.in_progress() & ~A.any_deps_in_progress()

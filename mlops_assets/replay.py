@@ -37,12 +37,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from mlops_assets.policies import TRIGGER_CODE_VERSION, TRIGGER_CRON, TRIGGER_FRESHNESS, TRIGGER_MONITORING
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-CAUSES = {  # trigger label prefix (mlops_assets.policies) -> cause in the report
-    "drift or performance check newly failed": "monitoring",
-    "freshness failed": "freshness",
-    "code version changed": "code_version",
-    "cron:": "cron",
+CAUSES = {  # the retrain triggers' labels (mlops_assets.policies) -> cause in the report
+    TRIGGER_MONITORING: "monitoring",
+    TRIGGER_FRESHNESS: "freshness",
+    TRIGGER_CODE_VERSION: "code_version",
+    TRIGGER_CRON: "cron",
 }
 DRIFT_CHECKS = {"feature_drift": "drift", "prediction_drift": "drift", "performance": "performance"}
 MAX_TICKS_PER_DAY = 6
@@ -153,15 +155,10 @@ class Replay:
         return datetime.combine(day + timedelta(days=1), datetime.min.time(), ZoneInfo(self.timezone)) + timedelta(minutes=30)
 
     def _land(self, day: date, labelled: bool) -> None:
-        rows = self.source_days[day].copy()
+        rows = self.source_days[day]
         if not labelled:
-            rows[self.spec.target.column] = ""
-        folder = self.lake.landing_dir(self.spec.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{day.isoformat()}.csv"
-        tmp = folder / f".{path.name}.tmp"
-        rows.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+            rows = rows.assign(**{self.spec.target.column: ""})  # labels still to come
+        self.lake.land(self.spec.name, day.isoformat(), rows)
 
     def _execute(self, job, at: datetime, **kwargs):
         from dagster._core.test_utils import freeze_time

@@ -7,9 +7,21 @@ newest scored days against the champion's training reference, and the realised m
 labelled days the champion served.
 """
 
+from datetime import timedelta
+
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, check_result, daily_partitions, failure, key, md_table, png_markdown
+from mlops_assets.common import (
+    asset_kwargs,
+    check_result,
+    daily_partitions,
+    day_of,
+    days_before,
+    failure,
+    key,
+    md_table,
+    png_markdown,
+)
 from mlops_assets.core.names import CHAMPION, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
@@ -42,10 +54,7 @@ def score_partition(spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFe
 
 def _days_back(day: str, n: int, offset: int = 0) -> list[str]:
     """``n`` partition keys ending ``offset`` days before ``day`` (oldest first)."""
-    from datetime import date, timedelta
-
-    last = date.fromisoformat(day) - timedelta(days=offset)
-    return [(last - timedelta(days=i)).isoformat() for i in range(n - 1, -1, -1)]
+    return days_before(day_of(day) + timedelta(days=1 - offset), n)
 
 
 def drift_window(spec: ModelSpec, day: str, scored, X, lake: LakeStorage):

@@ -38,6 +38,17 @@ class LakeStorage(dg.ConfigurableResource):
         matches = sorted(self.landing_dir(spec).glob(f"{day}.*"))
         return matches[0] if matches else None
 
+    def land(self, spec: str, day: str, rows: pd.DataFrame) -> Path:
+        """Drop one day's rows into ``landing/<spec>/<day>.csv``, atomically: the landing sensor
+        must never see half a file."""
+        folder = self.landing_dir(spec)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{day}.csv"
+        tmp = folder / f".{path.name}.tmp"
+        rows.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
     def quarantine(self, spec: str, file: Path, reason: str) -> Path:
         target_dir = Path(self.root) / "quarantine" / spec
         target_dir.mkdir(parents=True, exist_ok=True)
