@@ -8,6 +8,10 @@ Nothing retrains unless a policy says so. For each spec:
   until handled, but the model is never requested within ``policies.cooldown_days`` of its last
   training, while it (or its training set) is in progress, or while the latest blocking check of
   ``dataset_<spec>`` is failing.
+* A check whose policy says ``retrain_when: failing`` retrains for as long as its newest result is a
+  failure, at most once per cooldown: on autocorrelated series a check fails in long runs and rarely
+  *newly* fails, and a challenger the gate rejected leaves the failing champion serving. Such a
+  trigger is not latched: a failure that clears during the cooldown retrains nothing.
 * ``training_set_<spec>`` evaluates the same retrain decision, and the model is only requested
   together with it: a retrain always runs training set + model (+ gate) in one run on fresh data.
 * ``policies.retrain`` swaps those triggers for ``static`` (no automation on training set and
@@ -24,6 +28,8 @@ freshness daemon having run (and replays with simulated time behave like product
 
 from __future__ import annotations
 
+import functools
+import operator
 import warnings
 from datetime import timedelta
 
@@ -35,7 +41,7 @@ from mlops_assets.specs import ModelSpec
 AUTOMATION_SENSOR = "mlops_automation"
 # Labels of the retrain triggers: the UI shows them in the evaluation tree, and a replay reads the
 # cause of each retrain from them (the freshness and cron labels go on with their figures).
-TRIGGER_MONITORING = "drift or performance check newly failed"
+TRIGGER_CHECK = "check "  # + "<check name> newly failed" or "<check name> failing"
 TRIGGER_FRESHNESS = "freshness failed"
 TRIGGER_CODE_VERSION = "code version changed"
 TRIGGER_CRON = "cron:"
@@ -62,17 +68,80 @@ class UpdatedWithin(dg.AutomationCondition):
         )
 
 
+class CheckFailing(dg.AutomationCondition):
+    """True while the newest result of one asset check is a failure recorded after the target's
+    latest materialization.
+
+    Dagster's ``any_checks_match`` cannot single out one check of an asset, and a policy treats the
+    drift checks and the performance check differently. The newest result is that of the newest
+    scored partition (scoring runs day after day). A failure recorded before the model's last
+    training judged the model it replaced, or one the gate kept: either way the next scoring judges
+    again, and until then there is nothing to act on."""
+
+    def __init__(self, check_key: dg.AssetCheckKey, label: str | None = None):
+        self._check_key = check_key
+        self._label = label
+
+    @property
+    def name(self) -> str:
+        return f"newest {self._check_key.name} result is a failure"
+
+    def get_label(self) -> str | None:
+        return self._label
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+        instance = context.asset_graph_view.instance
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([self._check_key]).get(self._check_key)
+        failing = record is not None and record.status == AssetCheckExecutionRecordStatus.FAILED
+        if failing and (trained := instance.get_latest_materialization_event(context.key)) is not None:
+            # the evaluation event's time (simulated in a replay), not the row's database time
+            judged_at = record.event.timestamp if record.event is not None else record.create_timestamp
+            failing = judged_at > trained.timestamp
+        return dg.AutomationResult(
+            context=context, true_subset=context.candidate_subset if failing else context.get_empty_subset()
+        )
+
+
+MONITORING_CHECKS = ("feature_drift", "prediction_drift", "performance")
+
+
+def _check_policy(spec: ModelSpec, check: str) -> str:
+    return (spec.policies.performance if check == "performance" else spec.policies.drift).retrain_when
+
+
+def check_triggers(spec: ModelSpec) -> tuple[dg.AutomationCondition | None, dg.AutomationCondition | None]:
+    """The monitoring checks' triggers: (edge triggers, which stay pending until handled; level
+    triggers, true only while their check is failing)."""
+    edges, levels = [], []
+    for check in MONITORING_CHECKS:
+        when = _check_policy(spec, check)
+        check_key = dg.AssetCheckKey(key("predictions", spec), check)
+        if when == "newly_failed":
+            edges.append(CheckFailing(check_key).newly_true().with_label(f"{TRIGGER_CHECK}{check} newly failed"))
+        elif when == "failing":
+            levels.append(CheckFailing(check_key, label=f"{TRIGGER_CHECK}{check} failing"))
+    return _any(edges), _any(levels)
+
+
+def _any(conditions: list[dg.AutomationCondition]) -> dg.AutomationCondition | None:
+    return functools.reduce(operator.or_, conditions) if conditions else None
+
+
 def retrain_triggers(spec: ModelSpec) -> dg.AutomationCondition:
     """The events that make a retrain due (each labelled, so the UI says which one fired)."""
     A = dg.AutomationCondition
-    monitoring_failed = A.asset_matches(key("predictions", spec), A.any_checks_match(A.check_failed())).newly_true()
-    triggers = monitoring_failed.with_label(TRIGGER_MONITORING)
+    triggers = A.code_version_changed().with_label(TRIGGER_CODE_VERSION)
+    edges, _ = check_triggers(spec)
+    if edges is not None:
+        triggers = edges | triggers
     if spec.policies.freshness.model_days:
         stale = ~UpdatedWithin(timedelta(days=spec.policies.freshness.model_days))
         triggers = triggers | (stale & ~A.missing()).newly_true().with_label(
             f"{TRIGGER_FRESHNESS} (model older than {spec.policies.freshness.model_days:g} days)"
         )
-    return triggers | A.code_version_changed().with_label(TRIGGER_CODE_VERSION)
+    return triggers
 
 
 def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition | None:
@@ -83,10 +152,15 @@ def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition | None:
         n = spec.policies.cron_days  # an hour's slack so a daily tick is never a few minutes early
         due = (~UpdatedWithin(timedelta(days=n, hours=-1)) & ~A.missing()).with_label(f"{TRIGGER_CRON} every {n} days")
         return due & ~A.in_progress() & ~A.any_deps_in_progress()
-    pending = retrain_triggers(spec).since(A.newly_requested() | A.newly_updated()).with_label("retrain due")
-    condition = pending & ~A.in_progress() & ~A.any_deps_in_progress()
-    if spec.policies.cooldown_days:
-        condition = condition & ~UpdatedWithin(timedelta(days=spec.policies.cooldown_days))  # the cooldown
+    due = retrain_triggers(spec).since(A.newly_requested() | A.newly_updated())
+    _, failing = check_triggers(spec)
+    if failing is not None:
+        due = due | failing
+    condition = due.with_label("retrain due") & ~A.in_progress() & ~A.any_deps_in_progress()
+    if spec.policies.cooldown_days:  # the cooldown, with the same hour's slack as cron: a model trained
+        # at a day's tick may retrain at the tick N days later, not a day after that
+        cooldown = timedelta(days=spec.policies.cooldown_days, hours=-1)
+        condition = condition & ~UpdatedWithin(cooldown)
     upstream_failing = A.asset_matches(key("dataset", spec), A.any_checks_match(A.check_failed(), blocking_only=True))
     return condition & ~upstream_failing.with_label("an upstream blocking check is failing")
 

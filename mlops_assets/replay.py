@@ -37,11 +37,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from mlops_assets.policies import TRIGGER_CODE_VERSION, TRIGGER_CRON, TRIGGER_FRESHNESS, TRIGGER_MONITORING
+from mlops_assets.policies import TRIGGER_CHECK, TRIGGER_CODE_VERSION, TRIGGER_CRON, TRIGGER_FRESHNESS
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 CAUSES = {  # the retrain triggers' labels (mlops_assets.policies) -> cause in the report
-    TRIGGER_MONITORING: "monitoring",
+    TRIGGER_CHECK: "monitoring",
     TRIGGER_FRESHNESS: "freshness",
     TRIGGER_CODE_VERSION: "code_version",
     TRIGGER_CRON: "cron",
@@ -111,7 +111,7 @@ class Replay:
         self.automation_cursor = None
         self.landing_cursor: str | None = None
         self.pending_causes: set[str] = set()
-        self.failed_checks: list[str] = []
+        self.failing_causes: set[str] = set()
         self._setup_platform()
 
     # -- the platform -------------------------------------------------------------------------
@@ -203,7 +203,11 @@ class Replay:
         self.automation_cursor = result.cursor
         for r in result.results:
             if r.key == self.key("training_set"):
-                self.pending_causes |= _fired(r)
+                fired = _fired(r)
+                # an edge trigger stays pending until the retrain; a level trigger ("… failing")
+                # counts only if it holds at the tick that requests the retrain
+                self.failing_causes = {label for label in fired if label.endswith(" failing")}
+                self.pending_causes |= fired - self.failing_causes
         runs: dict[str | None, list] = {}
         for r in result.results:
             if not isinstance(r.key, dg.AssetKey):
@@ -227,22 +231,26 @@ class Replay:
             runs = self._automation_tick(tick_at)
             if not runs:
                 break
-            retrained = any(partition is None for partition, _ in runs)
+            # The daemon ticks again half a minute later. That tick can only act on what these runs
+            # changed: a retrain (its gate follows) or a monitoring check that failed (a retrain
+            # trigger). Otherwise it would request nothing, and the next tick that matters is tomorrow's.
+            follow_up = any(partition is None for partition, _ in runs)
             for n, (partition, keys) in enumerate(runs):
                 run_at = tick_at + timedelta(minutes=1 + n)
                 tags = {"dagster/from_automation_condition": "true", "mlops/replay": "true"}
                 result = self._execute(self.assets_job, run_at, asset_selection=keys, partition_key=partition, tags=tags)
+                follow_up = follow_up or any(not e.passed for e in result.get_asset_check_evaluations())
                 if row is not None:
                     self._record(row, day, partition, keys, result)
-            if not retrained:
-                break  # only a retrain leaves follow-up work (its gate); otherwise the next tick is tomorrow's
+            if not follow_up:
+                break
             tick_at += timedelta(minutes=10)
         return row
 
     def _record(self, row: DayRow, day: date, partition: str | None, keys: list, result) -> None:
         if partition == day.isoformat() and self.key("predictions") in keys:
             failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-            self.failed_checks, row.failed_checks = failed, failed
+            row.failed_checks = failed
             if row.model_version is None and result.success:  # the first scoring is the one served
                 self._score_served(row, day)
         if self.key("model") in keys and result.success:
@@ -256,10 +264,10 @@ class Replay:
 
     def _causes(self) -> list[str]:
         causes = set()
-        for label in self.pending_causes:
+        for label in self.pending_causes | self.failing_causes:
             cause = next((c for prefix, c in CAUSES.items() if label.startswith(prefix)), None)
-            if cause == "monitoring":
-                causes |= {DRIFT_CHECKS[c] for c in self.failed_checks if c in DRIFT_CHECKS} or {"monitoring"}
+            if cause == "monitoring":  # "check <name> newly failed" / "check <name> failing"
+                causes.add(DRIFT_CHECKS.get(label[len(TRIGGER_CHECK) :].split()[0], "monitoring"))
             elif cause:
                 causes.add(cause)
         return sorted(causes)

@@ -7,13 +7,13 @@ evaluated with ``evaluate_automation_conditions`` tick by tick, the way the auto
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 from dagster._core.test_utils import freeze_time
 
-T0 = datetime(2013, 3, 1, 6, tzinfo=timezone.utc)
+T0 = datetime(2013, 3, 1, 6, tzinfo=UTC)
 RETRAIN = ("training_set", "model", "champion")
 
 
@@ -60,13 +60,15 @@ class Simulation:
             self.materialize(at + timedelta(minutes=5), *RETRAIN)
         return requested
 
-    def day(self, n: int, *, drift: bool = False) -> datetime:
+    def day(self, n: int, *, drift: bool = False, underperforming: bool = False) -> datetime:
         """Day n: a new partition is scored and checked, then the sensor ticks."""
         at = T0 + timedelta(days=n)
         partition = (at - timedelta(days=1)).date().isoformat()
         self.materialize(at, "predictions", partition=partition)
+        failing = {"feature_drift"} if drift else set()
+        failing |= {"performance"} if underperforming else set()
         for name in ("feature_drift", "prediction_drift", "performance"):
-            self.check(at, "predictions", name, passed=not (drift and name == "feature_drift"), partition=partition)
+            self.check(at, "predictions", name, passed=name not in failing, partition=partition)
         self.tick(at + timedelta(minutes=1))
         return at
 
@@ -142,3 +144,62 @@ def test_a_new_code_version_triggers_a_retrain(sim, flight_spec):
     sim.defs = build_definitions([edited])
     sim.day(9)
     assert len(sim.retrains) == 1
+
+
+@pytest.fixture
+def level_sim(tmp_path, monkeypatch, flight_spec):
+    """The flight spec with ``performance.retrain_when: failing`` (Elec2's policy)."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    from mlops_assets.factory import build_definitions
+
+    p = flight_spec.policies
+    spec = flight_spec.model_copy(
+        update={"policies": p.model_copy(update={"performance": p.performance.model_copy(update={"retrain_when": "failing"})})}
+    )
+    with dg.instance_for_test() as instance:
+        s = Simulation(spec, instance, build_definitions([spec]))
+        s.tick(T0 - timedelta(hours=2))
+        s.materialize(T0 - timedelta(hours=1), "feature_store", *RETRAIN)
+        yield s
+
+
+def test_a_failing_performance_check_retrains_once_per_cooldown_while_it_fails(level_sim):
+    """A rejected challenger leaves the failing champion serving: the retrain is repeated as soon as
+    the cooldown allows (on the 7th day's tick, not the 8th), and stops once the check passes."""
+    assert level_sim.spec.policies.cooldown_days == 7
+    for n in range(1, 10):
+        level_sim.day(n)
+    for n in range(10, 25):
+        level_sim.day(n, underperforming=True)
+    for n in range(25, 30):
+        level_sim.day(n)
+    assert [(r - T0).days for r in level_sim.retrains] == [10, 17, 24]
+
+
+def test_a_performance_failure_that_clears_inside_the_cooldown_retrains_nothing(level_sim):
+    """Not latched: a failing *level* only counts while it holds."""
+    for n in range(1, 4):
+        level_sim.day(n)
+    level_sim.day(4, underperforming=True)  # the model is 4 days old: inside the cooldown
+    for n in range(5, 12):
+        level_sim.day(n)
+    assert level_sim.retrains == []
+
+
+def test_a_drift_check_set_to_never_does_not_retrain(tmp_path, monkeypatch, flight_spec):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    from mlops_assets.factory import build_definitions
+
+    p = flight_spec.policies
+    spec = flight_spec.model_copy(
+        update={"policies": p.model_copy(update={"drift": p.drift.model_copy(update={"retrain_when": "never"})})}
+    )
+    with dg.instance_for_test() as instance:
+        s = Simulation(spec, instance, build_definitions([spec]))
+        s.tick(T0 - timedelta(hours=2))
+        s.materialize(T0 - timedelta(hours=1), "feature_store", *RETRAIN)
+        for n in range(1, 10):
+            s.day(n)
+        for n in range(10, 15):
+            s.day(n, drift=True)
+        assert s.retrains == []

@@ -60,6 +60,21 @@ def test_performance_tolerates_the_policy_drop_in_the_metrics_direction(spec):
     assert not monitoring.performance(10.2, 500, 10.0, regression).passed
 
 
+def test_a_relative_tolerance_is_a_share_of_the_holdout_metric(spec):
+    p = spec.policies
+    relative = p.performance.model_copy(update={"tolerated_drop": 0.2, "relative": True})
+    bike = spec.model_copy(
+        update={
+            "promotion": spec.promotion.model_copy(update={"metric": "rmse"}),
+            "policies": p.model_copy(update={"performance": relative}),
+        }
+    )
+    assert monitoring.performance(95.0, 500, 80.0, bike).passed  # up 15 <= 20 % of 80
+    failing = monitoring.performance(97.0, 500, 80.0, bike)
+    assert not failing.passed and failing.metadata["tolerated_drop"] == pytest.approx(16.0)
+    assert "20% of it (16)" in failing.description
+
+
 def test_drift_strength_puts_every_test_on_one_scale():
     distance = ColumnDrift("x", "numeric", "wasserstein", 0.25, 0.1, True, 10, 10, 0, 0)
     pvalue = ColumnDrift("y", "numeric", "ks", 0.01, 0.05, True, 10, 10, 0, 0)

@@ -96,6 +96,33 @@ def test_cron_replay_through_sensor_and_automation(short_elec2, replay_env):
     assert meta["dagster/row_count"].value == 48
 
 
+def test_a_failing_performance_check_retrains_the_same_day(short_elec2, replay_env):
+    """The default policy with Elec2's level trigger (``retrain_when: failing``), a one-day cooldown
+    and no tolerance: the daemon ticks again right after a scoring run whose check failed, so the
+    model retrains on the day the failure is seen, and the report names performance as the cause."""
+    from mlops_assets.replay import replay
+
+    p = short_elec2.policies
+    policies = p.model_copy(
+        update={
+            "performance": p.performance.model_copy(update={"tolerated_drop": 0.0, "retrain_when": "failing"}),
+            "drift": p.drift.model_copy(update={"retrain_when": "never"}),
+            "freshness": p.freshness.model_copy(update={"model_days": None}),
+            "cooldown_days": 1.0,
+        }
+    )
+    spec = short_elec2.model_copy(update={"policies": policies})
+    # mid-June 1996 the price regime turns: the bootstrap model's accuracy falls from 0.98 to 0.3
+    report = replay(spec, "default", start=date(1996, 6, 10), days=5, home=replay_env / "level", progress=False)
+
+    rows = report["rows"]
+    assert any(r["retrained"] for r in rows) and not all(r["retrained"] for r in rows)
+    for r in rows:
+        assert r["retrained"] == ("performance" in r["failed_checks"]), r
+        assert r["causes"] == (["performance"] if r["retrained"] else [])
+    assert report["retrain_causes"] == {"performance": report["retrains"]}
+
+
 def test_static_replay_from_the_cli(short_elec2, replay_env, tmp_path, monkeypatch):
     import yaml
 

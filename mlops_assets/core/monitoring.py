@@ -87,13 +87,21 @@ def performance(realised: float | None, labelled_rows: int, reference: float, sp
     if np.isnan(realised):  # e.g. ROC AUC on a day whose labels are all one class
         return CheckOutcome("performance", True, f"not judged: {metric} is undefined on this day's labels.", {"evaluated": False})
     drop = (realised - reference) if metric in LOWER_IS_BETTER else (reference - realised)
-    ok = bool(drop <= policy.tolerated_drop)
+    tolerated = policy.tolerated_drop * abs(reference) if policy.relative else policy.tolerated_drop
+    ok = bool(drop <= tolerated)
+    tolerance = f"{policy.tolerated_drop:.0%} of it ({tolerated:.4g})" if policy.relative else f"{tolerated}"
     return CheckOutcome(
         "performance",
         ok,
         f"realised {metric} {realised:.4f} vs champion holdout {reference:.4f}: "
-        f"{'within' if ok else 'beyond'} the tolerated drop of {policy.tolerated_drop}.",
-        {f"realised_{metric}": realised, f"reference_{metric}": reference, "drop": drop, "labelled_rows": labelled_rows},
+        f"{'within' if ok else 'beyond'} the tolerated drop of {tolerance}.",
+        {
+            f"realised_{metric}": realised,
+            f"reference_{metric}": reference,
+            "drop": drop,
+            "tolerated_drop": tolerated,
+            "labelled_rows": labelled_rows,
+        },
     )
 
 

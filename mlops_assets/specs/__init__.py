@@ -228,6 +228,14 @@ class ChecksSpec(_Strict):
     ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
 
 
+RetrainWhen = Literal["newly_failed", "failing", "never"]
+RETRAIN_WHEN_HELP = (
+    "When this check retrains the model: 'newly_failed' once when it turns from passing to failing; "
+    "'failing' whenever its newest result is a failure (so a challenger the gate rejected is followed "
+    "by another once the cooldown is over); 'never' shows the verdict without acting on it."
+)
+
+
 class DriftPolicy(_Strict):
     """How drift of a day's features and scores against the champion's training reference is judged.
 
@@ -235,6 +243,7 @@ class DriftPolicy(_Strict):
     is the share of drifted features that makes the day drifted; windows with fewer than ``min_rows``
     rows are not judged. ``window_days`` > 1 judges the newest days together: a small day's
     sampling noise is not drift. ``reference_rows`` is how many training rows are stored with each model.
+    ``retrain_when`` says how a failing drift check (features or scores) retrains the model.
     """
 
     method: Literal["auto", "wasserstein", "ks", "jensenshannon", "chisquare", "z", "psi"] = "auto"
@@ -242,17 +251,25 @@ class DriftPolicy(_Strict):
     min_rows: int = Field(30, ge=1)
     window_days: int = Field(1, ge=1, description="Scored days (ending with the newest) judged together.")
     reference_rows: int = Field(50_000, ge=100)
+    retrain_when: RetrainWhen = Field("newly_failed", description=RETRAIN_WHEN_HELP)
 
 
 class PerformancePolicy(_Strict):
     """Concept drift: the realised metric on labelled days may fall at most ``tolerated_drop`` below
     the champion's holdout metric (for error metrics: rise at most that much above it). The realised
     metric pools the newest ``window_days`` labelled days, counting only the events the current
-    champion served (a new champion is not blamed for its predecessor's days)."""
+    champion served (a new champion is not blamed for its predecessor's days). With ``relative`` the
+    drop is a fraction of the holdout metric (an RMSE of 80 may rise by 20 % rather than by 0.05).
+
+    ``retrain_when: failing`` fits series whose days are strongly autocorrelated (Elec2's half-hours):
+    there the check fails in long runs, a *new* failure is rare, and a rejected challenger would
+    otherwise leave a failing champion in place until its freshness runs out."""
 
     tolerated_drop: float = Field(0.05, ge=0)
+    relative: bool = Field(False, description="tolerated_drop is a fraction of the holdout metric.")
     min_rows: int = Field(30, ge=1)
     window_days: int = Field(1, ge=1, description="Labelled days (ending with the newest) judged together.")
+    retrain_when: RetrainWhen = Field("newly_failed", description=RETRAIN_WHEN_HELP)
 
 
 class FreshnessSpec(_Strict):
@@ -264,7 +281,8 @@ class FreshnessSpec(_Strict):
 
 
 class PoliciesSpec(_Strict):
-    """When the model retrains by itself: a drift or performance check newly fails, the model's
+    """When the model retrains by itself: a drift or performance check newly fails (or, per the
+    check's ``retrain_when``, keeps failing), the model's
     freshness fails, or its code version changes; never within ``cooldown_days`` of the last
     training, never while it is already training, never while an upstream blocking check fails.
     ``retrain`` replaces those triggers by ``static`` (never) or ``cron:N`` (every N days)."""
