@@ -88,6 +88,7 @@ class Outcome:
     promotions: int
     causes: dict
     daily: np.ndarray  # the metric's row statistic per scored day (for paired comparisons)
+    retrain_days: list  # to hold against a replay report's rows
 
 
 class Study:
@@ -108,11 +109,20 @@ class Study:
         H = self.spec.training.holdout_days
         return self.metric(sum(self.stats[model][k] for k in range(of - H + 1, of + 1)))
 
-    def play(self, cron: int | None = None, window: int = 1, drop: float = 0.0, relative: bool = False, cooldown: int = 7, fresh: int | None = 30) -> Outcome:
+    def play(
+        self,
+        cron: int | None = None,
+        window: int = 1,
+        drop: float = 0.0,
+        relative: bool = False,
+        cooldown: int = 7,
+        fresh: int | None = 30,
+    ) -> Outcome:
         champion = last = since = self.first
         margin = self.spec.promotion.margin
         total, retrains, promotions, failing_before = np.zeros(2), 0, 0, False
         causes = {"cron": 0, "performance": 0, "freshness": 0}
+        retrain_days = []
         n = len(self.days)
         daily = np.zeros((n - self.first - 1, 2))
         for j in range(self.first + 1, n):
@@ -141,9 +151,10 @@ class Study:
             if cause:
                 retrains, last, failing_before = retrains + 1, j, False
                 causes[cause] += 1
+                retrain_days.append(self.days[j])
                 if self.better(self.holdout(j, j), self.holdout(champion, j), margin):
                     champion, since, promotions = j, j, promotions + 1
-        return Outcome(self.metric(total), retrains, promotions, {k: v for k, v in causes.items() if v}, daily)
+        return Outcome(self.metric(total), retrains, promotions, {k: v for k, v in causes.items() if v}, daily, retrain_days)
 
     def difference_interval(self, a: Outcome, b: Outcome, block: int = 14, draws: int = 2000) -> tuple[float, float]:
         """95 % block-bootstrap interval of the pooled metric of ``a`` minus ``b`` (blocks of days keep
@@ -174,13 +185,13 @@ def main() -> int:
     days, stats = outcomes(spec, args.horizon, cache)
     study = Study(spec, days, stats)
     p = spec.policies
-    own = dict(
-        window=p.performance.window_days,
-        drop=p.performance.tolerated_drop,
-        relative=p.performance.relative,
-        cooldown=int(p.cooldown_days),
-        fresh=int(p.freshness.model_days) if p.freshness.model_days else None,
-    )
+    own = {
+        "window": p.performance.window_days,
+        "drop": p.performance.tolerated_drop,
+        "relative": p.performance.relative,
+        "cooldown": int(p.cooldown_days),
+        "fresh": int(p.freshness.model_days) if p.freshness.model_days else None,
+    }
     name = spec.promotion.metric
     print(f"{spec.name}: {len(days) - study.first - 1} scored days ({days[study.first + 1]}..{days[-1]}), {name}")
     peers = {f"cron:{n}": study.play(cron=n) for n in (1, 3, 7, 10, 30)}
@@ -188,7 +199,9 @@ def main() -> int:
         print(f"  {label:>9}  {name} {o.metric:.4f}  retrains {o.retrains:4d}  promotions {o.promotions}")
     default = study.play(**own)
     lo, hi = study.difference_interval(default, peers["cron:1"])
-    print(f"  {'default':>9}  {name} {default.metric:.4f}  retrains {default.retrains:4d}  promotions {default.promotions}  {default.causes}")
+    print(
+        f"  {'default':>9}  {name} {default.metric:.4f}  retrains {default.retrains:4d}  promotions {default.promotions}  {default.causes}"
+    )
     print(f"  default - cron:1 = {default.metric - peers['cron:1'].metric:+.4f}, 95 % interval [{lo:+.4f}, {hi:+.4f}]")
     if args.grid:
         drops = sorted({round(own["drop"] * f, 4) for f in (0.5, 0.75, 1, 1.25, 1.5, 1.875)})

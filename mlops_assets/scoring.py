@@ -142,14 +142,18 @@ def _drift_plot(table):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ordered = table.sort_values("strength")
-    fig, ax = plt.subplots(figsize=(6, 0.25 * len(ordered) + 1))
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(ordered) + 1), layout="constrained")
     ax.barh(ordered["column"], ordered["strength"], color=["tab:red" if d else "tab:blue" for d in ordered["drifted"]])
     ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
     ax.set_xscale("symlog", linthresh=1)
+    # plain tick labels (1, 10, 100): symlog's default 10^x labels go through mathtext, slowly
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("drift strength (x threshold)")
-    value = png_markdown(fig)
+    value = png_markdown(fig, tight=False)
     plt.close(fig)
     return value
 
