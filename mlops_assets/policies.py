@@ -69,22 +69,25 @@ class UpdatedWithin(dg.AutomationCondition):
 
 
 class CheckFailing(dg.AutomationCondition):
-    """True while the newest result of one asset check is a failure recorded after the target's
-    latest materialization.
+    """True while the newest result of one asset check is a failure (with ``since_training``: a
+    failure recorded after the target's latest materialization).
 
     Dagster's ``any_checks_match`` cannot single out one check of an asset, and a policy treats the
     drift checks and the performance check differently. The newest result is that of the newest
-    scored partition (scoring runs day after day). A failure recorded before the model's last
-    training judged the model it replaced, or one the gate kept: either way the next scoring judges
-    again, and until then there is nothing to act on."""
+    scored partition (scoring runs day after day). For a level trigger, a failure recorded before
+    the model's last training judged the model it replaced, or one the gate kept: either way the
+    next scoring judges again, and until then there is nothing to act on. An edge trigger watches
+    the check itself, so a check that keeps failing across a retrain is not *newly* failing."""
 
-    def __init__(self, check_key: dg.AssetCheckKey, label: str | None = None):
+    def __init__(self, check_key: dg.AssetCheckKey, label: str | None = None, since_training: bool = False):
         self._check_key = check_key
         self._label = label
+        self._since_training = since_training
 
     @property
     def name(self) -> str:
-        return f"newest {self._check_key.name} result is a failure"
+        since = " since the last training" if self._since_training else ""
+        return f"newest {self._check_key.name} result{since} is a failure"
 
     def get_label(self) -> str | None:
         return self._label
@@ -95,7 +98,7 @@ class CheckFailing(dg.AutomationCondition):
         instance = context.asset_graph_view.instance
         record = instance.event_log_storage.get_latest_asset_check_execution_by_key([self._check_key]).get(self._check_key)
         failing = record is not None and record.status == AssetCheckExecutionRecordStatus.FAILED
-        if failing and (trained := instance.get_latest_materialization_event(context.key)) is not None:
+        if failing and self._since_training and (trained := instance.get_latest_materialization_event(context.key)):
             # the evaluation event's time (simulated in a replay), not the row's database time
             judged_at = record.event.timestamp if record.event is not None else record.create_timestamp
             failing = judged_at > trained.timestamp
@@ -121,7 +124,7 @@ def check_triggers(spec: ModelSpec) -> tuple[dg.AutomationCondition | None, dg.A
         if when == "newly_failed":
             edges.append(CheckFailing(check_key).newly_true().with_label(f"{TRIGGER_CHECK}{check} newly failed"))
         elif when == "failing":
-            levels.append(CheckFailing(check_key, label=f"{TRIGGER_CHECK}{check} failing"))
+            levels.append(CheckFailing(check_key, label=f"{TRIGGER_CHECK}{check} failing", since_training=True))
     return _any(edges), _any(levels)
 
 

@@ -69,7 +69,8 @@ class Simulation:
         failing |= {"performance"} if underperforming else set()
         for name in ("feature_drift", "prediction_drift", "performance"):
             self.check(at, "predictions", name, passed=name not in failing, partition=partition)
-        self.tick(at + timedelta(minutes=1))
+        if "model" in self.tick(at + timedelta(minutes=1)):
+            self.tick(at + timedelta(minutes=10))  # the daemon keeps ticking after a retrain
         return at
 
 
@@ -95,8 +96,8 @@ def test_exactly_one_retrain_after_injected_drift(sim):
     for n in range(1, 10):
         sim.day(n)
     drift_day = sim.day(10, drift=True)
-    for n in range(11, 15):
-        sim.day(n, drift=True)  # still drifting: the check is failing, but not newly
+    for n in range(11, 26):
+        sim.day(n, drift=True)  # still drifting, past the cooldown: failing, but not newly
     assert sim.retrains == [drift_day + timedelta(minutes=1)]
 
 
