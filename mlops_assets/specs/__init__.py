@@ -231,8 +231,9 @@ class ChecksSpec(_Strict):
 RetrainWhen = Literal["newly_failed", "failing", "never"]
 RETRAIN_WHEN_HELP = (
     "When this check retrains the model: 'newly_failed' once when it turns from passing to failing; "
-    "'failing' whenever its newest result is a failure (so a challenger the gate rejected is followed "
-    "by another once the cooldown is over); 'never' shows the verdict without acting on it."
+    "'failing' whenever its newest result since the last training is a failure (so a challenger the "
+    "gate rejected is followed by another once the cooldown is over); 'never' shows the verdict "
+    "without acting on it."
 )
 
 
@@ -282,9 +283,9 @@ class FreshnessSpec(_Strict):
 
 class PoliciesSpec(_Strict):
     """When the model retrains by itself: a drift or performance check newly fails (or, per the
-    check's ``retrain_when``, keeps failing), the model's
-    freshness fails, or its code version changes; never within ``cooldown_days`` of the last
-    training, never while it is already training, never while an upstream blocking check fails.
+    check's ``retrain_when``, keeps failing), the model's freshness fails, or its code version
+    changes; never within ``cooldown_days`` of the last training, never while it is already
+    training, never while an upstream blocking check fails.
     ``retrain`` replaces those triggers by ``static`` (never) or ``cron:N`` (every N days)."""
 
     drift: DriftPolicy = DriftPolicy()
