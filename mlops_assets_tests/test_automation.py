@@ -7,6 +7,7 @@ evaluated with ``evaluate_automation_conditions`` tick by tick, the way the auto
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -74,15 +75,28 @@ class Simulation:
         return at
 
 
-@pytest.fixture
-def sim(tmp_path, monkeypatch, flight_spec):
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+@contextlib.contextmanager
+def simulation(spec):
+    """A fresh instance with the spec's first model trained just before T0."""
     from mlops_assets.factory import build_definitions
 
     with dg.instance_for_test() as instance:
-        s = Simulation(flight_spec, instance, build_definitions([flight_spec]))
+        s = Simulation(spec, instance, build_definitions([spec]))
         s.tick(T0 - timedelta(hours=2))  # first evaluation: nothing is newly anything yet
         s.materialize(T0 - timedelta(hours=1), "feature_store", *RETRAIN)  # the first model
+        yield s
+
+
+def with_check_policy(spec, section: str, retrain_when: str):
+    p = spec.policies
+    policy = getattr(p, section).model_copy(update={"retrain_when": retrain_when})
+    return spec.model_copy(update={"policies": p.model_copy(update={section: policy})})
+
+
+@pytest.fixture
+def sim(tmp_path, monkeypatch, flight_spec):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    with simulation(flight_spec) as s:
         yield s
 
 
@@ -151,16 +165,7 @@ def test_a_new_code_version_triggers_a_retrain(sim, flight_spec):
 def level_sim(tmp_path, monkeypatch, flight_spec):
     """The flight spec with ``performance.retrain_when: failing`` (Elec2's policy)."""
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
-    from mlops_assets.factory import build_definitions
-
-    p = flight_spec.policies
-    spec = flight_spec.model_copy(
-        update={"policies": p.model_copy(update={"performance": p.performance.model_copy(update={"retrain_when": "failing"})})}
-    )
-    with dg.instance_for_test() as instance:
-        s = Simulation(spec, instance, build_definitions([spec]))
-        s.tick(T0 - timedelta(hours=2))
-        s.materialize(T0 - timedelta(hours=1), "feature_store", *RETRAIN)
+    with simulation(with_check_policy(flight_spec, "performance", "failing")) as s:
         yield s
 
 
@@ -189,16 +194,7 @@ def test_a_performance_failure_that_clears_inside_the_cooldown_retrains_nothing(
 
 def test_a_drift_check_set_to_never_does_not_retrain(tmp_path, monkeypatch, flight_spec):
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
-    from mlops_assets.factory import build_definitions
-
-    p = flight_spec.policies
-    spec = flight_spec.model_copy(
-        update={"policies": p.model_copy(update={"drift": p.drift.model_copy(update={"retrain_when": "never"})})}
-    )
-    with dg.instance_for_test() as instance:
-        s = Simulation(spec, instance, build_definitions([spec]))
-        s.tick(T0 - timedelta(hours=2))
-        s.materialize(T0 - timedelta(hours=1), "feature_store", *RETRAIN)
+    with simulation(with_check_policy(flight_spec, "drift", "never")) as s:
         for n in range(1, 10):
             s.day(n)
         for n in range(10, 15):
