@@ -16,7 +16,8 @@ dozens of such replays. This study keeps the parts that decide the numbers and d
 
 It reproduces the real replay (Elec2 ``cron:1``: accuracy 0.7776, 913 retrains, 309 promotions by
 the study against 0.7776, 913 and 310 by ``mlops replay``). Drift checks are not modelled: the
-study is for the performance trigger, the peers and their thresholds. Prints the peers, the spec's
+study is for the performance trigger, the peers and their thresholds; labels are taken as known
+the day they land (``target.label_delay_days`` = 0, as for Elec2 and bike sharing). Prints the peers, the spec's
 own policy and (``--grid``) its neighbours, then a JSON line last, with a block-bootstrap 95 %
 interval for the daily difference between the spec's policy and ``cron:1``.
 
@@ -26,6 +27,7 @@ interval for the daily difference between the spec's policy and ``cron:1``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -180,7 +182,12 @@ def main() -> int:
     from mlops_assets.specs import find_spec
 
     spec = find_spec(args.spec)
-    cache = Path(args.cache or Path(tempfile.gettempdir()) / f"mlops-policy-study-{spec.name}-{args.horizon}.pkl")
+    if spec.target.label_delay_days:
+        raise SystemExit(f"{spec.name}: labels {spec.target.label_delay_days} days late are not modelled by this study")
+    # the cache holds fitted outcomes: it is keyed by everything that decides them
+    decides = spec.model_dump_json(include={"source", "target", "features", "estimator", "training", "partitions"})
+    digest = hashlib.sha256(decides.encode()).hexdigest()[:12]
+    cache = Path(args.cache or Path(tempfile.gettempdir()) / f"mlops-policy-study-{spec.name}-{digest}-{args.horizon}.pkl")
     t0 = time.perf_counter()
     days, stats = outcomes(spec, args.horizon, cache)
     study = Study(spec, days, stats)

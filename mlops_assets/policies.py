@@ -8,8 +8,8 @@ Nothing retrains unless a policy says so. For each spec:
   until handled, but the model is never requested within ``policies.cooldown_days`` of its last
   training, while it (or its training set) is in progress, or while the latest blocking check of
   ``dataset_<spec>`` is failing.
-* A check whose policy says ``retrain_when: failing`` retrains for as long as its newest result is a
-  failure, at most once per cooldown: on autocorrelated series a check fails in long runs and rarely
+* A check whose policy says ``retrain_when: failing`` retrains for as long as its newest result
+  since the last training is a failure, at most once per cooldown: on autocorrelated series a check fails in long runs and rarely
   *newly* fails, and a challenger the gate rejected leaves the failing champion serving. Such a
   trigger is not latched: a failure that clears during the cooldown retrains nothing.
 * ``training_set_<spec>`` evaluates the same retrain decision, and the model is only requested
