@@ -54,16 +54,15 @@ def outcomes(spec, horizon: int, cache: Path) -> tuple[list, dict]:
     import pandas as pd
 
     from mlops_assets.core.names import LABEL
-    from mlops_assets.core.sources import event_timestamps, local_dates, read_table
+    from mlops_assets.core.sources import read_table, split_days
     from mlops_assets.core.training import feature_frame, fit, predict_scores
     from mlops_assets.core.validation import clean_events
 
     ts = spec.source.timestamp
     source = read_table(spec.source.path, spec.source.format)
-    stamps = event_timestamps(source, ts.column, ts.parts, ts.timezone, spec.source.path)
-    by_day = {d: g.reset_index(drop=True) for d, g in source.groupby(local_dates(stamps, ts.timezone).to_numpy(), sort=True)}
+    by_day = split_days(source, ts.column, ts.parts, ts.timezone, spec.source.path)
     days = [d for d in sorted(by_day) if d >= spec.partitions.start]
-    events = {d: clean_events(by_day[d], spec, d, f"{spec.source.path} {d}") for d in days}
+    events = {d: clean_events(by_day[d].reset_index(drop=True), spec, d, f"{spec.source.path} {d}") for d in days}
     X = {d: feature_frame(events[d], spec) for d in days}
     y = {d: events[d][LABEL].to_numpy() for d in days}
     W, H = spec.training.window_days, spec.training.holdout_days

@@ -9,9 +9,10 @@ Nothing retrains unless a policy says so. For each spec:
   training, while it (or its training set) is in progress, or while the latest blocking check of
   ``dataset_<spec>`` is failing.
 * A check whose policy says ``retrain_when: failing`` retrains for as long as its newest result
-  since the last training is a failure, at most once per cooldown: on autocorrelated series a check fails in long runs and rarely
-  *newly* fails, and a challenger the gate rejected leaves the failing champion serving. Such a
-  trigger is not latched: a failure that clears during the cooldown retrains nothing.
+  since the last training is a failure, at most once per cooldown: on autocorrelated series a check
+  fails in long runs and rarely *newly* fails, and a challenger the gate rejected leaves the failing
+  champion serving. Such a trigger is not latched: a failure that clears during the cooldown
+  retrains nothing.
 * ``training_set_<spec>`` evaluates the same retrain decision, and the model is only requested
   together with it: a retrain always runs training set + model (+ gate) in one run on fresh data.
 * ``policies.retrain`` swaps those triggers for ``static`` (no automation on training set and
@@ -41,7 +42,9 @@ from mlops_assets.specs import ModelSpec
 AUTOMATION_SENSOR = "mlops_automation"
 # Labels of the retrain triggers: the UI shows them in the evaluation tree, and a replay reads the
 # cause of each retrain from them (the freshness and cron labels go on with their figures).
-TRIGGER_CHECK = "check "  # + "<check name> newly failed" or "<check name> failing"
+TRIGGER_CHECK = "check "  # + "<check name>" + TRIGGER_NEWLY or TRIGGER_FAILING
+TRIGGER_NEWLY = " newly failed"
+TRIGGER_FAILING = " failing"
 TRIGGER_FRESHNESS = "freshness failed"
 TRIGGER_CODE_VERSION = "code version changed"
 TRIGGER_CRON = "cron:"
@@ -107,24 +110,22 @@ class CheckFailing(dg.AutomationCondition):
         )
 
 
-MONITORING_CHECKS = ("feature_drift", "prediction_drift", "performance")
-
-
-def _check_policy(spec: ModelSpec, check: str) -> str:
-    return (spec.policies.performance if check == "performance" else spec.policies.drift).retrain_when
+# Each monitoring check on predictions_<spec> and the spec policy that governs it (policies.drift or
+# policies.performance); the policy's name is also the retrain cause a replay reports.
+CHECK_POLICY = {"feature_drift": "drift", "prediction_drift": "drift", "performance": "performance"}
 
 
 def check_triggers(spec: ModelSpec) -> tuple[dg.AutomationCondition | None, dg.AutomationCondition | None]:
     """The monitoring checks' triggers: (edge triggers, which stay pending until handled; level
     triggers, true only while their check is failing)."""
     edges, levels = [], []
-    for check in MONITORING_CHECKS:
-        when = _check_policy(spec, check)
+    for check, policy in CHECK_POLICY.items():
+        when = getattr(spec.policies, policy).retrain_when
         check_key = dg.AssetCheckKey(key("predictions", spec), check)
         if when == "newly_failed":
-            edges.append(CheckFailing(check_key).newly_true().with_label(f"{TRIGGER_CHECK}{check} newly failed"))
+            edges.append(CheckFailing(check_key).newly_true().with_label(f"{TRIGGER_CHECK}{check}{TRIGGER_NEWLY}"))
         elif when == "failing":
-            levels.append(CheckFailing(check_key, label=f"{TRIGGER_CHECK}{check} failing", since_training=True))
+            levels.append(CheckFailing(check_key, label=f"{TRIGGER_CHECK}{check}{TRIGGER_FAILING}", since_training=True))
     return _any(edges), _any(levels)
 
 

@@ -37,7 +37,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from mlops_assets.policies import TRIGGER_CHECK, TRIGGER_CODE_VERSION, TRIGGER_CRON, TRIGGER_FRESHNESS
+from mlops_assets.policies import (
+    CHECK_POLICY,
+    TRIGGER_CHECK,
+    TRIGGER_CODE_VERSION,
+    TRIGGER_CRON,
+    TRIGGER_FAILING,
+    TRIGGER_FRESHNESS,
+)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 CAUSES = {  # the retrain triggers' labels (mlops_assets.policies) -> cause in the report
@@ -46,7 +53,6 @@ CAUSES = {  # the retrain triggers' labels (mlops_assets.policies) -> cause in t
     TRIGGER_CODE_VERSION: "code_version",
     TRIGGER_CRON: "cron",
 }
-DRIFT_CHECKS = {"feature_drift": "drift", "prediction_drift": "drift", "performance": "performance"}
 MAX_TICKS_PER_DAY = 6
 
 
@@ -81,14 +87,12 @@ class Replay:
     ):
         import pandas as pd
 
-        from mlops_assets.core.sources import event_timestamps, local_dates, read_table
+        from mlops_assets.core.sources import read_table, split_days
 
         self.spec, self.home, self.progress, self.keep_instance = spec, home, progress, keep_instance
         tr, ts = spec.training, spec.source.timestamp
         source = read_table(spec.source.path, spec.source.format)
-        stamps = event_timestamps(source, ts.column, ts.parts, ts.timezone, spec.source.path)
-        by_day = source.groupby(local_dates(stamps, ts.timezone).to_numpy(), sort=True)
-        self.source_days: dict[date, pd.DataFrame] = {d: g for d, g in by_day}
+        self.source_days: dict[date, pd.DataFrame] = split_days(source, ts.column, ts.parts, ts.timezone, spec.source.path)
         first = max(min(self.source_days), spec.partitions.start)
         self.start = start or first + timedelta(days=tr.window_days + tr.holdout_days)
         last = (
@@ -206,7 +210,7 @@ class Replay:
                 fired = _fired(r)
                 # an edge trigger stays pending until the retrain; a level trigger ("… failing")
                 # counts only if it holds at the tick that requests the retrain
-                self.failing_causes = {label for label in fired if label.endswith(" failing")}
+                self.failing_causes = {label for label in fired if label.endswith(TRIGGER_FAILING)}
                 self.pending_causes |= fired - self.failing_causes
         runs: dict[str | None, list] = {}
         for r in result.results:
@@ -267,7 +271,7 @@ class Replay:
         for label in self.pending_causes | self.failing_causes:
             cause = next((c for prefix, c in CAUSES.items() if label.startswith(prefix)), None)
             if cause == "monitoring":  # "check <name> newly failed" / "check <name> failing"
-                causes.add(DRIFT_CHECKS.get(label[len(TRIGGER_CHECK) :].split()[0], "monitoring"))
+                causes.add(CHECK_POLICY.get(label[len(TRIGGER_CHECK) :].split()[0], "monitoring"))
             elif cause:
                 causes.add(cause)
         return sorted(causes)

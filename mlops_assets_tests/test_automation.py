@@ -200,3 +200,10 @@ def test_a_drift_check_set_to_never_does_not_retrain(tmp_path, monkeypatch, flig
         for n in range(10, 15):
             s.day(n, drift=True)
         assert s.retrains == []
+
+
+def test_every_monitoring_check_has_a_retrain_policy():
+    from mlops_assets.policies import CHECK_POLICY
+    from mlops_assets.scoring import MONITORING_CHECKS
+
+    assert set(CHECK_POLICY) == set(MONITORING_CHECKS)

@@ -124,3 +124,11 @@ def extract_day(
     """The rows of a source table that belong to one local day, columns untouched (for landing)."""
     ts = event_timestamps(source, column, parts, timezone, where)
     return source.loc[(local_dates(ts, timezone) == day).to_numpy()]
+
+
+def split_days(
+    source: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, where: str
+) -> dict[date, pd.DataFrame]:
+    """Every local day of a source table and its rows, columns untouched (for replays and studies)."""
+    ts = event_timestamps(source, column, parts, timezone, where)
+    return {d: rows for d, rows in source.groupby(local_dates(ts, timezone).to_numpy(), sort=True)}
