@@ -4,6 +4,7 @@ mlops home
 mlops land --spec flight_delays --date 2013-01-05 [--days 3]
 mlops demo [--spec flight_delays] [--start 2013-01-01] [--days 14]
 mlops replay --spec examples/specs/elec2.yaml --policy default|static|cron:N [--start D] [--days N] --out report.json
+mlops serve --spec flight_delays [--host 127.0.0.1] [--port 8787]
 """
 
 from __future__ import annotations
@@ -130,6 +131,22 @@ def run_replay(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    """The model server in the foreground, on the embedded home (or the home in MLOPS_HOME)."""
+    from mlops_assets.environments import mlflow_tracking_uri, mlops_home
+    from mlops_assets.serving import serve
+    from mlops_assets.specs import find_spec
+
+    spec = find_spec(args.spec)
+    deployment = spec.deployment
+    host = args.host or (deployment.host if deployment else "127.0.0.1")
+    port = args.port or (deployment.port if deployment else 8787)
+    home = mlops_home()
+    print(f"serving {spec.name} on http://{host}:{port}/v1/models/{spec.name}:predict (home {home})", flush=True)
+    serve(spec, host, port, home, os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(home))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep Dagster's records in the home's SQLite instance (for the UI; ~2x slower)",
     )
+    p_serve = sub.add_parser("serve", help="run the model server of a spec (what its endpoint serves) in the foreground")
+    p_serve.add_argument("--spec", required=True, help="spec name or path to a spec YAML")
+    p_serve.add_argument("--host", help="interface (default: the spec's deployment.host, else 127.0.0.1)")
+    p_serve.add_argument("--port", type=int, help="port (default: the spec's deployment.port, else 8787)")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
     if args.command == "replay":
         return run_replay(args)
     if args.command == "home":

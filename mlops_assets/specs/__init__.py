@@ -275,10 +275,13 @@ class PerformancePolicy(_Strict):
 
 class FreshnessSpec(_Strict):
     """How old data and models may get (Dagster ``FreshnessPolicy.time_window``): features should
-    arrive at least every ``features_hours``; a model older than ``model_days`` is retrained."""
+    arrive at least every ``features_hours``; a model older than ``model_days`` is retrained; an
+    endpoint whose deployment was last applied and verified more than ``endpoint_hours`` ago is stale
+    (the UI flags it; the canary sensor re-verifies endpoints with a rollout in progress)."""
 
     features_hours: float | None = Field(48.0, gt=0)
     model_days: float | None = Field(30.0, gt=0)
+    endpoint_hours: float | None = Field(24.0, gt=0)
 
 
 class PoliciesSpec(_Strict):
@@ -304,6 +307,75 @@ class PoliciesSpec(_Strict):
         return int(self.retrain.split(":", 1)[1]) if self.retrain.startswith("cron:") else None
 
 
+class CanarySpec(_Strict):
+    """How a new champion reaches the endpoint. With ``traffic_percent`` 0 it takes all traffic at
+    once. Otherwise it serves that share of requests beside the version it replaces, and once
+    ``window_minutes`` have passed and each side has served ``min_requests`` requests the canary check
+    compares them: the error rate may rise by at most ``max_error_rate_increase``, the p99 latency may
+    be at most ``max_latency_ratio`` times the stable side's (plus ``latency_slack_ms``, so that a
+    0.8 ms vs 1.1 ms difference is not a regression), and, once ``min_labelled`` served predictions
+    of each side have labels, the metric may fall by at most ``max_metric_drop``. Passing promotes it
+    to 100 %; failing rolls the endpoint and the ``champion`` alias back to the stable version."""
+
+    traffic_percent: float = Field(0.0, ge=0, lt=100)
+    window_minutes: float = Field(60.0, gt=0)
+    min_requests: int = Field(100, ge=1)
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1)
+    max_latency_ratio: float = Field(1.5, ge=1)
+    latency_slack_ms: float = Field(5.0, ge=0)
+    max_metric_drop: float = Field(0.02, ge=0)
+    min_labelled: int = Field(100, ge=1)
+
+
+class KubernetesTargetSpec(_Strict):
+    """A Kubernetes endpoint: a KServe ``InferenceService`` (KServe splits the canary traffic) or a
+    ``Deployment`` + ``Service`` running the same server image (the server splits it)."""
+
+    kind: Literal["kserve", "deployment"] = "deployment"
+    namespace: str = "mlops"
+    image: str = "ghcr.io/mlops-assets/serving:latest"
+    replicas: int = Field(2, ge=1)
+    cpu: str = "1"
+    memory: str = "1Gi"
+    service_account: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment of the server container.")
+
+
+class SageMakerTargetSpec(_Strict):
+    """A SageMaker real-time endpoint: one production variant per served version, weighted by the
+    canary share. ``image_uri`` is the server image pushed to ECR; ``model_data_prefix`` is where the
+    model artifacts of each version are copied (``<prefix>/<model>/<version>/model.tar.gz``)."""
+
+    region: str = "us-east-1"
+    image_uri: str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlops-serving:latest"
+    role_arn: str = "arn:aws:iam::123456789012:role/mlops-sagemaker"
+    instance_type: str = "ml.m5.large"
+    initial_instance_count: int = Field(1, ge=1)
+    model_data_prefix: str = "s3://mlops-models"
+
+
+class UnknownEntitySpec(_Strict):
+    """What the server does for an entity the online store has never seen (a new plane, a new
+    route): the request is answered, each missing online feature takes its value from ``defaults``
+    or, when it has none there, is left missing so the model's own imputation (the training median
+    for numbers, the unknown category otherwise) applies, and the response flags the row."""
+
+    defaults: dict[str, float | str] = Field(default_factory=dict)
+
+
+class DeploymentSpec(_Strict):
+    """Where and how the model is served (``endpoint_<model>`` asset, ``mlops serve``)."""
+
+    target: Literal["local", "kubernetes", "sagemaker"] = "local"
+    host: str = Field("127.0.0.1", description="Local target: interface the server listens on.")
+    port: int = Field(8787, ge=1, le=65535, description="Local target: port of the server.")
+    max_batch_rows: int = Field(10_000, ge=1, description="Rows one request may carry (413 above).")
+    canary: CanarySpec = CanarySpec()
+    unknown_entity: UnknownEntitySpec = UnknownEntitySpec()
+    kubernetes: KubernetesTargetSpec = KubernetesTargetSpec()
+    sagemaker: SageMakerTargetSpec = SageMakerTargetSpec()
+
+
 class PartitionsSpec(_Strict):
     start: date
     end: date | None = Field(None, description="Exclusive; open-ended when absent.")
@@ -326,6 +398,7 @@ class ModelSpec(_Strict):
     checks: ChecksSpec = ChecksSpec()
     policies: PoliciesSpec = PoliciesSpec()
     partitions: PartitionsSpec
+    deployment: DeploymentSpec | None = Field(None, description="Omitted: batch scoring only, no endpoint asset.")
 
     @field_validator("name")
     @classmethod
@@ -357,6 +430,14 @@ class ModelSpec(_Strict):
             if table.join_entity not in self.entities:
                 raise ValueError(f"lookups.{tname}: entity {table.join_entity!r} is not a declared entity")
         task_metrics = {"classification": {"roc_auc", "accuracy", "log_loss", "f1"}, "regression": {"rmse", "mae", "r2"}}
+        if self.deployment is not None:
+            online = {f.name for f in self.past_rate_features} | {f.name for f in self.lookup_features}
+            stray = sorted(set(self.deployment.unknown_entity.defaults) - online)
+            if stray:
+                raise ValueError(
+                    f"deployment.unknown_entity.defaults: {stray} are not online features (past rates or lookups); "
+                    f"online features: {sorted(online)}"
+                )
         if self.promotion.metric not in task_metrics[self.target.task]:
             raise ValueError(f"promotion.metric {self.promotion.metric!r} does not fit a {self.target.task} target")
         return self

@@ -1,0 +1,107 @@
+"""The prediction store: every request and every prediction the server makes, as daily parquet files.
+
+Two tables under the lake, one folder per day (the spec's timezone, like every partition):
+
+    lake/requests/<spec>/<YYYY-MM-DD>/<file>.parquet   one row per request: id, time, variant,
+                                                       model version, HTTP status, rows, latency
+    lake/served/<spec>/<YYYY-MM-DD>/<file>.parquet     one row per prediction: request id, event id
+                                                       and time, model version, the features it
+                                                       saw (``feature.<name>``), score, prediction
+
+The server appends rows to memory and a background thread writes a new file every second (and at
+shutdown), so a request never waits for a disk write and several server processes (or pods with a
+shared volume) never write the same file. Monitoring and the canary check read a day back with
+``read_day``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REQUESTS, SERVED = "requests", "served"
+FEATURE_PREFIX = "feature."  # the batch predictions' convention (scoring.FEATURE_PREFIX)
+
+
+def day_dir(root: str | Path, table: str, spec: str, day: str) -> Path:
+    return Path(root) / "lake" / table / spec / day
+
+
+def read_day(root: str | Path, table: str, spec: str, day: str) -> pd.DataFrame | None:
+    """Every row logged for a day (None when nothing was logged)."""
+    folder = day_dir(root, table, spec, day)
+    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    if not files:
+        return None
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def read_since(root: str | Path, table: str, spec: str, since: pd.Timestamp, time_column: str = "received_at") -> pd.DataFrame | None:
+    """Rows logged at or after ``since`` (reads the day folders from ``since``'s UTC day on, with a
+    day of margin either side for timezones)."""
+    base = Path(root) / "lake" / table / spec
+    if not base.exists():
+        return None
+    first = (since - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    frames = [read_day(root, table, spec, d.name) for d in sorted(base.iterdir()) if d.is_dir() and d.name >= first]
+    frames = [f for f in frames if f is not None]
+    if not frames:
+        return None
+    out = pd.concat(frames, ignore_index=True)
+    return out[out[time_column] >= since].reset_index(drop=True)
+
+
+class PredictionLog:
+    """Buffers log rows in memory and writes them as parquet files from a background thread."""
+
+    def __init__(self, root: str | Path, spec: str, timezone: str, flush_seconds: float = 1.0):
+        self.root, self.spec, self.timezone = Path(root), spec, timezone
+        self.flush_seconds = flush_seconds
+        self._buffers: dict[str, list[dict[str, Any]]] = {REQUESTS: [], SERVED: []}
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def append(self, table: str, columns: dict[str, Any]) -> None:
+        """Queue a block of rows (a dict of equal-length columns, or of scalars for one row)."""
+        with self._lock:
+            self._buffers[table].append(columns)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> list[Path]:
+        with self._lock:
+            pending = {t: b for t, b in self._buffers.items() if b}
+            self._buffers = {REQUESTS: [], SERVED: []}
+        written = []
+        for table, blocks in pending.items():
+            frame = pd.concat([pd.DataFrame(b if _is_block(b) else [b]) for b in blocks], ignore_index=True)
+            days = frame["received_at"].dt.tz_convert(self.timezone).dt.strftime("%Y-%m-%d")
+            for day, part in frame.groupby(days, sort=True):
+                folder = day_dir(self.root, table, self.spec, str(day))
+                folder.mkdir(parents=True, exist_ok=True)
+                name = f"{time.time_ns()}-{os.getpid()}-{next(self._seq)}.parquet"
+                tmp = folder / f".{name}.tmp"
+                part.reset_index(drop=True).to_parquet(tmp, index=False)
+                os.replace(tmp, folder / name)
+                written.append(folder / name)
+        return written
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.flush()
+
+
+def _is_block(columns: dict[str, Any]) -> bool:
+    return any(isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str) for v in columns.values())

@@ -1,0 +1,93 @@
+"""The server's connections to the outside: the MLflow registry it loads versions from and the Feast
+online store it looks entities up in. Kept apart from the app so tests and the benchmark can hand
+the app other loaders, and so the app module itself imports neither MLflow nor Feast."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import numpy as np
+
+from mlops_assets.core.names import lookup_view_name
+from mlops_assets.core.serving import OnlineLookup, feast_unknown_mask
+from mlops_assets.specs import ModelSpec
+
+
+class MlflowVersions:
+    """Loads registered versions of one model from an MLflow registry (``models:/<name>/<version>``)."""
+
+    def __init__(self, tracking_uri: str, registry_uri: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri or tracking_uri
+
+    def _mlflow(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri)
+        return mlflow
+
+    def load(self, name: str, version: str) -> Any:
+        import mlflow.sklearn
+
+        self._mlflow()
+        return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+    def alias(self, name: str, alias: str) -> str | None:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        self._mlflow()
+        try:
+            return str(MlflowClient(self.tracking_uri, self.registry_uri).get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+
+def feast_online_lookup(spec: ModelSpec, registry_path: str, online_store_path: str) -> OnlineLookup | None:
+    """A function from entity columns to the spec's online features (past rates and lookup columns),
+    read from the Feast online store with ``get_online_features``; None when the spec has none.
+
+    The response says which entity was unknown: a key the store has no row for comes back ``None``
+    for every feature of its view."""
+    refs: list[tuple[str, str, str, tuple[str, ...]]] = []  # (feature name, feast ref, returned column, flag)
+    for f in spec.past_rate_features:
+        refs.append((f.name, f"{f.name}:{f.name}", f.name, tuple(f.by)))
+    for f in spec.lookup_features:
+        table = spec.lookups[f.table]
+        refs.append((f.name, f"{lookup_view_name(f.table)}:{f.source}", f.source, (table.join_entity,)))
+    if not refs:
+        return None
+    from mlops_assets.resources.feast import cached_feature_store  # Feast itself is imported on first use
+
+    store = cached_feature_store(spec.name, registry_path, online_store_path, "duckdb")
+    features = [r[1] for r in refs]
+    entity_names = list(spec.entities)
+
+    def lookup(entities: dict[str, list]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        n = len(next(iter(entities.values())))
+        rows = [{e: entities[e][i] for e in entity_names} for i in range(n)]
+        got = store.get_online_features(features=features, entity_rows=rows).to_dict()
+        values: dict[str, np.ndarray] = {}
+        unknown: dict[str, np.ndarray] = {}
+        for name, _, column, flag in refs:
+            col = got[column]
+            missing = feast_unknown_mask(col)
+            values[name] = np.array([np.nan if v is None else v for v in col], dtype="float64")
+            key = "+".join(flag)
+            unknown[key] = unknown[key] | missing if key in unknown else missing
+        return values, unknown
+
+    return lookup
+
+
+@functools.lru_cache(maxsize=1)
+def warm_up() -> float:
+    """Import the model libraries before the first request, so it is not the slow one."""
+    t0 = time.perf_counter()
+    import sklearn.ensemble  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
+
+    return time.perf_counter() - t0
