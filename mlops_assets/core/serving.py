@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -86,8 +86,13 @@ def _columns_from_payload(payload: Any, schema: RequestSchema) -> tuple[dict[str
     unknown_keys = sorted(set(payload) - {"instances", "inputs"})
     if unknown_keys or ("instances" in payload) == ("inputs" in payload):
         raise RequestError(
-            [{"loc": ["body"], "msg": "expected exactly one of 'instances' (list of rows) or 'inputs' (columns)"
-              + (f"; unknown keys {unknown_keys}" if unknown_keys else "")}]
+            [
+                {
+                    "loc": ["body"],
+                    "msg": "expected exactly one of 'instances' (list of rows) or 'inputs' (columns)"
+                    + (f"; unknown keys {unknown_keys}" if unknown_keys else ""),
+                }
+            ]
         )
     known = schema.fields
     if "instances" in payload:
@@ -119,7 +124,9 @@ def _columns_from_payload(payload: Any, schema: RequestSchema) -> tuple[dict[str
     cols = payload["inputs"]
     if not isinstance(cols, dict) or not cols:
         raise RequestError([{"loc": ["inputs"], "msg": "expected an object of field -> list of values"}])
-    errors = [{"loc": ["inputs", n], "msg": f"unknown field; accepted: {sorted(known)}"} for n in sorted(cols.keys() - known.keys())]
+    errors = [
+        {"loc": ["inputs", n], "msg": f"unknown field; accepted: {sorted(known)}"} for n in sorted(cols.keys() - known.keys())
+    ]
     errors += [{"loc": ["inputs", n], "msg": "field required"} for n in sorted(schema.required.keys() - cols.keys())]
     errors += [{"loc": ["inputs", n], "msg": "expected a list of values"} for n, v in cols.items() if not isinstance(v, list)]
     if errors:
@@ -197,7 +204,9 @@ def _timestamps(values: list, shape: str, errors: list, tz: str, now: datetime) 
                 raise ValueError
             out.append(ts.tz_convert("UTC"))
         except (ValueError, TypeError, OverflowError):
-            errors.append({"loc": _loc(shape, i, EVENT_TS_FIELD), "msg": f"expected an ISO 8601 time or epoch seconds, got {v!r}"[:200]})
+            errors.append(
+                {"loc": _loc(shape, i, EVENT_TS_FIELD), "msg": f"expected an ISO 8601 time or epoch seconds, got {v!r}"[:200]}
+            )
             out.append(pd.Timestamp(now).tz_convert("UTC"))
     return pd.DatetimeIndex(out)
 
@@ -218,11 +227,13 @@ def parse_request(payload: Any, schema: RequestSchema, spec: ModelSpec, now: dat
     cols, n, shape, errors = _columns_from_payload(payload, schema)
     typed: dict[str, Any] = {}
     for name, kind in schema.required.items():
-        typed[name] = _numbers(cols[name], name, shape, errors) if kind == NUMBER else _texts(cols[name], name, shape, errors, True)
+        typed[name] = (
+            _numbers(cols[name], name, shape, errors) if kind == NUMBER else _texts(cols[name], name, shape, errors, True)
+        )
     needs_time = any(isinstance(f, TimePartFeature) for f in spec.features) or bool(spec.derived_features)
     timestamps = None
     if needs_time or EVENT_TS_FIELD in cols:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         stamps = cols.get(EVENT_TS_FIELD, [None] * n)
         timestamps = _timestamps(stamps, shape, errors, spec.source.timestamp.timezone, now)
     event_ids = _texts(cols[EVENT_ID_FIELD], EVENT_ID_FIELD, shape, errors, False) if EVENT_ID_FIELD in cols else None
@@ -322,7 +333,7 @@ class Predictor:
             self._compile(spec)
             probe = self._probe_rows(spec)
             self.fast = bool(np.allclose(self._fast_scores(probe), self._pipeline_scores(probe), rtol=0, atol=1e-12))
-        except Exception:  # an unexpected pipeline shape: the pipeline scores
+        except Exception:  # noqa: BLE001 - any unexpected pipeline shape means: the pipeline scores
             self.fast = False
 
     def _compile(self, spec: ModelSpec) -> None:
@@ -350,7 +361,7 @@ class Predictor:
         cols: dict[str, np.ndarray] = {}
         for i, c in enumerate(self.numeric):
             x = self.fill[i] * rng.uniform(0.5, 1.5, n) + rng.normal(0, 1, n)
-            x[:: 3] = np.nan
+            x[::3] = np.nan
             cols[c] = x
         for c, mapping in self.codes:
             seen = list(mapping)
@@ -427,8 +438,10 @@ def judge_canary(
 
     row("requests", stable.requests, canary.requests, f">= {policy['min_requests']} each", None)
     if elapsed < window or min(stable.requests, canary.requests) < int(policy["min_requests"]):
-        why = f"window {elapsed:.0f}/{window:g} min" if elapsed < window else (
-            f"{min(stable.requests, canary.requests)} of {policy['min_requests']} requests on the smaller side"
+        why = (
+            f"window {elapsed:.0f}/{window:g} min"
+            if elapsed < window
+            else (f"{min(stable.requests, canary.requests)} of {policy['min_requests']} requests on the smaller side")
         )
         return CanaryVerdict("wait", [f"not yet judged: {why}"], rows)
     reasons = []

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -101,31 +101,47 @@ class Metrics:
         self.model = spec.name
         self.classification = spec.target.task == "classification"
         self.requests = Counter(
-            "mlops_requests", "Prediction requests by variant, served version and HTTP status.",
-            ["model", "variant", "version", "code"], registry=self.registry,
+            "mlops_requests",
+            "Prediction requests by variant, served version and HTTP status.",
+            ["model", "variant", "version", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "mlops_request_latency_seconds", "Time to answer a prediction request (parse, features, predict).",
-            ["model", "variant"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "mlops_request_latency_seconds",
+            "Time to answer a prediction request (parse, features, predict).",
+            ["model", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         if self.classification:
             self.predictions = Counter(
-                "mlops_predictions", "Predictions by served version and predicted class.",
-                ["model", "version", "predicted_class"], registry=self.registry,
+                "mlops_predictions",
+                "Predictions by served version and predicted class.",
+                ["model", "version", "predicted_class"],
+                registry=self.registry,
             )
         else:
             self.values = Histogram(
-                "mlops_prediction_value", "Predicted values (buckets of the value).",
-                ["model", "version"], buckets=VALUE_BUCKETS, registry=self.registry,
+                "mlops_prediction_value",
+                "Predicted values (buckets of the value).",
+                ["model", "version"],
+                buckets=VALUE_BUCKETS,
+                registry=self.registry,
             )
         self.served_version = Gauge(
-            "mlops_served_model_version", "Model version served by each variant (absent when none).",
-            ["model", "variant"], registry=self.registry,
+            "mlops_served_model_version",
+            "Model version served by each variant (absent when none).",
+            ["model", "variant"],
+            registry=self.registry,
         )
-        self.canary_percent = Gauge("mlops_canary_traffic_percent", "Share of requests sent to the canary.", ["model"], registry=self.registry)
+        self.canary_percent = Gauge(
+            "mlops_canary_traffic_percent", "Share of requests sent to the canary.", ["model"], registry=self.registry
+        )
         self.unknown = Counter(
-            "mlops_unknown_entities", "Rows whose entity the online store did not know (answered with defaults).",
-            ["model", "entity"], registry=self.registry,
+            "mlops_unknown_entities",
+            "Rows whose entity the online store did not know (answered with defaults).",
+            ["model", "entity"],
+            registry=self.registry,
         )
 
     def served(self, d: Deployment) -> None:
@@ -198,7 +214,13 @@ class ModelServer:
             self.serving = Serving(deployment, models)  # the one assignment that switches traffic
             self.metrics.served(deployment)
             self.load_error = None
-        log.info("serving %s: stable v%s, canary %s at %s%%", self.spec.name, deployment.stable, deployment.canary, deployment.canary_percent)
+        log.info(
+            "serving %s: stable v%s, canary %s at %s%%",
+            self.spec.name,
+            deployment.stable,
+            deployment.canary,
+            deployment.canary_percent,
+        )
         return self.serving
 
     def load_initial(self) -> None:
@@ -216,7 +238,7 @@ class ModelServer:
 
     def predict(self, payload: Any) -> tuple[int, dict[str, Any]]:
         started = time.perf_counter()
-        received = datetime.now(timezone.utc)
+        received = datetime.now(UTC)
         request_id = uuid.uuid4().hex
         serving = self.serving  # the request keeps this object, whatever is deployed meanwhile
         if serving is None:
@@ -251,7 +273,7 @@ class ModelServer:
         if unknown is not None:
             body["unknown_entities"] = unknown
             for entity, mask in features.unknown.items():
-                if (count := int(mask.sum())):
+                if count := int(mask.sum()):
                     self.metrics.unknown.labels(self.spec.name, entity).inc(count)
         self.metrics.observe(variant, version, 200, seconds, outputs)
         self._log_request(request_id, received, variant, version, 200, parsed.rows, seconds)
@@ -339,7 +361,7 @@ def create_app(server: ModelServer, *, admin_token: str | None = None) -> Starle
             return json_response({"error": "invalid deployment", "detail": str(exc)}, 422)
         try:
             serving = await asyncio.to_thread(server.deploy, deployment)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a version that cannot load leaves the old one serving
             return json_response({"error": "deployment failed", "detail": str(exc)[:500]}, 409)
         return json_response({"deployment": serving.deployment.to_json(), "loaded": sorted(serving.models)})
 

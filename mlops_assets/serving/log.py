@@ -42,7 +42,9 @@ def read_day(root: str | Path, table: str, spec: str, day: str) -> pd.DataFrame 
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def read_since(root: str | Path, table: str, spec: str, since: pd.Timestamp, time_column: str = "received_at") -> pd.DataFrame | None:
+def read_since(
+    root: str | Path, table: str, spec: str, since: pd.Timestamp, time_column: str = "received_at"
+) -> pd.DataFrame | None:
     """Rows logged at or after ``since`` (reads the day folders from ``since``'s UTC day on, with a
     day of margin either side for timezones)."""
     base = Path(root) / "lake" / table / spec

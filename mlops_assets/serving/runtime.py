@@ -87,7 +87,7 @@ def feast_online_lookup(spec: ModelSpec, registry_path: str, online_store_path: 
 def warm_up() -> float:
     """Import the model libraries before the first request, so it is not the slow one."""
     t0 = time.perf_counter()
-    import sklearn.ensemble  # noqa: F401
+    import sklearn.ensemble
     import sklearn.pipeline  # noqa: F401
 
     return time.perf_counter() - t0
