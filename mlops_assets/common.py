@@ -26,6 +26,7 @@ STAGE_VERSIONS = {
     "model": "1",
     "champion": "1",
     "predictions": "1",
+    "endpoint": "1",
 }
 
 

@@ -10,6 +10,7 @@ default ``.mlops_home`` in the working directory)::
     <home>/feast/online.db        Feast online store (SQLite)
     <home>/landing/ …/lake/ …     landing zone, quarantine, per-partition parquet (LakeStorage)
     <home>/io/                    Dagster IO-manager output
+    <home>/endpoints/<spec>/      desired deployment, audit history, local server log and pid
 
 ``aws``, ``gcp`` and ``k8s`` plug in here (S3/GCS storage, managed MLflow, Redis online store,
 k8s executor); until they exist, choosing them fails at load time with a message saying so.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
+from mlops_assets.resources import EndpointDeployer, FeastFeatureStore, LakeStorage, MlflowTracking
 
 ENV_VAR = "MLOPS_ENV"
 HOME_VAR = "MLOPS_HOME"
@@ -86,6 +87,7 @@ def _local_resources(home: Path) -> dict:
             artifact_location=(home / "mlflow" / "artifacts").as_uri(),
             env_to_tag=["MLOPS_ENV"],
         ),
+        "deployer": EndpointDeployer(home=str(home)),
         "io_manager": dg.FilesystemIOManager(base_dir=str(home / "io")),
     }
 

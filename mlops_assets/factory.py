@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mlops_assets import alerts, environments, features, ingest, jobs, landing, policies, promotion, scoring, training
+from mlops_assets import alerts, endpoints, environments, features, ingest, jobs, landing, policies, promotion, scoring, training
 from mlops_assets.specs import ModelSpec, load_specs
 
-STAGE_MODULES = (ingest, features, training, promotion, scoring)
+STAGE_MODULES = (ingest, features, training, promotion, scoring, endpoints)
 
 
 def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
@@ -18,8 +18,12 @@ def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
     for spec in specs:
         for module in STAGE_MODULES:
             assets += module.build(spec)
-        all_jobs += jobs.build(spec)
+        spec_jobs = jobs.build(spec)
+        all_jobs += spec_jobs
         sensors.append(landing.build(spec))
+        deploy_job = next((j for j in spec_jobs if j.name == jobs.job_name("deploy", spec)), None)
+        if (canary := endpoints.canary_sensor(spec, deploy_job)) is not None:
+            sensors.append(canary)
     return dg.Definitions(
         assets=assets,
         jobs=all_jobs,

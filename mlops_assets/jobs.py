@@ -4,6 +4,7 @@
 * ``ingest_<spec>`` (daily partition): raw → dataset (+ blocking checks) → features → online store
 * ``train_<spec>``: Feast registration → training set → challenger → promotion gate
 * ``score_<spec>`` (daily partition): batch predictions of the champion
+* ``deploy_<spec>`` (specs with a ``deployment``): apply and verify the endpoint, judge a canary
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ STAGES = {
     "ingest": ("raw", "dataset", "features", "online_features"),
     "train": ("feature_store", "training_set", "model", "champion"),
     "score": ("predictions",),
+    "deploy": ("endpoint",),
 }
 
 
@@ -31,6 +33,7 @@ def build(spec: ModelSpec) -> list[dg.UnresolvedAssetJobDefinition]:
         "ingest": 'Land-to-online-store for one day (pass the partition, e.g. --tags \'{"dagster/partition": "2013-01-05"}\').',
         "train": "Register features, build the point-in-time training set, fit the challenger, run the promotion gate.",
         "score": "Score one day's events with the champion.",
+        "deploy": "Apply the champion to the endpoint (through the canary when configured) and verify what it serves.",
     }
     return [
         dg.define_asset_job(
@@ -40,4 +43,5 @@ def build(spec: ModelSpec) -> list[dg.UnresolvedAssetJobDefinition]:
             tags={"mlops/spec": spec.name, "mlops/job": kind},
         )
         for kind, stages in STAGES.items()
+        if kind != "deploy" or spec.deployment is not None
     ]

@@ -183,6 +183,10 @@ def automation_condition(stage: str, spec: ModelSpec) -> dg.AutomationCondition 
         )
     if stage == "champion":
         return A.eager()
+    if stage == "endpoint":
+        # a gate decision (new champion or not) is applied and re-verified; the canary sensor drives
+        # the rest of a rollout
+        return A.eager()
     if stage == "predictions":
         # A day is scored once, by the champion serving when it arrives; a later promotion does not
         # rewrite what was served (monitoring and replays judge the predictions that were made).
@@ -196,6 +200,8 @@ def freshness_policy(stage: str, spec: ModelSpec) -> dg.FreshnessPolicy | None:
         return dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=f.features_hours))
     if stage == "model" and f.model_days:
         return dg.FreshnessPolicy.time_window(fail_window=timedelta(days=f.model_days))
+    if stage == "endpoint" and f.endpoint_hours:
+        return dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=f.endpoint_hours))
     return None
 
 

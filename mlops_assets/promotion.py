@@ -4,13 +4,14 @@ Challenger and champion are scored on the same holdout (the newest days of the t
 which neither was fitted on when the champion is older). The ``champion`` alias moves only when the
 challenger is better by the spec's margin. Both scores and the decision go to the asset's metadata,
 to the challenger's MLflow run, and to the ``promotion_gate`` check, which also verifies that whatever
-serves after the decision beats the no-skill baseline.
+serves after the decision beats the no-skill baseline. A version that an endpoint canary rolled back
+is never promoted again: live traffic outranks the holdout.
 """
 
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, failure, key
-from mlops_assets.core.names import CHALLENGER, CHAMPION, LABEL
+from mlops_assets.core.names import CHALLENGER, CHAMPION, LABEL, ROLLED_BACK, ROLLED_BACK_TAG
 from mlops_assets.resources import LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
 from mlops_assets.training import training_set_paths
@@ -59,8 +60,13 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         challenger_score = score(challenger)
         same = current is not None and current.version == challenger.version
         champion_score = None if current is None else challenger_score if same else score(current)
+        rolled_back = (challenger.tags or {}).get(ROLLED_BACK_TAG) == ROLLED_BACK
         if same:
             promote, reason = False, f"version {challenger.version} is already the champion"
+        elif rolled_back:
+            # live traffic outranks the holdout: a version its canary rolled back never returns by itself
+            why = (challenger.tags or {}).get("mlops.canary_reason", "")
+            promote, reason = False, f"version {challenger.version} was rolled back by its canary ({why})"
         else:
             d = decide(challenger_score, champion_score, margin=spec.promotion.margin, higher_is_better=spec.higher_is_better)
             promote, reason = d.promote, d.reason

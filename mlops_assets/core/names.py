@@ -8,6 +8,9 @@ FEATURE_SERVICE = "model_inputs"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 
+ROLLED_BACK_TAG = "mlops.canary"  # model-version tag: started | promoted | rolled_back
+ROLLED_BACK = "rolled_back"
+
 
 def lookup_view_name(table: str) -> str:
     return f"lookup_{table}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -310,6 +310,41 @@ def feast_unknown_mask(values: Sequence[Any]) -> np.ndarray:
     return np.fromiter((v is None for v in values), dtype=bool, count=len(values))
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """What an endpoint serves: ``stable`` takes ``100 - canary_percent`` % of the requests."""
+
+    stable: str | None = None
+    canary: str | None = None
+    canary_percent: float = 0.0
+    canary_started: str | None = None  # ISO 8601, UTC
+
+    def __post_init__(self) -> None:
+        if self.canary is None and self.canary_percent:
+            raise ValueError("a canary share needs a canary version")
+        if not 0 <= self.canary_percent < 100:
+            raise ValueError(f"canary_percent must be in [0, 100), got {self.canary_percent}")
+
+    @property
+    def versions(self) -> list[str]:
+        return [v for v in (self.stable, self.canary) if v is not None]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deployment:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown deployment fields {sorted(unknown)}")
+        return cls(
+            stable=None if data.get("stable") is None else str(data["stable"]),
+            canary=None if data.get("canary") is None else str(data["canary"]),
+            canary_percent=float(data.get("canary_percent") or 0.0),
+            canary_started=data.get("canary_started"),
+        )
+
+
 # --- prediction ----------------------------------------------------------------------------------
 
 
@@ -472,3 +507,45 @@ def judge_canary(
 def p99(values: Sequence[float] | np.ndarray) -> float:
     arr = np.asarray(values, dtype="float64")
     return float(np.percentile(arr, 99)) if arr.size else 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the endpoint asset does this time, and why."""
+
+    deployment: Deployment
+    action: str  # deploy | unchanged | canary_started | canary_restarted | canary_waiting | promoted | rolled_back
+    reason: str
+
+
+def plan_deployment(
+    current: Deployment | None,
+    champion: str | None,
+    *,
+    canary_percent: float,
+    now: datetime,
+    verdict: CanaryVerdict | None = None,
+) -> Plan:
+    """The next deployment from what serves now, the registry's champion and, during a canary, the
+    canary check's verdict. The first model is deployed outright (there is nothing to compare it
+    with); a later champion goes through a canary when the spec asks for one."""
+    if champion is None:
+        raise ValueError("the model has no champion version to serve")
+    if current is None or current.stable is None:
+        return Plan(Deployment(stable=champion), "deploy", f"first deployment: v{champion}")
+    if current.canary is not None:
+        if champion not in (current.canary, current.stable):
+            started = Deployment(current.stable, champion, canary_percent, now.isoformat())
+            return Plan(started, "canary_restarted", f"champion moved to v{champion} during the canary of v{current.canary}")
+        if verdict is None or verdict.decision == "wait":
+            reason = "; ".join(verdict.reasons) if verdict else "no canary verdict yet"
+            return Plan(current, "canary_waiting", reason)
+        if verdict.decision == "promote":
+            return Plan(Deployment(stable=current.canary), "promoted", "; ".join(verdict.reasons))
+        return Plan(Deployment(stable=current.stable), "rolled_back", "; ".join(verdict.reasons))
+    if champion == current.stable:
+        return Plan(current, "unchanged", f"v{champion} already serves")
+    if canary_percent > 0:
+        started = Deployment(current.stable, champion, canary_percent, now.isoformat())
+        return Plan(started, "canary_started", f"v{champion} takes {canary_percent:g} % beside v{current.stable}")
+    return Plan(Deployment(stable=champion), "deploy", f"v{champion} replaces v{current.stable} (no canary configured)")

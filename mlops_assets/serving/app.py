@@ -22,6 +22,7 @@ server itself failed, and counts against the variant that served the request in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -39,6 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlops_assets.core.serving import (
+    Deployment,
     OnlineLookup,
     Predictor,
     RequestError,
@@ -47,21 +49,28 @@ from mlops_assets.core.serving import (
     request_schema,
 )
 from mlops_assets.serving.log import FEATURE_PREFIX, REQUESTS, SERVED, PredictionLog
-from mlops_assets.serving.state import Deployment
 from mlops_assets.specs import ModelSpec
+
+
+def _plain(obj: Any) -> Any:
+    """What orjson cannot write natively (non-contiguous arrays, numpy scalars) as plain Python."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
 
 try:  # orjson is a dependency; the fallback keeps the app importable in a minimal environment
     import orjson
 
     def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain)
 
     _loads = orjson.loads
 except ImportError:  # pragma: no cover
     import json
 
     def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)).encode()
+        return json.dumps(obj, default=_plain).encode()
 
     _loads = json.loads
 
@@ -251,7 +260,7 @@ class ModelServer:
         variant, version = serving.pick()
         try:
             features = build_features(parsed, self.spec, self.lookup)
-            scores = serving.models[version].scores(features.columns)
+            scores = np.ascontiguousarray(serving.models[version].scores(features.columns), dtype="float64")
             outputs = (scores >= 0.5).astype("int8") if self.classification else scores
         except Exception:
             log.exception("prediction failed (request %s, v%s)", request_id, version)
@@ -341,6 +350,8 @@ def create_app(server: ModelServer, *, admin_token: str | None = None) -> Starle
         return await predict(request)
 
     async def describe(request: Request) -> Response:
+        if request.path_params["name"].endswith(":predict"):  # GET on the predict route
+            return json_response({"error": "method not allowed", "detail": "predict takes POST"}, 405)
         if (resp := _wrong_model(request.path_params["name"])) is not None:
             return resp
         return json_response(server.describe())
@@ -377,6 +388,7 @@ def create_app(server: ModelServer, *, admin_token: str | None = None) -> Starle
     async def metrics(request: Request) -> Response:
         return Response(server.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    @contextlib.asynccontextmanager
     async def lifespan(app):
         await asyncio.to_thread(server.load_initial)
         yield

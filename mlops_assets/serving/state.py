@@ -11,44 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mlops_assets.core.serving import Deployment
 
-@dataclass(frozen=True)
-class Deployment:
-    """What an endpoint serves: ``stable`` takes ``100 - canary_percent`` % of the requests."""
-
-    stable: str | None = None
-    canary: str | None = None
-    canary_percent: float = 0.0
-    canary_started: str | None = None  # ISO 8601, UTC
-
-    def __post_init__(self) -> None:
-        if self.canary is None and self.canary_percent:
-            raise ValueError("a canary share needs a canary version")
-        if not 0 <= self.canary_percent < 100:
-            raise ValueError(f"canary_percent must be in [0, 100), got {self.canary_percent}")
-
-    @property
-    def versions(self) -> list[str]:
-        return [v for v in (self.stable, self.canary) if v is not None]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Deployment:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown deployment fields {sorted(unknown)}")
-        return cls(
-            stable=None if data.get("stable") is None else str(data["stable"]),
-            canary=None if data.get("canary") is None else str(data["canary"]),
-            canary_percent=float(data.get("canary_percent") or 0.0),
-            canary_started=data.get("canary_started"),
-        )
+__all__ = ["Deployment", "EndpointState"]
 
 
 class EndpointState:

@@ -182,7 +182,7 @@ class YearsSinceFeature(_Strict):
 
 
 FeatureSpec = Annotated[
-    Union[ColumnFeature, TimePartFeature, PastRateFeature, LookupFeature, YearsSinceFeature],
+    ColumnFeature | TimePartFeature | PastRateFeature | LookupFeature | YearsSinceFeature,
     Field(discriminator="kind"),
 ]
 

@@ -1,0 +1,641 @@
+"""Our model server (``mlops serve``) against ``mlflow models serve``: same model, same rows, same machine, same run.
+
+Why: the platform ships its own server instead of MLflow's scoring server. That is only worth its
+code if it is clearly faster on the model the platform actually produces. The goals (issue text):
+>= 2x MLflow's predictions/s, single-row p99 <= 10 ms, >= 100,000 predictions/s at batch 1000.
+
+What it does, in a temporary home:
+
+1. fits the Elec2 spec's pipeline (``core.training.fit``) on the first 28 days of rows and logs it the
+   way ``training._train_and_log`` does (skops, signature, input example, pinned requirements),
+   registered as ``elec2`` version 1 in a SQLite MLflow store, with the ``champion`` alias on it;
+2. starts both servers on free loopback ports, one worker process each, each in its own session
+   (stopped by process group at the end, also on error):
+   ``mlops serve --spec examples/specs/elec2.yaml`` (serves the champion) and
+   ``mlflow models serve -m models:/elec2/1 --env-manager local -w 1``;
+3. checks that both answer every prepared request with the same predictions (ours: ``predictions``;
+   MLflow's sklearn pyfunc: class labels) and that our scores are the pipeline's own; it stops if not;
+4. load: a closed-loop asyncio HTTP/1.1 keep-alive client on raw sockets, in this process (the servers
+   are subprocesses), with pre-serialised requests: ``--concurrency`` connections each send requests
+   back to back for ``--warmup`` + ``--duration`` seconds; responses completed inside the measured
+   window count; any non-200 answer or broken connection is an error and is reported.
+   Both servers get the same real Elec2 rows (the rows after the training window): ours as columns
+   (``{"inputs": {field: [...]}}``), MLflow as ``{"dataframe_split": ...}``;
+5. cells: every batch size x both servers, ``--repeats`` rounds, the server order alternating from one
+   round to the next; per cell the median over rounds of requests/s, predictions/s, p50/p99 latency,
+   errors, and the CPU (in cores) the server's processes and the load generator used.
+
+    MLOPS_DATA_DIR=../shared/data .venv/bin/python bench/serving.py [--duration 10] [--warmup 2]
+        [--concurrency 8] [--repeats 3] [--batches 1,100,1000] [--keep-home]
+
+Prints per-cell lines (stderr), a table, then one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC_FILE = ROOT / "examples" / "specs" / "elec2.yaml"
+BIN = Path(sys.executable).parent  # the venv's bin: mlops, mlflow and the uvicorn mlflow execs
+HOST = "127.0.0.1"
+TRAIN_DAYS = 28
+POOL_ROWS = 1000  # evaluation rows every batch size draws its requests from
+OURS, MLFLOW = "ours", "mlflow"
+READY_TIMEOUT_S = 180.0
+
+
+# --- data and model --------------------------------------------------------------------------------
+
+
+def load_rows(spec: Any) -> tuple[Any, Any]:
+    """(training rows, evaluation rows): the first ``TRAIN_DAYS`` days of Elec2, then the rows after."""
+    import pandas as pd
+
+    from mlops_assets.core.names import LABEL
+    from mlops_assets.core.sources import resolve_path
+    from mlops_assets.core.validation import derive_label
+
+    frame = pd.read_csv(resolve_path(spec.source.path), dtype={"day": str})
+    ts = pd.to_datetime(frame[spec.source.timestamp.column])
+    train_mask = (ts < ts.min().normalize() + pd.Timedelta(days=TRAIN_DAYS)).to_numpy()
+    frame[LABEL] = derive_label(frame[spec.target.column], spec)
+    train = frame.loc[train_mask].reset_index(drop=True)
+    rest = frame.loc[~train_mask].reset_index(drop=True)
+    return train, rest
+
+
+def register_model(home: Path, spec: Any, train: Any) -> Any:
+    """Fit and log the pipeline as ``_train_and_log`` does; register it as version 1; alias it champion."""
+    import logging
+    import warnings
+
+    import mlflow
+    import skops.io
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    from mlops_assets.core.names import CHAMPION
+    from mlops_assets.core.training import feature_frame, fit, predict_scores
+    from mlops_assets.resources.mlflow import pip_requirements
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    uri = tracking_uri(home)
+    (home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.create_experiment(spec.name, artifact_location=(home / "mlflow" / "artifacts").as_uri())
+    fitted = fit(spec, train)
+    X_train = feature_frame(train, spec)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"train-{spec.name}"):
+        info = mlflow.sklearn.log_model(
+            fitted,
+            name="model",
+            signature=infer_signature(X_train.head(200), predict_scores(fitted, X_train.head(200), spec)),
+            input_example=X_train.head(5),
+            pip_requirements=pip_requirements(),
+            registered_model_name=spec.name,
+            serialization_format="skops",
+            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
+        )
+    version = str(info.registered_model_version)
+    if version != "1":
+        raise SystemExit(f"expected a fresh registry (version 1), got version {version}")
+    MlflowClient(uri, uri).set_registered_model_alias(spec.name, CHAMPION, version)
+    return fitted
+
+
+def tracking_uri(home: Path) -> str:
+    return f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+
+def http_request(method: str, port: int, path: str, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+    if method == "POST":
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + body
+
+
+def columns_of(rows: Any, spec: Any) -> dict[str, list]:
+    """JSON-ready columns in spec order: text for categorical fields (``day`` is "1".."7"), floats otherwise."""
+    cats = set(spec.categorical_features)
+    return {c: rows[c].astype(str).tolist() if c in cats else rows[c].astype("float64").tolist() for c in spec.feature_names}
+
+
+def bodies(rows: Any, spec: Any, batch: int) -> tuple[list[bytes], list[bytes]]:
+    """(ours, mlflow) request bodies: the evaluation rows cut into batches, the same rows for both."""
+    ours, theirs = [], []
+    for start in range(0, len(rows) - batch + 1, batch):
+        cols = columns_of(rows.iloc[start : start + batch], spec)
+        names = list(cols)
+        ours.append(json.dumps({"inputs": cols}, separators=(",", ":")).encode())
+        data = [list(r) for r in zip(*(cols[c] for c in names))]
+        theirs.append(json.dumps({"dataframe_split": {"columns": names, "data": data}}, separators=(",", ":")).encode())
+    return ours, theirs
+
+
+# --- a minimal HTTP/1.1 keep-alive client -----------------------------------------------------------
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """(status, body, server closes) of one ``Content-Length`` response."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length, close = None, False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection":
+            close = value.strip().lower() == b"close"
+        elif name == b"transfer-encoding":
+            raise ValueError(f"unsupported Transfer-Encoding: {value.strip()!r}")
+    if length is None:
+        raise ValueError("response without Content-Length")
+    return status, await reader.readexactly(length), close
+
+
+async def fetch_all(port: int, requests: list[bytes]) -> list[tuple[int, bytes]]:
+    """Send requests one after the other on one connection (reconnecting when the server closes)."""
+    out: list[tuple[int, bytes]] = []
+    writer = None
+    try:
+        for req in requests:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(req)
+            status, body, close = await read_response(reader)
+            out.append((status, body))
+            if close:
+                writer.close()
+                writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+    return out
+
+
+@dataclass
+class Tally:
+    latencies: array = field(default_factory=lambda: array("d"))  # seconds, 200 answers in the window
+    errors: dict[str, int] = field(default_factory=dict)  # status or exception -> count (whole cell)
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+async def drive(port: int, requests: list[bytes], first: int, t_measure: float, t_end: float, tally: Tally) -> None:
+    """One connection sending requests back to back until ``t_end``; answers completed in the window count."""
+    perf = time.perf_counter
+    n, i = len(requests), first
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    while perf() < t_end:
+        if writer is None:
+            try:
+                reader, writer = await asyncio.open_connection(HOST, port)
+            except OSError as exc:
+                tally.error(type(exc).__name__)
+                await asyncio.sleep(0.05)
+                continue
+        t0 = perf()
+        writer.write(requests[i % n])
+        i += 1
+        try:
+            status, _, close = await read_response(reader)  # type: ignore[arg-type]
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            tally.error(type(exc).__name__)
+            writer.close()
+            writer = None
+            continue
+        t1 = perf()
+        if status != 200:
+            tally.error(str(status))
+        elif t_measure <= t1 <= t_end:
+            tally.latencies.append(t1 - t0)
+        if close:
+            writer.close()
+            writer = None
+    if writer is not None:
+        writer.close()
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Processes of a process group (the server and, for MLflow, the uvicorn it execs)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(entry))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes (every thread); 0 for those that are gone."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every core), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Cell:
+    server: str
+    batch: int
+    seconds: float
+    latencies: np.ndarray  # seconds
+    errors: dict[str, int]
+    server_cpu: float  # cores used by the server's processes in the window
+    client_cpu: float  # cores used by this process (the load generator) in the window
+    other_cpu: float  # cores used by everything else on the machine in the window (should be ~0)
+
+    @property
+    def req_s(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    @property
+    def pred_s(self) -> float:
+        return self.req_s * self.batch
+
+    def ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if len(self.latencies) else float("nan")
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+async def run_cell(
+    server: str, port: int, pids: list[int], requests: list[bytes], batch: int, concurrency: int, warmup: float, duration: float
+) -> Cell:
+    tally = Tally()
+    start = time.perf_counter()
+    t_measure, t_end = start + warmup, start + warmup + duration
+
+    async def window() -> tuple[float, float, float]:
+        await asyncio.sleep(max(0.0, t_measure - time.perf_counter()))
+        c0, s0, m0, w0 = time.process_time(), cpu_seconds(pids), machine_busy_seconds(), time.perf_counter()
+        await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        c1, s1, m1, w1 = time.process_time(), cpu_seconds(pids), machine_busy_seconds(), time.perf_counter()
+        client, server = (c1 - c0) / (w1 - w0), (s1 - s0) / (w1 - w0)
+        return client, server, max(0.0, (m1 - m0) / (w1 - w0) - client - server)
+
+    spread = max(1, len(requests) // concurrency)  # connections start at different rows
+    *_, (client_cpu, server_cpu, other_cpu) = await asyncio.gather(
+        *(drive(port, requests, k * spread, t_measure, t_end, tally) for k in range(concurrency)), window()
+    )
+    return Cell(
+        server, batch, duration, np.frombuffer(tally.latencies, dtype="float64"), tally.errors, server_cpu, client_cpu, other_cpu
+    )
+
+
+# --- servers ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    path: str  # the prediction route
+    ready: str  # the readiness route
+    proc: subprocess.Popen
+    log: Path
+    pids: list[int] = field(default_factory=list)
+
+
+def start(name: str, cmd: list[str], env: dict[str, str], port: int, path: str, ready: str, logs: Path) -> Server:
+    log = logs / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return Server(name, port, path, ready, proc, log)
+
+
+def wait_ready(servers: list[Server], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(servers)
+    while pending:
+        for s in list(pending):
+            if s.proc.poll() is not None:
+                raise SystemExit(f"{s.name} server exited with {s.proc.returncode}:\n{tail(s.log)}")
+            try:
+                ((status, _),) = asyncio.run(fetch_all(s.port, [http_request("GET", s.port, s.ready)]))
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                status = 0
+            if status == 200:
+                s.pids = group_pids(s.proc.pid)
+                pending.remove(s)
+        if pending and time.monotonic() > deadline:
+            raise SystemExit(
+                f"not ready after {timeout:.0f} s: {[s.name for s in pending]}\n" + "\n".join(tail(s.log) for s in pending)
+            )
+        if pending:
+            time.sleep(0.25)
+
+
+def stop(server: Server) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it is still there after 15 s."""
+    if server.proc.poll() is not None:
+        return
+    try:
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        server.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+
+def verify(servers: dict[str, Server], requests: dict[str, list[bytes]], expected_scores: np.ndarray, batch: int) -> int:
+    """Every prepared request, to both servers: the same predictions, and our scores equal to the pipeline's."""
+    got: dict[str, list[tuple[int, bytes]]] = {}
+    for name, s in servers.items():
+        try:
+            got[name] = asyncio.run(fetch_all(s.port, requests[name]))
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise SystemExit(
+                f"{name} failed a batch-{batch} check request ({type(exc).__name__}: {exc}); its log ends:\n{tail(s.log, 6)}"
+            )
+        for i, (status, body) in enumerate(got[name]):
+            if status != 200:
+                raise SystemExit(
+                    f"{name} answered {status} to batch-{batch} check request {i}: {body[:300]!r}; its log ends:\n{tail(s.log, 6)}"
+                )
+    ours_pred, ours_scores, theirs_pred = [], [], []
+    for (_, b_ours), (_, b_theirs) in zip(got[OURS], got[MLFLOW]):
+        o, t = json.loads(b_ours), json.loads(b_theirs)
+        if str(o.get("model_version")) != "1":
+            raise SystemExit(f"our server serves version {o.get('model_version')!r}, not 1")
+        ours_pred += o["predictions"]
+        ours_scores += o["scores"]
+        theirs_pred += t["predictions"]
+    ours_arr, theirs_arr = np.asarray(ours_pred, dtype="float64"), np.asarray(theirs_pred, dtype="float64")
+    if len(ours_arr) != len(theirs_arr) or not np.array_equal(ours_arr, theirs_arr):
+        diff = int((ours_arr != theirs_arr).sum()) if len(ours_arr) == len(theirs_arr) else "all"
+        raise SystemExit(f"the servers disagree: {diff} of {len(ours_arr)} predictions differ")
+    n = len(ours_scores)
+    if not np.allclose(np.asarray(ours_scores), expected_scores[:n], rtol=0, atol=1e-9):
+        raise SystemExit("our scores differ from the pipeline's predict_proba on the same rows")
+    return n
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def median(cells: list[Cell], metric: str) -> float:
+    values = [getattr(c, metric)() if callable(getattr(c, metric)) else getattr(c, metric) for c in cells]
+    return float(statistics.median(values))
+
+
+def summarise(cells: list[Cell], batches: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for b in batches:
+        row: dict[str, Any] = {}
+        for name in (OURS, MLFLOW):
+            mine = [c for c in cells if c.server == name and c.batch == b]
+            row[f"{name}_req_s"] = round(median(mine, "req_s"), 1)
+            row[f"{name}_pred_s"] = round(median(mine, "pred_s"), 1)
+            row[f"{name}_p50_ms"] = round(statistics.median(c.ms(50) for c in mine), 3)
+            row[f"{name}_p99_ms"] = round(statistics.median(c.ms(99) for c in mine), 3)
+            row[f"{name}_errors"] = statistics.median(c.error_count for c in mine)
+            row[f"{name}_errors_total"] = sum(c.error_count for c in mine)
+            row[f"{name}_server_cpu"] = round(median(mine, "server_cpu"), 2)
+            row[f"{name}_client_cpu"] = round(median(mine, "client_cpu"), 2)
+            row[f"{name}_other_cpu_max"] = round(max(c.other_cpu for c in mine), 2)
+        row["ratio"] = round(row[f"{OURS}_pred_s"] / row[f"{MLFLOW}_pred_s"], 2) if row[f"{MLFLOW}_pred_s"] else None
+        out[f"batch_{b}"] = row
+    return out
+
+
+def table(summary: dict[str, Any], batches: list[int]) -> str:
+    head = f"{'batch':>6} {'server':<7} {'req/s':>9} {'pred/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'srv cpu':>8} {'ratio':>6}"
+    lines = [head, "-" * len(head)]
+    for b in batches:
+        row = summary[f"batch_{b}"]
+        for name in (OURS, MLFLOW):
+            ratio = f"{row['ratio']:.2f}x" if name == OURS and row["ratio"] is not None else ""
+            lines.append(
+                f"{b:>6} {name:<7} {row[f'{name}_req_s']:>9,.0f} {row[f'{name}_pred_s']:>11,.0f} "
+                f"{row[f'{name}_p50_ms']:>8.2f} {row[f'{name}_p99_ms']:>8.2f} {row[f'{name}_errors_total']:>7} "
+                f"{row[f'{name}_server_cpu']:>8.2f} {ratio:>6}"
+            )
+    return "\n".join(lines)
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each cell's window")
+    parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections, each one request at a time")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over every cell; medians are reported")
+    parser.add_argument("--batches", default="1,100,1000", help="rows per request, comma-separated")
+    parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (registry, server logs)")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    if max(batches) > POOL_ROWS:
+        parser.error(f"batches above {POOL_ROWS} rows are not prepared")
+    os.environ.setdefault("MLOPS_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    sys.path.insert(0, str(ROOT))
+
+    from mlops_assets.core.training import feature_frame, predict_scores
+    from mlops_assets.specs import find_spec
+
+    t_start = time.perf_counter()
+    spec = find_spec(str(SPEC_FILE))
+    home = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    servers: dict[str, Server] = {}
+    try:
+        train, rest = load_rows(spec)
+        pool = rest.head(POOL_ROWS)
+        log(f"home {home}: fitting {spec.name} on {len(train)} rows ({TRAIN_DAYS} days), logging it to MLflow ...")
+        fitted = register_model(home, spec, train)
+        expected = predict_scores(fitted, feature_frame(pool, spec), spec)
+        setup_s = time.perf_counter() - t_start
+
+        (home / "tmp").mkdir()
+        (home / "logs").mkdir()
+        env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow execs `uvicorn` from PATH
+            "MLOPS_HOME": str(home),
+            "MLFLOW_TRACKING_URI": tracking_uri(home),
+            "TMPDIR": str(home / "tmp"),
+        }
+        p_ours, p_mlflow = free_port(), free_port()
+        servers[OURS] = start(
+            OURS,
+            [str(BIN / "mlops"), "serve", "--spec", str(SPEC_FILE), "--host", HOST, "--port", str(p_ours)],
+            env,
+            p_ours,
+            f"/v1/models/{spec.name}:predict",
+            "/readyz",
+            home / "logs",
+        )
+        servers[MLFLOW] = start(
+            MLFLOW,
+            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{spec.name}/1", "--env-manager", "local"]
+            + ["--host", HOST, "-p", str(p_mlflow), "-w", "1"],
+            env,
+            p_mlflow,
+            "/invocations",
+            "/ping",
+            home / "logs",
+        )
+        t_ready = time.perf_counter()
+        wait_ready(list(servers.values()), READY_TIMEOUT_S)
+        log(f"both servers ready in {time.perf_counter() - t_ready:.1f} s; pids { ({n: s.pids for n, s in servers.items()}) }")
+
+        requests: dict[int, dict[str, list[bytes]]] = {}
+        for b in batches:
+            ours_b, theirs_b = bodies(pool, spec, b)
+            requests[b] = {
+                OURS: [http_request("POST", p_ours, servers[OURS].path, x) for x in ours_b],
+                MLFLOW: [http_request("POST", p_mlflow, servers[MLFLOW].path, x) for x in theirs_b],
+            }
+        checked = {b: verify(servers, requests[b], expected, b) for b in batches}
+        log(f"same predictions from both servers: {checked} rows per batch size")
+
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            loop_factory = None
+        gc.collect()
+        gc.freeze()  # the loaded libraries' objects are not scanned again during the cells
+        cells: list[Cell] = []
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            for r in range(args.repeats):
+                order = [OURS, MLFLOW] if r % 2 == 0 else [MLFLOW, OURS]
+                for b in batches:
+                    for name in order:
+                        s = servers[name]
+                        if s.proc.poll() is not None:
+                            raise SystemExit(f"{name} server died (exit {s.proc.returncode}):\n{tail(s.log)}")
+                        cell = runner.run(
+                            run_cell(name, s.port, s.pids, requests[b][name], b, args.concurrency, args.warmup, args.duration)
+                        )
+                        cells.append(cell)
+                        log(
+                            f"round {r + 1} batch {b:>4} {name:<6}: {cell.req_s:>8,.0f} req/s {cell.pred_s:>10,.0f} pred/s "
+                            f"p50 {cell.ms(50):6.2f} ms p99 {cell.ms(99):6.2f} ms errors {cell.errors or 0} "
+                            f"cpu: server {cell.server_cpu:.2f} client {cell.client_cpu:.2f} other {cell.other_cpu:.2f}"
+                        )
+    finally:
+        for s in servers.values():
+            stop(s)
+        server_logs = {n: s.log.read_text(errors="replace") for n, s in servers.items() if s.log.exists()}
+        if args.keep_home:
+            log(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+    summary = summarise(cells, batches)
+    ratios = [summary[f"batch_{b}"]["ratio"] for b in batches]
+    goals = {
+        "ratio_ge_2": all(x is not None and x >= 2 for x in ratios),
+        "single_row_p99_le_10ms": summary["batch_1"][f"{OURS}_p99_ms"] <= 10 if 1 in batches else None,
+        "batch_1000_ge_100k_pred_s": summary["batch_1000"][f"{OURS}_pred_s"] >= 100_000 if 1000 in batches else None,
+    }
+    errors = sum(c.error_count for c in cells)
+    tracebacks = {n: text.count("Traceback") for n, text in server_logs.items()}
+    warnings = []
+    if errors:
+        warnings.append(f"{errors} failed requests: {sorted({k for c in cells for k in c.errors})}")
+    if any(tracebacks.values()):
+        warnings.append(f"tracebacks in the server logs: {tracebacks}")
+    if (busy := max(c.other_cpu for c in cells)) > 0.25:
+        warnings.append(f"the machine was not quiet: other processes used up to {busy:.2f} cores during a cell")
+    if (client := max(c.client_cpu for c in cells)) > 0.9:
+        warnings.append(f"the load generator used up to {client:.2f} cores: it may have limited a cell")
+    result = {
+        "bench": "serving",
+        "model": f"{spec.name} v1 ({spec.estimator.cls.rsplit('.', 1)[1]}, skops)",
+        "workers_per_server": 1,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "repeats": args.repeats,
+        **summary,
+        "errors_total": errors,
+        "warnings": warnings,
+        "setup_s": round(setup_s, 1),
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "goals": goals,
+    }
+    print(
+        f"\n{spec.name} v1 on 127.0.0.1, one worker process per server, {args.concurrency} keep-alive connections, "
+        f"{args.duration:g} s per cell after {args.warmup:g} s warm-up, median of {args.repeats} rounds\n"
+    )
+    print(table(summary, batches))
+    print(f"\ngoals: {goals}")
+    for w in warnings:
+        print(f"WARNING: {w}")
+    print(json.dumps(result))
+    return 0 if not errors else 1
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

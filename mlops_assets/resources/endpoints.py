@@ -1,0 +1,80 @@
+"""Where endpoints are deployed: one resource that turns a spec's ``deployment.target`` into the
+object that applies a deployment there and verifies it (``apply`` / ``verify``)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from mlops_assets.resources.mlflow import MlflowTracking
+from mlops_assets.specs import ModelSpec
+
+
+class EndpointDeployer(dg.ConfigurableResource):
+    """Deploys model servers. ``home`` holds each endpoint's desired deployment and audit history
+    (``endpoints/<spec>/``) and, for the local target, the server's log and pid."""
+
+    home: str = Field(description="Folder of endpoint state (the platform home locally).")
+    kube_config: str | None = Field(None, description="kubeconfig file for the kubernetes target (default: in-cluster).")
+    kube_context: str | None = Field(None, description="kubeconfig context for the kubernetes target.")
+    aws_endpoint_url: str | None = Field(None, description="AWS API endpoint override (an emulator in tests).")
+
+    def target(self, spec: ModelSpec, mlflow: MlflowTracking) -> Any:
+        if spec.deployment is None:
+            raise ValueError(f"spec {spec.name!r} has no deployment section")
+        kind = spec.deployment.target
+        if kind == "local":
+            from mlops_assets.serving.local import LocalTarget
+
+            return LocalTarget(spec, self.home, mlflow.tracking_uri)
+        if kind == "kubernetes":
+            return _Kubernetes(spec, mlflow, self.kube_config, self.kube_context)
+        return _SageMaker(spec, mlflow, self.aws_endpoint_url)
+
+
+class _Kubernetes:
+    """Render the manifests, validate them offline, apply them with the Kubernetes client, verify."""
+
+    def __init__(self, spec: ModelSpec, mlflow: MlflowTracking, kube_config: str | None, kube_context: str | None):
+        from mlops_assets.serving.kubernetes import KubernetesTarget
+
+        self.spec, self.mlflow = spec, mlflow
+        self.cluster = KubernetesTarget(kubeconfig=kube_config, context=kube_context)
+
+    def apply(self, deployment) -> dict[str, Any]:
+        from mlops_assets.serving.kubernetes import render, validate
+
+        manifests = render(self.spec, deployment, tracking_uri=self.mlflow.tracking_uri)
+        validate(manifests)
+        return {"action": "; ".join(self.cluster.apply(manifests))}
+
+    def verify(self, deployment) -> dict[str, Any]:
+        return self.cluster.verify(self.spec, deployment)
+
+
+class _SageMaker:
+    """Copy each served version's MLflow model to S3, point the endpoint's variants at them, verify."""
+
+    def __init__(self, spec: ModelSpec, mlflow: MlflowTracking, endpoint_url: str | None):
+        from mlops_assets.serving.sagemaker import SageMakerTarget
+
+        self.spec, self.mlflow = spec, mlflow
+        self.endpoint = SageMakerTarget(spec, endpoint_url=endpoint_url)
+
+    def apply(self, deployment) -> dict[str, Any]:
+        from mlflow.artifacts import download_artifacts
+
+        self.mlflow.client()  # points MLflow at this resource's tracking server
+        model_data = {}
+        for version in deployment.versions:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = download_artifacts(artifact_uri=f"models:/{self.spec.name}/{version}", dst_path=tmp)
+                model_data[version] = self.endpoint.upload_model(version, Path(local))
+        return self.endpoint.apply(deployment, model_data)
+
+    def verify(self, deployment) -> dict[str, Any]:
+        return self.endpoint.verify(deployment)

@@ -1,0 +1,395 @@
+"""The model server as a real process on 127.0.0.1, and the endpoint asset that deploys to it.
+
+Models are real: Elec2 pipelines fitted on real rows, logged with skops and registered in a real
+MLflow SQLite registry. The server is ``mlops serve`` in its own process; requests go over HTTP.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops_assets_tests.conftest import DATA_DIR, ELEC2_SPEC, stop_process_group
+
+FEATURES = ["day", "period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def elec2_rows() -> pd.DataFrame:
+    df = pd.read_csv(DATA_DIR / "elec2" / "elec2_with_timestamp.csv")
+    df["day"] = df["day"].astype(str)
+    df["label"] = (df["class"] == "UP").astype(int)
+    return df
+
+
+def register(spec, tracking_uri: str, frame: pd.DataFrame, *, shuffle_labels: bool = False) -> str:
+    """Fit the spec's pipeline on ``frame`` and register it the way the model asset does (skops)."""
+    import mlflow
+    import skops.io
+
+    from mlops_assets.core.training import feature_frame, fit
+    from mlops_assets.resources.mlflow import pip_requirements
+
+    if shuffle_labels:  # a model that learned nothing real: what a bad release looks like
+        frame = frame.assign(label=np.random.default_rng(1).permutation(frame["label"].to_numpy()))
+    model = fit(spec, frame)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(spec.name)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            input_example=feature_frame(frame.head(3), spec),
+            pip_requirements=pip_requirements(),
+            registered_model_name=spec.name,
+            serialization_format="skops",
+            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
+        )
+    return str(info.registered_model_version)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, elec2_spec):
+    """A home whose MLflow registry holds elec2 v1 (good), v2 (shuffled labels) and v3 (good)."""
+    from mlflow import MlflowClient
+
+    from mlops_assets.specs import DeploymentSpec
+
+    home = tmp_path_factory.mktemp("serving_home")
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    rows = elec2_rows()
+    spec = elec2_spec.model_copy(update={"deployment": DeploymentSpec(port=free_port())})
+    spec_file = home / "elec2.yaml"
+    import yaml
+
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    versions = [
+        register(spec, tracking_uri, rows.iloc[:1344]),
+        register(spec, tracking_uri, rows.iloc[:1344], shuffle_labels=True),
+        register(spec, tracking_uri, rows.iloc[1344:2688]),
+    ]
+    assert versions == ["1", "2", "3"]
+    MlflowClient(tracking_uri).set_registered_model_alias(spec.name, "champion", "1")
+    return {"home": home, "tracking_uri": tracking_uri, "spec": spec, "spec_file": spec_file, "rows": rows}
+
+
+class Client:
+    """Keep-alive HTTP client of one server (what a real caller would use)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(self, method: str, path: str, body: bytes | str | dict | None = None, headers=None) -> tuple[int, dict | str]:
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        self.conn.request(method, path, body=body, headers=headers or {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        try:
+            return resp.status, json.loads(data)
+        except ValueError:
+            return resp.status, data.decode()
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    """``mlops serve`` in its own process group, serving the champion (v1)."""
+    spec = registry["spec"]
+    port = spec.deployment.port
+    env = {**os.environ, "MLOPS_HOME": str(registry["home"]), "MLFLOW_TRACKING_URI": registry["tracking_uri"]}
+    cmd = [sys.executable, "-m", "mlops_assets.cli", "serve", "--spec", str(registry["spec_file"]), "--port", str(port)]
+    log = registry["home"] / "server.log"
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if Client(port).call("GET", "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the server did not become ready")
+        yield {"port": port, "proc": proc, "log": log, **registry}
+    finally:
+        stop_process_group(proc)
+
+
+def instances(rows: pd.DataFrame) -> list[dict]:
+    out = rows[FEATURES].to_dict(orient="records")
+    for r in out:
+        r["day"] = int(r["day"])  # Elec2's day arrives as a number; the server takes it as the category
+    return out
+
+
+def test_predictions_match_the_registered_model(server):
+    """One row and a batch, as rows and as columns: the exact probabilities of the registered model."""
+    import mlflow.sklearn
+
+    from mlops_assets.core.training import feature_frame
+
+    spec, rows = server["spec"], server["rows"].iloc[5000:5300]
+    mlflow.set_tracking_uri(server["tracking_uri"])
+    expected = mlflow.sklearn.load_model("models:/elec2/1").predict_proba(feature_frame(rows, spec))[:, 1]
+    c = Client(server["port"])
+    status, one = c.call("POST", "/v1/models/elec2:predict", {"instances": instances(rows.head(1))})
+    assert status == 200 and one["model_version"] == "1" and one["variant"] == "stable"
+    assert one["scores"] == pytest.approx(expected[:1], abs=1e-12)
+    status, batch = c.call("POST", "/v1/models/elec2:predict", {"instances": instances(rows)})
+    assert status == 200, (batch, server["log"].read_text()[-3000:])
+    np.testing.assert_allclose(batch["scores"], expected, rtol=0, atol=1e-12)
+    assert batch["predictions"] == [int(s >= 0.5) for s in expected]
+    columns = {f: [r[f] for r in instances(rows)] for f in FEATURES}
+    status, col = c.call("POST", "/v1/models/elec2:predict", {"inputs": columns})
+    assert status == 200 and col["scores"] == batch["scores"]
+    assert "unknown_entities" not in batch  # Elec2 has no entities to look up
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "loc"),
+    [
+        ("{not json", 400, None),
+        ({"instances": []}, 422, ["instances"]),
+        ({"rows": [{}]}, 422, ["body"]),
+        ({"instances": [{"period": 0.5}]}, 422, ["instances", 0, "day"]),
+        ({"instances": [{**dict.fromkeys(FEATURES, 0.1), "day": 2, "nswprice": "cheap"}]}, 422, ["instances", 0, "nswprice"]),
+        ({"instances": [{**dict.fromkeys(FEATURES, 0.1), "day": 2, "colour": "red"}]}, 422, ["instances", 0, "colour"]),
+        ({"instances": [{**dict.fromkeys(FEATURES, 0.1), "day": True}]}, 422, ["instances", 0, "day"]),
+        ({"inputs": {**{f: [0.1, 0.2] for f in FEATURES}, "day": [1]}}, 422, ["inputs"]),
+        ({"instances": [{**dict.fromkeys(FEATURES, 0.1), "day": 2, "event_timestamp": "yesterday"}]}, 422, None),
+        ({"instances": [{**dict.fromkeys(FEATURES, 0.1), "day": 2}] * 10_001}, 413, ["instances"]),
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field(server, body, status, loc):
+    got, out = Client(server["port"]).call("POST", "/v1/models/elec2:predict", body)
+    assert got == status, out
+    if loc is not None:
+        assert loc in [e["loc"] for e in out["detail"]], out
+
+
+def test_wrong_model_method_and_garbage_never_give_500(server):
+    c = Client(server["port"])
+    assert c.call("POST", "/v1/models/bike_sharing:predict", {"instances": [{}]})[0] == 404
+    assert c.call("GET", "/v1/models/elec2:predict")[0] == 405
+    rng = random.Random(0)
+    junk = [None, 1, "x", [], {}, {"instances": None}, {"instances": [None]}, {"inputs": []}, {"inputs": {"day": "1"}}]
+    values = [None, "a", 1e308, -1, [], {}, True, 2**70]
+    junk += [{"instances": [{f: rng.choice(values) for f in FEATURES}]} for _ in range(40)]
+    junk += [{"inputs": {f: [rng.choice(values)] for f in FEATURES}} for _ in range(40)]
+    codes = {c.call("POST", "/v1/models/elec2:predict", j)[0] for j in junk}
+    assert codes and max(codes) < 500, codes
+
+
+def test_health_readiness_and_prometheus_metrics(server):
+    c = Client(server["port"])
+    assert c.call("GET", "/healthz") == (200, {"status": "ok"})
+    status, ready = c.call("GET", "/readyz")
+    assert status == 200 and ready["ready"] and ready["stable"] == "1"
+    c.call("POST", "/v1/models/elec2:predict", {"instances": instances(server["rows"].iloc[:50])})
+    status, text = c.call("GET", "/metrics")
+    assert status == 200
+    assert 'mlops_requests_total{code="200",model="elec2",variant="stable",version="1"}' in text
+    assert 'mlops_request_latency_seconds_bucket{le="0.01",model="elec2",variant="stable"}' in text
+    assert 'mlops_predictions_total{model="elec2",predicted_class="1",version="1"}' in text
+    assert 'mlops_served_model_version{model="elec2",variant="stable"} 1.0' in text
+
+
+def test_every_prediction_is_logged_to_the_prediction_store(server):
+    from mlops_assets.serving.log import REQUESTS, SERVED, read_since
+
+    since = pd.Timestamp.now(tz="UTC")
+    rows = instances(server["rows"].iloc[:7])
+    for i, r in enumerate(rows):
+        r["event_id"] = f"evt-{i}"
+    status, out = Client(server["port"]).call("POST", "/v1/models/elec2:predict", {"instances": rows})
+    assert status == 200
+    time.sleep(2.5)  # the log is written by a background thread every second
+    served = read_since(server["home"], SERVED, "elec2", since)
+    mine = served[served["request_id"] == out["request_id"]]
+    assert list(mine["event_id"]) == [f"evt-{i}" for i in range(7)]
+    assert list(mine["score"]) == pytest.approx(out["scores"])
+    assert set(mine["model_version"]) == {1}
+    assert mine["feature.nswprice"].tolist() == [r["nswprice"] for r in rows]
+    requests = read_since(server["home"], REQUESTS, "elec2", since)
+    assert requests.set_index("request_id").loc[out["request_id"], "rows"] == 7
+
+
+def test_version_swap_under_load_fails_no_request(server):
+    """Four clients keep predicting while the deployment moves v1 -> v3 -> v3 + canary v1 -> v1."""
+    port, stop = server["port"], threading.Event()
+    payload = json.dumps({"instances": instances(server["rows"].iloc[:20])})
+    seen: list[tuple[int, str]] = []
+
+    def hammer() -> None:
+        c = Client(port)
+        while not stop.is_set():
+            status, out = c.call("POST", "/v1/models/elec2:predict", payload)
+            seen.append((status, out.get("model_version") if isinstance(out, dict) else None))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    admin = Client(port)
+    steps = [{"stable": "3"}, {"stable": "3", "canary": "1", "canary_percent": 50}, {"stable": "1"}]
+    try:
+        time.sleep(0.5)
+        for step in steps:
+            before = len(seen)
+            status, out = admin.call("PUT", "/v1/models/elec2/deployment", step)
+            assert status == 200, out
+            time.sleep(1.0)
+            assert len(seen) > before  # traffic kept flowing across the swap
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    codes = {s for s, _ in seen}
+    assert codes == {200}, f"{len(seen)} requests, statuses {codes}"
+    assert {"1", "3"} <= {v for _, v in seen}
+    assert len(seen) > 100
+    assert admin.call("PUT", "/v1/models/elec2/deployment", {"stable": "99"})[0] == 409  # unknown version: refused...
+    assert admin.call("GET", "/readyz")[1]["stable"] == "1"  # ...and the served one stays
+
+
+def test_a_bounded_load_gets_no_5xx(server):
+    """30 s budget: 8 concurrent clients, 800 single-row requests."""
+    port, statuses, lock = server["port"], [], threading.Lock()
+    payloads = [json.dumps({"instances": instances(server["rows"].iloc[i : i + 1])}) for i in range(100)]
+
+    def client() -> None:
+        c = Client(port)
+        got = [c.call("POST", "/v1/models/elec2:predict", p)[0] for p in payloads]
+        with lock:
+            statuses.extend(got)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert time.monotonic() - t0 < 30
+    assert len(statuses) == 800 and set(statuses) == {200}
+
+
+# --- the endpoint asset on the local target ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endpoint_home(registry, tmp_path_factory):
+    """The endpoint asset of the Elec2 spec with a fast canary (1 % of an hour... of a minute)."""
+    from mlops_assets.specs import CanarySpec, DeploymentSpec
+
+    spec = registry["spec"].model_copy(
+        update={
+            "deployment": DeploymentSpec(
+                port=free_port(),
+                canary=CanarySpec(
+                    traffic_percent=50, window_minutes=0.01, min_requests=20, min_labelled=100, max_metric_drop=0.05
+                ),
+            )
+        }
+    )
+    home = registry["home"]
+    yield {"spec": spec, "home": home, "tracking_uri": registry["tracking_uri"], "rows": registry["rows"]}
+    from mlops_assets.serving.local import LocalTarget
+
+    LocalTarget(spec, home, registry["tracking_uri"]).stop()
+
+
+def materialize_endpoint(ctx, instance):
+    import dagster as dg
+
+    from mlops_assets.endpoints import build
+    from mlops_assets.resources import EndpointDeployer, LakeStorage, MlflowTracking
+
+    home = str(ctx["home"])
+    result = dg.materialize(
+        build(ctx["spec"]),
+        instance=instance,
+        resources={
+            "deployer": EndpointDeployer(home=home),
+            "mlflow": MlflowTracking(tracking_uri=ctx["tracking_uri"]),
+            "lake": LakeStorage(root=home),
+        },
+        raise_on_error=False,
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    mat = result.asset_materializations_for_node("endpoint_elec2")[0].metadata
+    check = result.get_asset_check_evaluations()[0]
+    return {k: v.value for k, v in mat.items()}, check
+
+
+def send_labelled(ctx, rows: pd.DataFrame, day: str) -> None:
+    """Requests carrying event ids, and those events' labels in the lake (as ingest writes them)."""
+    from mlops_assets.resources import LakeStorage
+
+    lake = LakeStorage(root=str(ctx["home"]))
+    ids = [f"{day}-{i:06d}" for i in range(len(rows))]
+    lake.write(pd.DataFrame({"event_id": ids, "label": rows["label"].to_numpy()}), lake.partition_path("dataset", "elec2", day))
+    c = Client(ctx["spec"].deployment.port)
+    for i, r in enumerate(instances(rows)):
+        status, _ = c.call(
+            "POST", "/v1/models/elec2:predict", {"instances": [{**r, "event_id": ids[i], "event_timestamp": f"{day}T12:00:00Z"}]}
+        )
+        assert status == 200
+    time.sleep(2.5)  # the prediction log's flush
+
+
+def test_endpoint_deploys_canaries_rolls_back_and_promotes(endpoint_home):
+    import dagster as dg
+    from mlflow import MlflowClient
+
+    from mlops_assets.serving.state import EndpointState
+
+    ctx, client = endpoint_home, MlflowClient(endpoint_home["tracking_uri"])
+    client.set_registered_model_alias("elec2", "champion", "1")
+    today = datetime.now(UTC).date()
+    with dg.instance_for_test() as instance:
+        meta, check = materialize_endpoint(ctx, instance)  # no server yet: the asset starts one
+        assert meta["action"] == "deploy" and meta["stable_version"] == 1 and check.passed
+        assert Client(ctx["spec"].deployment.port).call("GET", "/readyz")[1]["stable"] == "1"
+
+        client.set_registered_model_alias("elec2", "champion", "2")  # the gate let a bad model through
+        meta, check = materialize_endpoint(ctx, instance)
+        assert meta["action"] == "canary_started" and meta["canary_version"] == 2 and meta["canary_percent"] == 50
+        send_labelled(ctx, ctx["rows"].iloc[8000:8600], (today - timedelta(days=1)).isoformat())
+        meta, check = materialize_endpoint(ctx, instance)
+        assert meta["action"] == "rolled_back", meta
+        assert not check.passed and "accuracy" in check.description
+        assert str(client.get_model_version_by_alias("elec2", "champion").version) == "1"  # batch scoring too
+        assert client.get_model_version("elec2", "2").tags["mlops.canary"] == "rolled_back"
+        served = Client(ctx["spec"].deployment.port).call("GET", "/readyz")[1]
+        assert (served["stable"], served["canary"]) == ("1", None)
+
+        client.set_registered_model_alias("elec2", "champion", "3")  # a good new model
+        meta, _ = materialize_endpoint(ctx, instance)
+        assert meta["action"] == "canary_started" and meta["canary_version"] == 3
+        send_labelled(ctx, ctx["rows"].iloc[9000:9600], today.isoformat())
+        meta, check = materialize_endpoint(ctx, instance)
+        assert meta["action"] == "promoted" and meta["stable_version"] == 3 and check.passed, meta
+        assert client.get_model_version("elec2", "3").tags["mlops.canary"] == "promoted"
+
+    history = EndpointState(ctx["home"], "elec2").history()
+    assert [e["action"] for e in history] == ["deploy", "canary_started", "rolled_back", "canary_started", "promoted"]
+    assert "| rolled_back | 1 |" in meta["history"]
