@@ -26,7 +26,7 @@ What it does, in a temporary home:
    errors, and the CPU (in cores) the server's processes and the load generator used.
 
     MLOPS_DATA_DIR=../shared/data .venv/bin/python bench/serving.py [--duration 10] [--warmup 2]
-        [--concurrency 8] [--repeats 3] [--batches 1,100,1000] [--keep-home]
+        [--concurrency 8] [--repeats 3] [--batches 1,100,1000] [--omp-threads N] [--keep-home]
 
 Prints per-cell lines (stderr), a table, then one JSON object as the last line.
 """
@@ -485,6 +485,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections, each one request at a time")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over every cell; medians are reported")
     parser.add_argument("--batches", default="1,100,1000", help="rows per request, comma-separated")
+    parser.add_argument(
+        "--omp-threads", type=int, help="OMP_NUM_THREADS for both servers (default: unset, the libraries' own choice)"
+    )
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (registry, server logs)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -519,6 +522,8 @@ def main() -> int:
             "MLFLOW_TRACKING_URI": tracking_uri(home),
             "TMPDIR": str(home / "tmp"),
         }
+        if args.omp_threads:
+            env["OMP_NUM_THREADS"] = str(args.omp_threads)
         p_ours, p_mlflow = free_port(), free_port()
         servers[OURS] = start(
             OURS,
@@ -614,6 +619,7 @@ def main() -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "repeats": args.repeats,
+        "omp_num_threads": args.omp_threads or os.environ.get("OMP_NUM_THREADS"),
         **summary,
         "errors_total": errors,
         "warnings": warnings,

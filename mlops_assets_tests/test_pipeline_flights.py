@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -301,3 +302,37 @@ def test_injected_drift_fails_the_feature_drift_check_and_names_the_features(fli
     assert checks["feature_drift"].severity == dg.AssetCheckSeverity.WARN
     drifted = checks["feature_drift"].metadata["drifted_features"].value.split(", ")
     assert {"carrier", "dest", "route_delay_rate"} <= set(drifted)
+
+
+def test_server_reads_online_features_and_defaults_unknown_entities(flights, flight_spec):
+    """The model server of the pipeline's champion: past rates and the plane come from the Feast
+    online store by entity key; a plane and a route the store never saw get the spec's documented
+    defaults (the rate prior; the plane left to the model's imputation) and are flagged."""
+    from mlops_assets.core.features import past_rate
+    from mlops_assets.environments import mlflow_tracking_uri
+    from mlops_assets.serving import build_server
+
+    server = build_server(flight_spec, flights.home, mlflow_tracking_uri(flights.home), log_predictions=False)
+    server.load_initial()
+    assert server.serving is not None, server.load_error
+    lake = flights.home / "lake" / "dataset" / "flight_delays"
+    day = pd.read_parquet(lake / f"{KEYS[-1]}.parquet")
+    known = day.dropna(subset=["tailnum"]).iloc[0]
+    row = {k: str(known[k]) for k in ("carrier", "origin", "dest", "tailnum")}
+    row |= {"distance": float(known["distance"]), "event_timestamp": f"{KEYS[-1]}T09:00"}
+    unknown = {**row, "tailnum": "N0NE", "dest": "XXX"}
+    status, out = server.predict({"instances": [row, unknown]})
+    assert status == 200, out
+    assert out["unknown_entities"] == [[], ["origin+dest", "tailnum"]]
+    assert 0 < out["scores"][0] < 1 and 0 < out["scores"][1] < 1
+    # the online carrier rate is the newest day's point-in-time snapshot (features of KEYS[-1])
+    history = pd.concat([pd.read_parquet(lake / f"{d}.parquet") for d in KEYS[:-1]])
+    feature = next(f for f in flight_spec.past_rate_features if f.name == "carrier_delay_rate")
+    expected = past_rate(history, day, feature, date.fromisoformat(KEYS[-1]), "America/New_York").set_index("carrier")
+    from mlops_assets.core.serving import build_features, parse_request
+
+    parsed = parse_request({"instances": [row, unknown]}, server.schema, flight_spec)
+    cols = build_features(parsed, flight_spec, server.lookup).columns
+    assert cols["carrier_delay_rate"][0] == pytest.approx(expected.loc[row["carrier"], feature.name])
+    assert cols["route_delay_rate"][1] == 0.235  # the spec's default for an unknown route
+    assert np.isnan(cols["plane_year"][1]) and not np.isnan(cols["plane_year"][0])

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets_tests.conftest import DATA_DIR, ELEC2_SPEC, stop_process_group
+from mlops_assets_tests.conftest import DATA_DIR, stop_process_group
 
 FEATURES = ["day", "period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
 
@@ -340,6 +340,21 @@ def materialize_endpoint(ctx, instance):
     return {k: v.value for k, v in mat.items()}, check
 
 
+def canary_sensor_requests(ctx, instance) -> list:
+    import dagster as dg
+
+    from mlops_assets.endpoints import canary_sensor
+    from mlops_assets.resources import EndpointDeployer, LakeStorage
+
+    sensor = canary_sensor(ctx["spec"], dg.define_asset_job("deploy_elec2"))
+    home = str(ctx["home"])
+    context = dg.build_sensor_context(
+        instance=instance, resources={"deployer": EndpointDeployer(home=home), "lake": LakeStorage(root=home)}
+    )
+    result = sensor.evaluate_tick(context)
+    return result.run_requests or []
+
+
 def send_labelled(ctx, rows: pd.DataFrame, day: str) -> None:
     """Requests carrying event ids, and those events' labels in the lake (as ingest writes them)."""
     from mlops_assets.resources import LakeStorage
@@ -374,6 +389,7 @@ def test_endpoint_deploys_canaries_rolls_back_and_promotes(endpoint_home):
         meta, check = materialize_endpoint(ctx, instance)
         assert meta["action"] == "canary_started" and meta["canary_version"] == 2 and meta["canary_percent"] == 50
         send_labelled(ctx, ctx["rows"].iloc[8000:8600], (today - timedelta(days=1)).isoformat())
+        assert canary_sensor_requests(ctx, instance)  # the sensor sees the canary is due
         meta, check = materialize_endpoint(ctx, instance)
         assert meta["action"] == "rolled_back", meta
         assert not check.passed and "accuracy" in check.description
@@ -385,6 +401,7 @@ def test_endpoint_deploys_canaries_rolls_back_and_promotes(endpoint_home):
         client.set_registered_model_alias("elec2", "champion", "3")  # a good new model
         meta, _ = materialize_endpoint(ctx, instance)
         assert meta["action"] == "canary_started" and meta["canary_version"] == 3
+        assert not canary_sensor_requests(ctx, instance)  # no request on the canary yet: nothing is due
         send_labelled(ctx, ctx["rows"].iloc[9000:9600], today.isoformat())
         meta, check = materialize_endpoint(ctx, instance)
         assert meta["action"] == "promoted" and meta["stable_version"] == 3 and check.passed, meta
@@ -393,3 +410,78 @@ def test_endpoint_deploys_canaries_rolls_back_and_promotes(endpoint_home):
     history = EndpointState(ctx["home"], "elec2").history()
     assert [e["action"] for e in history] == ["deploy", "canary_started", "rolled_back", "canary_started", "promoted"]
     assert "| rolled_back | 1 |" in meta["history"]
+
+
+def test_the_gate_never_promotes_a_version_its_canary_rolled_back(registry):
+    """v2 carries the rollback tag: the gate keeps v1 although it is asked to judge v2 again."""
+    import dagster as dg
+    from mlflow import MlflowClient
+
+    from mlops_assets import promotion
+    from mlops_assets.resources import LakeStorage, MlflowTracking
+    from mlops_assets.training import training_set_paths
+
+    spec, home, client = registry["spec"], registry["home"], MlflowClient(registry["tracking_uri"])
+    client.set_registered_model_alias("elec2", "champion", "1")
+    client.set_registered_model_alias("elec2", "challenger", "2")
+    client.set_model_version_tag("elec2", "2", "mlops.canary", "rolled_back")
+    lake = LakeStorage(root=str(home))
+    train_path, holdout_path, _ = training_set_paths(lake, spec)
+    lake.write(registry["rows"].iloc[:1000], train_path)
+    lake.write(registry["rows"].iloc[1000:1200], holdout_path)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            promotion.build(spec),
+            instance=instance,
+            resources={"lake": lake, "mlflow": MlflowTracking(tracking_uri=registry["tracking_uri"])},
+        )
+    meta = result.asset_materializations_for_node("champion_elec2")[0].metadata
+    assert meta["decision"].value == "kept champion" and "rolled back by its canary" in meta["reason"].value
+    assert str(client.get_model_version_by_alias("elec2", "champion").version) == "1"
+
+
+def test_sagemaker_endpoint_from_the_registry_on_moto(registry, monkeypatch):
+    """The endpoint asset on the sagemaker target: the champion's MLflow model is copied to S3 and a
+    SageMaker endpoint serves it, against moto's server on 127.0.0.1."""
+    import boto3
+    import dagster as dg
+    from mlflow import MlflowClient
+    from moto.server import ThreadedMotoServer
+
+    from mlops_assets.endpoints import build
+    from mlops_assets.resources import EndpointDeployer, LakeStorage, MlflowTracking
+    from mlops_assets.specs import DeploymentSpec, SageMakerTargetSpec
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    spec = registry["spec"].model_copy(
+        update={"deployment": DeploymentSpec(target="sagemaker", sagemaker=SageMakerTargetSpec(model_data_prefix="s3://models"))}
+    )
+    MlflowClient(registry["tracking_uri"]).set_registered_model_alias("elec2", "champion", "3")
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        url = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="models")
+        home = registry["home"] / "sagemaker_state"
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(
+                build(spec),
+                instance=instance,
+                resources={
+                    "deployer": EndpointDeployer(home=str(home), aws_endpoint_url=url),
+                    "mlflow": MlflowTracking(tracking_uri=registry["tracking_uri"]),
+                    "lake": LakeStorage(root=str(home)),
+                },
+            )
+        meta = result.asset_materializations_for_node("endpoint_elec2")[0].metadata
+        assert meta["action"].value == "deploy" and meta["stable_version"].value == 3
+        sm = boto3.client("sagemaker", endpoint_url=url)
+        endpoint = sm.describe_endpoint(EndpointName="elec2")
+        assert endpoint["EndpointStatus"] == "InService"
+        model = sm.describe_model(ModelName="elec2-v3")
+        key = model["PrimaryContainer"]["ModelDataUrl"].removeprefix("s3://models/")
+        assert boto3.client("s3", endpoint_url=url).head_object(Bucket="models", Key=key)["ContentLength"] > 1000
+    finally:
+        moto.stop()

@@ -305,9 +305,12 @@ def _as_model_dtype(values: Any, categorical: bool):
     return np.asarray(values, dtype="float64")
 
 
-def feast_unknown_mask(values: Sequence[Any]) -> np.ndarray:
-    """Rows an online store returned nothing for (Feast answers ``None`` for a key it never saw)."""
-    return np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+FEAST_NOT_FOUND = 3  # feast.protos FieldStatus.NOT_FOUND: the online store has no row for the key
+
+
+def feast_unknown_mask(statuses: Sequence[int]) -> np.ndarray:
+    """Rows whose entity key the online store has never seen, from Feast's per-value field statuses."""
+    return np.fromiter((s == FEAST_NOT_FOUND for s in statuses), dtype=bool, count=len(statuses))
 
 
 @dataclass(frozen=True)

@@ -69,13 +69,17 @@ def feast_online_lookup(spec: ModelSpec, registry_path: str, online_store_path: 
     def lookup(entities: dict[str, list]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         n = len(next(iter(entities.values())))
         rows = [{e: entities[e][i] for e in entity_names} for i in range(n)]
-        got = store.get_online_features(features=features, entity_rows=rows).to_dict()
+        response = store.get_online_features(features=features, entity_rows=rows)
+        got = response.to_dict()
+        # per feature, Feast's field status: NOT_FOUND is a key the store has no row for; a row
+        # whose value is null (NULL_VALUE, e.g. a missing wind gust) is a known entity
+        names = list(response.proto.metadata.feature_names.val)
+        statuses = {n: response.proto.results[i].statuses for i, n in enumerate(names)}
         values: dict[str, np.ndarray] = {}
         unknown: dict[str, np.ndarray] = {}
         for name, _, column, flag in refs:
-            col = got[column]
-            missing = feast_unknown_mask(col)
-            values[name] = np.array([np.nan if v is None else v for v in col], dtype="float64")
+            values[name] = np.array([np.nan if v is None else v for v in got[column]], dtype="float64")
+            missing = feast_unknown_mask(statuses[column])
             key = "+".join(flag)
             unknown[key] = unknown[key] | missing if key in unknown else missing
         return values, unknown

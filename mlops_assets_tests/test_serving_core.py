@@ -1,0 +1,138 @@
+"""The server's decisions without a server: request parsing, the numpy fast path, the canary
+judgement and the deployment plan. Real Elec2 rows and real fitted pipelines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops_assets.core.serving import (
+    Deployment,
+    Predictor,
+    RequestError,
+    SideStats,
+    judge_canary,
+    parse_request,
+    plan_deployment,
+    request_schema,
+)
+from mlops_assets.specs import CanarySpec
+from mlops_assets_tests.conftest import DATA_DIR
+
+NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
+POLICY = CanarySpec(traffic_percent=10, window_minutes=60, min_requests=100, min_labelled=50).model_dump()
+
+
+@pytest.fixture(scope="module")
+def elec2_frame():
+    df = pd.read_csv(DATA_DIR / "elec2" / "elec2_with_timestamp.csv").iloc[:4000]
+    df["day"] = df["day"].astype(str)
+    df["label"] = (df["class"] == "UP").astype(int)
+    return df
+
+
+@pytest.mark.parametrize("encoding", ["ordinal", "onehot"])
+def test_fast_path_reproduces_the_pipeline_or_steps_aside(elec2_spec, elec2_frame, encoding):
+    """Ordinal pipelines are scored in numpy with exactly the pipeline's scores, unseen categories and
+    missing values included; a pipeline it does not know (one-hot) is scored by the pipeline itself."""
+    from mlops_assets.core.training import feature_frame, fit
+
+    spec = elec2_spec.model_copy(update={"estimator": elec2_spec.estimator.model_copy(update={"categorical_encoding": encoding})})
+    model = fit(spec, elec2_frame.iloc[:2000])
+    predictor = Predictor(model, spec)
+    assert predictor.fast == (encoding == "ordinal")
+    X = feature_frame(elec2_frame.iloc[2000:], spec)
+    X.loc[X.index[:50], "nswprice"] = np.nan
+    X.loc[X.index[50:60], "day"] = "8"  # a weekday the model never saw
+    columns = {c: X[c].to_numpy() for c in X.columns}
+    np.testing.assert_array_equal(predictor.scores(columns), model.predict_proba(X)[:, 1])
+
+
+def test_requests_are_parsed_into_typed_columns(elec2_spec):
+    schema = request_schema(elec2_spec)
+    assert set(schema.required) == {"day", "period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"}
+    assert schema.required["day"] == "string" and schema.required["nswprice"] == "number"
+    row = {"day": 3, "period": 0.5, "nswprice": None, "nswdemand": 0.4, "vicprice": 0, "vicdemand": 0.4, "transfer": 0.4}
+    parsed = parse_request({"instances": [row, {**row, "day": "7", "event_id": "e2"}]}, schema, elec2_spec)
+    assert parsed.rows == 2 and parsed.columns["day"] == ["3", "7"]
+    assert np.isnan(parsed.columns["nswprice"]).all() and parsed.columns["vicprice"].dtype == np.float64
+    assert parsed.event_ids == [None, "e2"]
+
+
+def test_every_bad_field_is_reported_with_its_location(elec2_spec):
+    schema = request_schema(elec2_spec)
+    row = {"day": 3, "period": "noon", "nswprice": float("inf"), "nswdemand": True, "vicprice": 0, "vicdemand": 0.4}
+    with pytest.raises(RequestError) as err:
+        parse_request({"instances": [row]}, schema, elec2_spec)
+    locs = {tuple(e["loc"]): e["msg"] for e in err.value.errors}
+    assert locs[("instances", 0, "transfer")] == "field required"
+    assert "finite" in locs[("instances", 0, "nswprice")]
+    assert "number" in locs[("instances", 0, "period")] and "number" in locs[("instances", 0, "nswdemand")]
+    assert err.value.status == 422
+
+
+def test_flight_requests_carry_entities_and_time(flight_spec):
+    schema = request_schema(flight_spec)
+    assert {"carrier", "origin", "dest", "tailnum", "distance"} == set(schema.required)
+    assert {"carrier_delay_rate", "temp", "plane_year"} <= set(schema.online_features)
+    row = {"carrier": "UA", "origin": "EWR", "dest": "IAH", "tailnum": "N14228", "distance": 1400.0}
+    parsed = parse_request({"instances": [{**row, "event_timestamp": "2013-01-05T06:15"}]}, schema, flight_spec)
+    assert parsed.timestamps[0] == pd.Timestamp("2013-01-05T06:15", tz="America/New_York")  # naive = spec timezone
+
+
+def side(version: str, requests: int, errors: int = 0, p99: float = 2.0, metric: float | None = None, labelled: int = 0):
+    return SideStats(version, requests, errors, p99, metric, labelled)
+
+
+def judge(stable, canary, minutes: float = 90):
+    return judge_canary(
+        stable, canary, started=NOW - timedelta(minutes=minutes), now=NOW, policy=POLICY, metric="accuracy", higher_is_better=True
+    )
+
+
+def test_canary_waits_for_its_window_and_its_requests():
+    assert judge(side("1", 1000), side("2", 150), minutes=30).decision == "wait"
+    assert judge(side("1", 1000), side("2", 40)).decision == "wait"
+    assert judge(side("1", 1000), side("2", 150)).decision == "promote"
+
+
+@pytest.mark.parametrize(
+    ("canary", "why"),
+    [
+        (side("2", 200, errors=10), "error rate"),
+        (side("2", 200, p99=30.0), "p99 latency"),
+        (side("2", 200, metric=0.70, labelled=80), "accuracy"),
+    ],
+)
+def test_canary_regressions_roll_back(canary, why):
+    verdict = judge(side("1", 2000, errors=2, p99=4.0, metric=0.78, labelled=800), canary)
+    assert verdict.decision == "rollback" and why in verdict.reasons[0]
+
+
+def test_metric_is_judged_only_with_enough_labels():
+    verdict = judge(side("1", 2000, metric=0.78, labelled=800), side("2", 200, metric=0.50, labelled=20))
+    assert verdict.decision == "promote"
+    assert any("needs 50 labelled" in str(r["limit"]) for r in verdict.table)
+
+
+def test_deployment_plan_follows_the_champion_and_the_verdict():
+    promote = judge(side("1", 1000), side("2", 150))
+    rollback = judge(side("1", 1000), side("2", 150, errors=50))
+    first = plan_deployment(None, "1", canary_percent=10, now=NOW)
+    assert (first.action, first.deployment) == ("deploy", Deployment(stable="1"))
+    assert plan_deployment(first.deployment, "1", canary_percent=10, now=NOW).action == "unchanged"
+    started = plan_deployment(first.deployment, "2", canary_percent=10, now=NOW)
+    assert started.action == "canary_started" and started.deployment == Deployment("1", "2", 10, NOW.isoformat())
+    assert plan_deployment(started.deployment, "2", canary_percent=10, now=NOW).action == "canary_waiting"
+    assert plan_deployment(started.deployment, "2", canary_percent=10, now=NOW, verdict=promote).deployment == Deployment("2")
+    back = plan_deployment(started.deployment, "2", canary_percent=10, now=NOW, verdict=rollback)
+    assert (back.action, back.deployment) == ("rolled_back", Deployment("1"))
+    restarted = plan_deployment(started.deployment, "3", canary_percent=10, now=NOW)
+    assert restarted.action == "canary_restarted" and restarted.deployment.canary == "3"
+    direct = plan_deployment(first.deployment, "2", canary_percent=0, now=NOW)
+    assert (direct.action, direct.deployment) == ("deploy", Deployment("2"))
+    with pytest.raises(ValueError, match="canary share needs a canary version"):
+        Deployment("1", None, 10)
