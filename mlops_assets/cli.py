@@ -53,6 +53,7 @@ def demo(spec_name: str, start: date, days: int) -> int:
 
     from mlops_assets.definitions import defs
     from mlops_assets.jobs import job_name
+    from mlops_assets.specs import find_spec
 
     t0 = time.perf_counter()
     keys = [(start + timedelta(days=i)).isoformat() for i in range(days)]
@@ -75,6 +76,9 @@ def demo(spec_name: str, start: date, days: int) -> int:
     run("train")
     for k in keys[-3:]:
         run("score", k)
+    spec = find_spec(spec_name)
+    if spec.deployment is not None:
+        run("deploy")  # the endpoint asset: starts (or hot-swaps) the local server and verifies it
 
     def meta(stage: str) -> dict:
         event = instance.get_latest_materialization_event(dg.AssetKey(f"{stage}_{spec_name}"))
@@ -86,6 +90,11 @@ def demo(spec_name: str, start: date, days: int) -> int:
         if k.startswith(("holdout_", "baseline_")) and isinstance(v, float):
             print(f"  {k:<24} {v:.4f}")
     print(f"  trained on               {model['training_partitions']}, {model['rows_train']} rows")
+    if spec.deployment is not None:
+        endpoint = meta("endpoint")
+        print(f"\nendpoint: {endpoint['action']} v{endpoint['stable_version']} at {endpoint.get('url', '')}")
+        print(_curl_example(spec))
+        print(f"  stop it:  .venv/bin/mlops serve --spec {spec_name} --stop")
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s\n")
     print(
         "Open the Dagster UI:  make ui      (or: DAGSTER_HOME="
@@ -94,6 +103,21 @@ def demo(spec_name: str, start: date, days: int) -> int:
     )
     print(f"Open the MLflow UI:   make mlflow-ui (or: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow/mlflow.db)")
     return 0
+
+
+def _curl_example(spec) -> str:
+    """A request a person can paste: the spec's request fields filled from its first landed day."""
+    import json
+
+    from mlops_assets.core.serving import EVENT_TS_FIELD, NUMBER, request_schema
+
+    example = {"flight_delays": {"carrier": "UA", "origin": "EWR", "dest": "IAH", "tailnum": "N14228", "distance": 1400}}
+    row = example.get(spec.name) or {f: (0.5 if kind == NUMBER else "a") for f, kind in request_schema(spec).required.items()}
+    if spec.name in example:
+        row[EVENT_TS_FIELD] = "2013-01-14T06:15:00"
+    d = spec.deployment
+    body = json.dumps({"instances": [row]})
+    return f"  try it:   curl -s http://{d.host}:{d.port}/v1/models/{spec.name}:predict -H 'Content-Type: application/json' -d '{body}'"
 
 
 def show_home() -> int:
@@ -138,6 +162,12 @@ def run_serve(args) -> int:
     from mlops_assets.specs import find_spec
 
     spec = find_spec(args.spec)
+    if args.stop:
+        from mlops_assets.serving.local import LocalTarget
+
+        stopped = LocalTarget(spec, mlops_home(), mlflow_tracking_uri()).stop()
+        print(f"{spec.name}: {'stopped the local endpoint' if stopped else 'no local endpoint was started from this home'}")
+        return 0
     deployment = spec.deployment
     host = args.host or (deployment.host if deployment else "127.0.0.1")
     port = args.port or (deployment.port if deployment else 8787)
@@ -175,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--spec", required=True, help="spec name or path to a spec YAML")
     p_serve.add_argument("--host", help="interface (default: the spec's deployment.host, else 127.0.0.1)")
     p_serve.add_argument("--port", type=int, help="port (default: the spec's deployment.port, else 8787)")
+    p_serve.add_argument("--stop", action="store_true", help="stop the local endpoint the deploy job started, and exit")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
