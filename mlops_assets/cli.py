@@ -202,12 +202,16 @@ def main(argv: list[str] | None = None) -> int:
         help="keep Dagster's records in the home's SQLite instance (for the UI; ~2x slower)",
     )
     p_serve = sub.add_parser("serve", help="run the model server of a spec (what its endpoint serves) in the foreground")
-    p_serve.add_argument("--spec", required=True, help="spec name or path to a spec YAML")
+    p_serve.add_argument(
+        "--spec", default=os.environ.get("MLOPS_SPEC"), help="spec name or path to a spec YAML (default: $MLOPS_SPEC)"
+    )
     p_serve.add_argument("--host", help="interface (default: the spec's deployment.host, else 127.0.0.1)")
     p_serve.add_argument("--port", type=int, help="port (default: the spec's deployment.port, else 8787)")
     p_serve.add_argument("--stop", action="store_true", help="stop the local endpoint the deploy job started, and exit")
     args = parser.parse_args(argv)
     if args.command == "serve":
+        if not args.spec:
+            parser.error("serve needs --spec (or MLOPS_SPEC)")
         return run_serve(args)
     if args.command == "replay":
         return run_replay(args)

@@ -160,7 +160,11 @@ def test_first_deploy_stable_only(make_target, tmp_path: Path) -> None:
     container = model["PrimaryContainer"]
     assert container["Image"] == target.target.image_uri
     assert container["ModelDataUrl"] == v1
-    assert container["Environment"] == {"MLOPS_DEPLOYMENT": json.dumps({"stable": "1"})}
+    assert container["Environment"] == {
+        "MLOPS_DEPLOYMENT": json.dumps({"stable": "1"}),
+        "MLOPS_MODEL_DIR": "/opt/ml/model",  # the server loads what SageMaker unpacked, not the registry
+        "MLOPS_SPEC": "first_deploy",
+    }
     assert model["ExecutionRoleArn"] == target.target.role_arn
     assert _config_variants(target, result["config"]) == {"stable": ("first-deploy-v1", 1.0)}
     desc = target.sagemaker.describe_endpoint(EndpointName="first-deploy")

@@ -485,3 +485,23 @@ def test_sagemaker_endpoint_from_the_registry_on_moto(registry, monkeypatch):
         assert boto3.client("s3", endpoint_url=url).head_object(Bucket="models", Key=key)["ContentLength"] > 1000
     finally:
         moto.stop()
+
+
+def test_a_sagemaker_container_serves_its_unpacked_model(registry, monkeypatch, tmp_path):
+    """What a SageMaker variant runs: the model from /opt/ml/model (here a folder), not the registry,
+    answering /ping and /invocations."""
+    import mlflow
+    from starlette.testclient import TestClient
+
+    from mlops_assets.serving import build_server
+    from mlops_assets.serving.app import create_app
+
+    mlflow.set_tracking_uri(registry["tracking_uri"])
+    model_dir = mlflow.artifacts.download_artifacts(artifact_uri="models:/elec2/3", dst_path=str(tmp_path))
+    monkeypatch.setenv("MLOPS_MODEL_DIR", model_dir)
+    monkeypatch.setenv("MLOPS_DEPLOYMENT", json.dumps({"stable": "3"}))
+    server = build_server(registry["spec"], tmp_path, "sqlite:///nowhere.db", log_predictions=False)
+    with TestClient(create_app(server)) as c:
+        assert c.get("/ping").json()["stable"] == "3"
+        out = c.post("/invocations", json={"instances": instances(registry["rows"].iloc[:3])}).json()
+    assert out["model_version"] == "3" and len(out["scores"]) == 3

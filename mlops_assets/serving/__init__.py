@@ -15,6 +15,9 @@ from mlops_assets.specs import ModelSpec
 
 ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"
 DEPLOYMENT_ENV = "MLOPS_DEPLOYMENT"  # JSON; the Kubernetes and SageMaker targets set it on the container
+SPEC_ENV = "MLOPS_SPEC"  # the spec a container serves when `mlops serve` gets no --spec
+MODEL_DIR_ENV = "MLOPS_MODEL_DIR"  # an MLflow model folder to serve instead of the registry's version
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks a variant's ModelDataUrl
 
 
 def build_server(spec: ModelSpec, home: Path, tracking_uri: str, *, log_predictions: bool = True):
@@ -38,10 +41,24 @@ def build_server(spec: ModelSpec, home: Path, tracking_uri: str, *, log_predicti
         champion = versions.alias(spec.name, CHAMPION)
         return Deployment(stable=champion) if champion else None
 
+    def load(version: str):
+        return versions.load(spec.name, version)
+
+    if os.environ.get(MODEL_DIR_ENV):  # a SageMaker variant: its one version, unpacked beside the server
+        model_dir = os.environ[MODEL_DIR_ENV]
+
+        def load(version: str):  # replaces the registry loader
+            import mlflow.sklearn
+
+            pinned = initial()
+            if pinned is None or version != pinned.stable:
+                raise ValueError(f"{MODEL_DIR_ENV}={model_dir} holds version {pinned and pinned.stable}, not {version}")
+            return mlflow.sklearn.load_model(model_dir)
+
     warm_up()
     lookup = feast_online_lookup(spec, str(home / "feast" / "registry.db"), str(home / "feast" / "online.db"))
     log = PredictionLog(home, spec.name, spec.source.timestamp.timezone) if log_predictions else None
-    return ModelServer(spec, lambda v: versions.load(spec.name, v), online_lookup=lookup, prediction_log=log, initial=initial)
+    return ModelServer(spec, load, online_lookup=lookup, prediction_log=log, initial=initial)
 
 
 def serve(spec: ModelSpec, host: str, port: int, home: Path, tracking_uri: str) -> None:

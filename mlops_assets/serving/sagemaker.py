@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlops_assets.serving import DEPLOYMENT_ENV
+from mlops_assets.serving import DEPLOYMENT_ENV, MODEL_DIR_ENV, SAGEMAKER_MODEL_DIR, SPEC_ENV
 from mlops_assets.serving.state import Deployment
 from mlops_assets.specs import ModelSpec
 
@@ -243,7 +243,13 @@ class SageMakerTarget:
             PrimaryContainer={
                 "Image": self.target.image_uri,
                 "ModelDataUrl": model_data_url,
-                "Environment": {DEPLOYMENT_ENV: json.dumps({"stable": version})},
+                # SageMaker unpacks ModelDataUrl into /opt/ml/model: the server loads the version from
+                # there (MODEL_DIR_ENV), not from the registry, and serves the spec named here
+                "Environment": {
+                    DEPLOYMENT_ENV: json.dumps({"stable": version}),
+                    MODEL_DIR_ENV: SAGEMAKER_MODEL_DIR,
+                    SPEC_ENV: self.spec.name,
+                },
             },
             Tags=[{"Key": "mlops:spec", "Value": self.spec.name}, {"Key": "mlops:version", "Value": version}],
         )
