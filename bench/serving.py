@@ -23,7 +23,8 @@ What it does, in a temporary home:
    (``{"inputs": {field: [...]}}``), MLflow as ``{"dataframe_split": ...}``;
 5. cells: every batch size x both servers, ``--repeats`` rounds, the server order alternating from one
    round to the next; per cell the median over rounds of requests/s, predictions/s, p50/p99 latency,
-   errors, and the CPU (in cores) the server's processes and the load generator used.
+   errors, and the CPU (in cores) the server's processes, the load generator and everything else on
+   the machine used in the window (the last should be ~0: a warning says when it was not).
 
     MLOPS_DATA_DIR=../shared/data .venv/bin/python bench/serving.py [--duration 10] [--warmup 2]
         [--concurrency 8] [--repeats 3] [--batches 1,100,1000] [--omp-threads N] [--keep-home]
@@ -101,6 +102,7 @@ def register_model(home: Path, spec: Any, train: Any) -> Any:
     warnings.filterwarnings("ignore")
     uri = tracking_uri(home)
     (home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+    os.chdir(home)  # MLflow puts its Default experiment's ./mlruns in the working directory: not in the repo
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     experiment = mlflow.create_experiment(spec.name, artifact_location=(home / "mlflow" / "artifacts").as_uri())
@@ -121,6 +123,7 @@ def register_model(home: Path, spec: Any, train: Any) -> Any:
     if version != "1":
         raise SystemExit(f"expected a fresh registry (version 1), got version {version}")
     MlflowClient(uri, uri).set_registered_model_alias(spec.name, CHAMPION, version)
+    os.chdir(ROOT)
     return fitted
 
 
@@ -349,7 +352,7 @@ class Server:
 def start(name: str, cmd: list[str], env: dict[str, str], port: int, path: str, ready: str, logs: Path) -> Server:
     log = logs / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=logs.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return Server(name, port, path, ready, proc, log)
 
 
