@@ -102,7 +102,6 @@ def register_model(home: Path, spec: Any, train: Any) -> Any:
     warnings.filterwarnings("ignore")
     uri = tracking_uri(home)
     (home / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
-    os.chdir(home)  # MLflow puts its Default experiment's ./mlruns in the working directory: not in the repo
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     experiment = mlflow.create_experiment(spec.name, artifact_location=(home / "mlflow" / "artifacts").as_uri())
@@ -123,7 +122,6 @@ def register_model(home: Path, spec: Any, train: Any) -> Any:
     if version != "1":
         raise SystemExit(f"expected a fresh registry (version 1), got version {version}")
     MlflowClient(uri, uri).set_registered_model_alias(spec.name, CHAMPION, version)
-    os.chdir(ROOT)
     return fitted
 
 
@@ -512,7 +510,12 @@ def main() -> int:
         train, rest = load_rows(spec)
         pool = rest.head(POOL_ROWS)
         log(f"home {home}: fitting {spec.name} on {len(train)} rows ({TRAIN_DAYS} days), logging it to MLflow ...")
-        fitted = register_model(home, spec, train)
+        cwd = os.getcwd()
+        os.chdir(home)  # MLflow records its Default experiment under ./mlruns of the working directory: not the repo's
+        try:
+            fitted = register_model(home, spec, train)
+        finally:
+            os.chdir(cwd)
         expected = predict_scores(fitted, feature_frame(pool, spec), spec)
         setup_s = time.perf_counter() - t_start
 
