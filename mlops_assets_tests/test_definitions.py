@@ -55,7 +55,8 @@ def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_s
 
     defs = build_definitions([flight_spec, elec2_spec])
     specs = defs.resolve_all_asset_specs()
-    assert len(specs) == 2 * 9
+    assert len(specs) == 2 * 9 + 1  # flight_delays has a deployment: its endpoint asset
+    assert {s.key.to_user_string() for s in specs if s.key.to_user_string().startswith("endpoint_")} == {"endpoint_flight_delays"}
     for s in specs:
         spec = flight_spec if s.key.to_user_string().endswith("flight_delays") else elec2_spec
         assert s.group_name == spec.name
@@ -67,6 +68,9 @@ def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_s
     for spec in ("flight_delays", "elec2"):
         assert {f"{k}_{spec}" for k in ("register", "ingest", "train", "score")} <= job_names
     assert defs.resolve_job_def("ingest_flight_delays").partitions_def is not None
+    assert "deploy_flight_delays" in job_names and "deploy_elec2" not in job_names
+    endpoint = next(s for s in specs if s.key.to_user_string() == "endpoint_flight_delays")
+    assert endpoint.freshness_policy is not None and endpoint.automation_condition is not None
 
 
 def test_editing_a_spec_changes_the_code_versions(tmp_path, monkeypatch, flight_spec):
