@@ -316,19 +316,21 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     server.load_initial()
     assert server.serving is not None, server.load_error
     lake = flights.home / "lake" / "dataset" / "flight_delays"
-    day = pd.read_parquet(lake / f"{KEYS[-1]}.parquet")
+    days = sorted(f.stem for f in lake.glob("*.parquet"))  # other tests of this module may ingest more days
+    newest = days[-1]
+    day = pd.read_parquet(lake / f"{newest}.parquet")
     known = day.dropna(subset=["tailnum"]).iloc[0]
     row = {k: str(known[k]) for k in ("carrier", "origin", "dest", "tailnum")}
-    row |= {"distance": float(known["distance"]), "event_timestamp": f"{KEYS[-1]}T09:00"}
+    row |= {"distance": float(known["distance"]), "event_timestamp": f"{newest}T09:00"}
     unknown = {**row, "tailnum": "N0NE", "dest": "XXX"}
     status, out = server.predict({"instances": [row, unknown]})
     assert status == 200, out
     assert out["unknown_entities"] == [[], ["origin+dest", "tailnum"]]
     assert 0 < out["scores"][0] < 1 and 0 < out["scores"][1] < 1
-    # the online carrier rate is the newest day's point-in-time snapshot (features of KEYS[-1])
-    history = pd.concat([pd.read_parquet(lake / f"{d}.parquet") for d in KEYS[:-1]])
+    # the online carrier rate is the newest day's point-in-time snapshot (features of that day)
+    history = pd.concat([pd.read_parquet(lake / f"{d}.parquet") for d in days[:-1]])
     feature = next(f for f in flight_spec.past_rate_features if f.name == "carrier_delay_rate")
-    expected = past_rate(history, day, feature, date.fromisoformat(KEYS[-1]), "America/New_York").set_index("carrier")
+    expected = past_rate(history, day, feature, date.fromisoformat(newest), "America/New_York").set_index("carrier")
     from mlops_assets.core.serving import build_features, parse_request
 
     parsed = parse_request({"instances": [row, unknown]}, server.schema, flight_spec)

@@ -51,6 +51,7 @@ def register(spec, tracking_uri: str, frame: pd.DataFrame, *, shuffle_labels: bo
         frame = frame.assign(label=np.random.default_rng(1).permutation(frame["label"].to_numpy()))
     model = fit(spec, frame)
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)  # earlier tests may have pointed the registry elsewhere
     mlflow.set_experiment(spec.name)
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
@@ -150,6 +151,7 @@ def test_predictions_match_the_registered_model(server):
 
     spec, rows = server["spec"], server["rows"].iloc[5000:5300]
     mlflow.set_tracking_uri(server["tracking_uri"])
+    mlflow.set_registry_uri(server["tracking_uri"])
     expected = mlflow.sklearn.load_model("models:/elec2/1").predict_proba(feature_frame(rows, spec))[:, 1]
     c = Client(server["port"])
     status, one = c.call("POST", "/v1/models/elec2:predict", {"instances": instances(rows.head(1))})
@@ -497,6 +499,7 @@ def test_a_sagemaker_container_serves_its_unpacked_model(registry, monkeypatch, 
     from mlops_assets.serving.app import create_app
 
     mlflow.set_tracking_uri(registry["tracking_uri"])
+    mlflow.set_registry_uri(registry["tracking_uri"])
     model_dir = mlflow.artifacts.download_artifacts(artifact_uri="models:/elec2/3", dst_path=str(tmp_path))
     monkeypatch.setenv("MLOPS_MODEL_DIR", model_dir)
     monkeypatch.setenv("MLOPS_DEPLOYMENT", json.dumps({"stable": "3"}))
