@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -56,12 +57,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILE = ROOT / "examples" / "specs" / "elec2.yaml"
-BIN = Path(sys.executable).parent  # the venv's bin: mlops, mlflow and the uvicorn mlflow execs
+BIN = Path(sys.executable).parent  # the venv's bin: mlops, mlflow, and the uvicorn that mlflow runs
 HOST = "127.0.0.1"
 TRAIN_DAYS = 28
 POOL_ROWS = 1000  # evaluation rows every batch size draws its requests from
 OURS, MLFLOW = "ours", "mlflow"
 READY_TIMEOUT_S = 180.0
+CHECK_TIMEOUT_S = 300.0  # per server and batch size; the checks take ~10 s on an idle machine
+CELL_GRACE_S = 60.0  # a cell may run this much past its window (the answers in flight) before it is an error
 
 
 # --- data and model --------------------------------------------------------------------------------
@@ -319,9 +322,11 @@ async def run_cell(
         return client, server, max(0.0, (m1 - m0) / (w1 - w0) - client - server)
 
     spread = max(1, len(requests) // concurrency)  # connections start at different rows
-    *_, (client_cpu, server_cpu, other_cpu) = await asyncio.gather(
-        *(drive(port, requests, k * spread, t_measure, t_end, tally) for k in range(concurrency)), window()
-    )
+    work = asyncio.gather(*(drive(port, requests, k * spread, t_measure, t_end, tally) for k in range(concurrency)), window())
+    try:
+        *_, (client_cpu, server_cpu, other_cpu) = await asyncio.wait_for(work, warmup + duration + CELL_GRACE_S)
+    except TimeoutError:
+        raise SystemExit(f"{server} batch {batch}: answers still missing {CELL_GRACE_S:.0f} s after the window closed")
     return Cell(
         server, batch, duration, np.frombuffer(tally.latencies, dtype="float64"), tally.errors, server_cpu, client_cpu, other_cpu
     )
@@ -377,17 +382,20 @@ def wait_ready(servers: list[Server], timeout: float) -> None:
 
 
 def stop(server: Server) -> None:
-    """SIGTERM to the server's process group, SIGKILL if it is still there after 15 s."""
-    if server.proc.poll() is not None:
-        return
+    """SIGTERM to the server's process group; SIGKILL to whatever of it is left after 15 s."""
     try:
         os.killpg(server.proc.pid, signal.SIGTERM)
-        server.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.proc.pid, signal.SIGKILL)
-        server.proc.wait(timeout=5)
     except ProcessLookupError:
-        pass
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        server.proc.poll()  # reaps the leader once it exits
+        if not group_pids(server.proc.pid):
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(timeout=5)
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -405,7 +413,11 @@ def verify(servers: dict[str, Server], requests: dict[str, list[bytes]], expecte
     got: dict[str, list[tuple[int, bytes]]] = {}
     for name, s in servers.items():
         try:
-            got[name] = asyncio.run(fetch_all(s.port, requests[name]))
+            got[name] = asyncio.run(asyncio.wait_for(fetch_all(s.port, requests[name]), CHECK_TIMEOUT_S))
+        except TimeoutError:
+            raise SystemExit(
+                f"{name} took over {CHECK_TIMEOUT_S:.0f} s to answer the batch-{batch} check requests (is the machine busy?)"
+            )
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             raise SystemExit(
                 f"{name} failed a batch-{batch} check request ({type(exc).__name__}: {exc}); its log ends:\n{tail(s.log, 6)}"
@@ -498,6 +510,7 @@ def main() -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(ROOT))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the servers are stopped (finally) on SIGTERM too
 
     from mlops_assets.core.training import feature_frame, predict_scores
     from mlops_assets.specs import find_spec
@@ -552,7 +565,8 @@ def main() -> int:
         )
         t_ready = time.perf_counter()
         wait_ready(list(servers.values()), READY_TIMEOUT_S)
-        log(f"both servers ready in {time.perf_counter() - t_ready:.1f} s; pids { ({n: s.pids for n, s in servers.items()}) }")
+        pids = {n: s.pids for n, s in servers.items()}
+        log(f"both servers ready in {time.perf_counter() - t_ready:.1f} s; processes {pids}")
 
         requests: dict[int, dict[str, list[bytes]]] = {}
         for b in batches:

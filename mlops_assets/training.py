@@ -16,7 +16,7 @@ from pydantic import Field
 from mlops_assets.common import asset_kwargs, failure, key, md_table, png_markdown
 from mlops_assets.core.names import CHALLENGER, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
-from mlops_assets.resources.mlflow import pip_requirements
+from mlops_assets.resources.mlflow import log_pipeline
 from mlops_assets.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -177,7 +177,6 @@ def _train_and_log(
     and lineage, not silence. MLflow is imported here, never when the code location loads.
     """
     import mlflow
-    import skops.io
     from mlflow.models import infer_signature
 
     from mlops_assets.core.training import baseline_scores, evaluate, feature_frame, fit, predict_scores
@@ -205,16 +204,8 @@ def _train_and_log(
         mlflow.log_metrics({f"baseline_{k}": v for k, v in base.items()})
         mlflow.log_metric("rows_train", len(train))
 
-        info = mlflow.sklearn.log_model(
-            fitted,
-            name="model",
-            signature=infer_signature(X_train.head(200), predict_scores(fitted, X_train.head(200), spec)),
-            input_example=X_train.head(5),
-            pip_requirements=pip_requirements(),
-            registered_model_name=spec.name,
-            serialization_format="skops",
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
-        )
+        signature = infer_signature(X_train.head(200), predict_scores(fitted, X_train.head(200), spec))
+        info = log_pipeline(fitted, spec.name, X_train.head(5), signature)
         plot = _score_plot(spec, holdout[LABEL], scores, metrics)
         run_id, exp_id = run.info.run_id, run.info.experiment_id
         folder = reference_dir(lake, spec, run_id)

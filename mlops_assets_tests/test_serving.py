@@ -42,10 +42,9 @@ def elec2_rows() -> pd.DataFrame:
 def register(spec, tracking_uri: str, frame: pd.DataFrame, *, shuffle_labels: bool = False) -> str:
     """Fit the spec's pipeline on ``frame`` and register it the way the model asset does (skops)."""
     import mlflow
-    import skops.io
 
     from mlops_assets.core.training import feature_frame, fit
-    from mlops_assets.resources.mlflow import pip_requirements
+    from mlops_assets.resources.mlflow import log_pipeline
 
     if shuffle_labels:  # a model that learned nothing real: what a bad release looks like
         frame = frame.assign(label=np.random.default_rng(1).permutation(frame["label"].to_numpy()))
@@ -54,15 +53,7 @@ def register(spec, tracking_uri: str, frame: pd.DataFrame, *, shuffle_labels: bo
     mlflow.set_registry_uri(tracking_uri)  # earlier tests may have pointed the registry elsewhere
     mlflow.set_experiment(spec.name)
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            input_example=feature_frame(frame.head(3), spec),
-            pip_requirements=pip_requirements(),
-            registered_model_name=spec.name,
-            serialization_format="skops",
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
-        )
+        info = log_pipeline(model, spec.name, feature_frame(frame.head(3), spec))
     return str(info.registered_model_version)
 
 

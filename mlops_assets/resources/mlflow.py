@@ -147,3 +147,21 @@ def _load_version(tracking_uri: str, registry_uri: str, name: str, version: str,
 def pip_requirements() -> list[str]:
     """Exact requirements of a logged model, given explicitly: inferring them costs ~8 s a model."""
     return [f"{d}=={importlib.metadata.version(d)}" for d in ("scikit-learn", "pandas", "numpy", "scipy", "skops", "cloudpickle")]
+
+
+def log_pipeline(model, registered_name: str, input_example, signature=None):
+    """Log a fitted scikit-learn pipeline to the active MLflow run and register it as a new version:
+    skops serialisation (no pickle) with the types the pipeline needs trusted, explicit requirements."""
+    import mlflow.sklearn
+    import skops.io
+
+    return mlflow.sklearn.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=pip_requirements(),
+        registered_model_name=registered_name,
+        serialization_format="skops",
+        skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
+    )
