@@ -7,7 +7,7 @@ code if it is clearly faster on the model the platform actually produces. The go
 What it does, in a temporary home:
 
 1. fits the Elec2 spec's pipeline (``core.training.fit``) on the first 28 days of rows and logs it the
-   way ``training._train_and_log`` does (skops, signature, input example, pinned requirements),
+   way ``training._train_and_log`` does (``resources.mlflow.log_pipeline``: skops, pinned requirements),
    registered as ``elec2`` version 1 in a SQLite MLflow store, with the ``champion`` alias on it;
 2. starts both servers on free loopback ports, one worker process each, each in its own session
    (stopped by process group at the end, also on error):
@@ -88,18 +88,18 @@ def load_rows(spec: Any) -> tuple[Any, Any]:
 
 
 def register_model(home: Path, spec: Any, train: Any) -> Any:
-    """Fit and log the pipeline as ``_train_and_log`` does; register it as version 1; alias it champion."""
+    """Fit and log the pipeline as ``training._train_and_log`` does (``log_pipeline``: skops, pinned requirements,
+    signature, input example); register it as version 1; alias it champion."""
     import logging
     import warnings
 
     import mlflow
-    import skops.io
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     from mlops_assets.core.names import CHAMPION
     from mlops_assets.core.training import feature_frame, fit, predict_scores
-    from mlops_assets.resources.mlflow import pip_requirements
+    from mlops_assets.resources.mlflow import log_pipeline
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -111,16 +111,8 @@ def register_model(home: Path, spec: Any, train: Any) -> Any:
     fitted = fit(spec, train)
     X_train = feature_frame(train, spec)
     with mlflow.start_run(experiment_id=experiment, run_name=f"train-{spec.name}"):
-        info = mlflow.sklearn.log_model(
-            fitted,
-            name="model",
-            signature=infer_signature(X_train.head(200), predict_scores(fitted, X_train.head(200), spec)),
-            input_example=X_train.head(5),
-            pip_requirements=pip_requirements(),
-            registered_model_name=spec.name,
-            serialization_format="skops",
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
-        )
+        signature = infer_signature(X_train.head(200), predict_scores(fitted, X_train.head(200), spec))
+        info = log_pipeline(fitted, spec.name, X_train.head(5), signature)  # what training._train_and_log calls
     version = str(info.registered_model_version)
     if version != "1":
         raise SystemExit(f"expected a fresh registry (version 1), got version {version}")

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,10 @@ def register(spec, tracking_uri: str, frame: pd.DataFrame, *, shuffle_labels: bo
     model = fit(spec, frame)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)  # earlier tests may have pointed the registry elsewhere
+    if mlflow.get_experiment_by_name(spec.name) is None:  # artifacts in the test's home, not ./mlruns
+        mlflow.create_experiment(
+            spec.name, artifact_location=(Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        )
     mlflow.set_experiment(spec.name)
     with mlflow.start_run():
         info = log_pipeline(model, spec.name, feature_frame(frame.head(3), spec))
