@@ -81,6 +81,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 VALUE_BUCKETS = tuple(s * m for m in (1, 10, 100, 1000, 10000) for s in (1, 2, 5))
 
 
+def _ns(t: datetime) -> int:
+    return int(t.timestamp() * 1_000_000) * 1000
+
+
 def json_response(obj: Any, status: int = 200) -> Response:
     return Response(_dumps(obj), status_code=status, media_type="application/json")
 
@@ -287,16 +291,17 @@ class ModelServer:
         self.metrics.observe(variant, version, 200, seconds, outputs)
         self._log_request(request_id, received, variant, version, 200, parsed.rows, seconds)
         if self.log is not None:
+            n, received_ns = parsed.rows, _ns(received)
             served = {
-                "request_id": [request_id] * parsed.rows,
-                "received_at": [received] * parsed.rows,
-                "event_id": parsed.event_ids if parsed.event_ids is not None else [None] * parsed.rows,
-                "event_timestamp": parsed.timestamps if parsed.timestamps is not None else [received] * parsed.rows,
-                "model_version": [int(version)] * parsed.rows,
-                "variant": [variant] * parsed.rows,
+                "request_id": [request_id] * n,
+                "received_at_ns": np.full(n, received_ns, dtype="int64"),
+                "event_id": parsed.event_ids if parsed.event_ids is not None else [None] * n,
+                "event_timestamp_ns": parsed.timestamps.as_unit("ns").asi8 if parsed.timestamps is not None else np.full(n, received_ns),
+                "model_version": np.full(n, int(version), dtype="int64"),
+                "variant": [variant] * n,
                 "score": scores,
                 **{f"{FEATURE_PREFIX}{c}": v for c, v in features.columns.items()},
-                "unknown_entities": [",".join(u) for u in unknown] if unknown else [""] * parsed.rows,
+                "unknown_entities": [",".join(u) for u in unknown] if unknown else [""] * n,
             }
             if self.classification:
                 served["prediction"] = outputs
@@ -308,13 +313,13 @@ class ModelServer:
             self.log.append(
                 REQUESTS,
                 {
-                    "request_id": request_id,
-                    "received_at": received,
-                    "variant": variant,
-                    "model_version": int(version),
-                    "status": status,
-                    "rows": rows,
-                    "latency_ms": seconds * 1000,
+                    "request_id": [request_id],
+                    "received_at_ns": [_ns(received)],
+                    "variant": [variant],
+                    "model_version": [int(version)],
+                    "status": [status],
+                    "rows": [rows],
+                    "latency_ms": [seconds * 1000],
                 },
             )
 

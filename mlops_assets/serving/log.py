@@ -61,7 +61,12 @@ def read_since(
 
 
 class PredictionLog:
-    """Buffers log rows in memory and writes them as parquet files from a background thread."""
+    """Buffers log rows in memory and writes them as parquet files from a background thread.
+
+    A block is a dict of equal-length columns (lists or arrays). Blocks are only referenced on the
+    request path; a flush concatenates each column once and builds one table, so the cost per request
+    is a list append and the flush costs one numpy concatenation per column, not one DataFrame per
+    request. Times are epoch nanoseconds (``*_ns`` columns), turned into timestamps at flush."""
 
     def __init__(self, root: str | Path, spec: str, timezone: str, flush_seconds: float = 1.0):
         self.root, self.spec, self.timezone = Path(root), spec, timezone
@@ -74,7 +79,7 @@ class PredictionLog:
         self._thread.start()
 
     def append(self, table: str, columns: dict[str, Any]) -> None:
-        """Queue a block of rows (a dict of equal-length columns, or of scalars for one row)."""
+        """Queue a block of rows: a dict of equal-length columns."""
         with self._lock:
             self._buffers[table].append(columns)
 
@@ -88,7 +93,7 @@ class PredictionLog:
             self._buffers = {REQUESTS: [], SERVED: []}
         written = []
         for table, blocks in pending.items():
-            frame = pd.concat([pd.DataFrame(b if _is_block(b) else [b]) for b in blocks], ignore_index=True)
+            frame = _frame(blocks)
             days = frame["received_at"].dt.tz_convert(self.timezone).dt.strftime("%Y-%m-%d")
             for day, part in frame.groupby(days, sort=True):
                 folder = day_dir(self.root, table, self.spec, str(day))
@@ -106,8 +111,27 @@ class PredictionLog:
         self.flush()
 
 
-def _is_block(columns: dict[str, Any]) -> bool:
-    return any(isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str) for v in columns.values())
+def _frame(blocks: list[dict[str, Any]]) -> pd.DataFrame:
+    """One frame from many blocks with the same columns: one concatenation per column."""
+    import numpy as np
+
+    columns = {}
+    for name in blocks[0]:
+        parts = [np.asarray(b[name], dtype=object) if isinstance(b[name], list) else np.asarray(b[name]) for b in blocks]
+        values = np.concatenate(parts)
+        if name.endswith("_ns"):
+            columns[name[:-3]] = pd.to_datetime(values.astype("int64"), unit="ns", utc=True)
+        else:
+            columns[name] = values if values.dtype != object else pd.array(values, dtype=_object_dtype(values))
+    return pd.DataFrame(columns)
+
+
+def _object_dtype(values) -> str:
+    """Text stays text; object arrays of numbers (a list column) become numbers."""
+    sample = next((v for v in values if v is not None), None)
+    if isinstance(sample, str) or sample is None:
+        return "string"
+    return "Float64" if isinstance(sample, float) else "Int64"
 
 
 def canary_sides(

@@ -87,11 +87,25 @@ def feast_online_lookup(spec: ModelSpec, registry_path: str, online_store_path: 
     return lookup
 
 
+PREDICT_THREADS_ENV = "MLOPS_PREDICT_THREADS"
+
+
 @functools.lru_cache(maxsize=1)
 def warm_up() -> float:
-    """Import the model libraries before the first request, so it is not the slow one."""
+    """Import the model libraries before the first request, so it is not the slow one, and limit
+    their OpenMP threads (``MLOPS_PREDICT_THREADS``, default 1).
+
+    A server answers many small requests at once: a gradient-boosting model opens one OpenMP parallel
+    region per tree, which cost ~60 µs each under concurrent load against ~7 µs on a quiet machine, so
+    a 100-tree model spent most of a single-row request starting threads (bench/serving.py). Requests
+    are the unit of parallelism here; scale with server processes, not model threads."""
+    import os
+
+    from threadpoolctl import threadpool_limits
+
     t0 = time.perf_counter()
     import sklearn.ensemble
     import sklearn.pipeline  # noqa: F401
 
+    threadpool_limits(limits=int(os.environ.get(PREDICT_THREADS_ENV, "1")), user_api="openmp")
     return time.perf_counter() - t0
