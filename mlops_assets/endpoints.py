@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, failure, key
-from mlops_assets.core.names import CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG
+from mlops_assets.core.names import CANARY_REASON_TAG, CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG
 from mlops_assets.resources import EndpointDeployer, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
 
@@ -126,7 +126,7 @@ def build(spec: ModelSpec) -> list:
             # the live evidence overrides the offline gate: batch scoring returns to the stable version
             client.set_registered_model_alias(name, CHAMPION, plan.deployment.stable)
             client.set_model_version_tag(name, current.canary, ROLLED_BACK_TAG, ROLLED_BACK)
-            client.set_model_version_tag(name, current.canary, "mlops.canary_reason", plan.reason[:5000])
+            client.set_model_version_tag(name, current.canary, CANARY_REASON_TAG, plan.reason[:5000])
         elif plan.action == "promoted":
             client.set_model_version_tag(name, plan.deployment.stable, ROLLED_BACK_TAG, "promoted")
         elif plan.action in ("canary_started", "canary_restarted"):

@@ -11,7 +11,7 @@ is never promoted again: live traffic outranks the holdout.
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, failure, key
-from mlops_assets.core.names import CHALLENGER, CHAMPION, LABEL, ROLLED_BACK, ROLLED_BACK_TAG
+from mlops_assets.core.names import CANARY_REASON_TAG, CHALLENGER, CHAMPION, LABEL, ROLLED_BACK, ROLLED_BACK_TAG
 from mlops_assets.resources import LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
 from mlops_assets.training import training_set_paths
@@ -65,7 +65,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             promote, reason = False, f"version {challenger.version} is already the champion"
         elif rolled_back:
             # live traffic outranks the holdout: a version its canary rolled back never returns by itself
-            why = (challenger.tags or {}).get("mlops.canary_reason", "")
+            why = (challenger.tags or {}).get(CANARY_REASON_TAG, "")
             promote, reason = False, f"version {challenger.version} was rolled back by its canary ({why})"
         else:
             d = decide(challenger_score, champion_score, margin=spec.promotion.margin, higher_is_better=spec.higher_is_better)

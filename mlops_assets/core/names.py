@@ -10,6 +10,7 @@ CHAMPION = "champion"
 
 ROLLED_BACK_TAG = "mlops.canary"  # model-version tag: started | promoted | rolled_back
 ROLLED_BACK = "rolled_back"
+CANARY_REASON_TAG = "mlops.canary_reason"
 
 
 def lookup_view_name(table: str) -> str:

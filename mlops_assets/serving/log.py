@@ -141,7 +141,7 @@ def canary_sides(
     deployment,
     labels: Callable[[list[str]], pd.DataFrame | None],
 ):
-    """What each side of a running canary served since it started, from the prediction store:
+    """What each version of a running canary served since it started, from the prediction store:
     requests, server errors (5xx), p99 latency and, for predictions whose event has a label by now
     (``labels(days)`` returns ``event_id``/``label`` of those days), the spec's metric."""
     from mlops_assets.core.names import EVENT_ID, LABEL
@@ -157,14 +157,16 @@ def canary_sides(
         days = sorted(set(served["event_timestamp"].dt.tz_convert(spec.source.timestamp.timezone).dt.strftime("%Y-%m-%d")))
         label_frame = labels(days)
     sides = []
-    for variant, version in (("stable", deployment.stable), ("canary", deployment.canary)):
-        req = requests[requests["variant"] == variant] if requests is not None else None
+    # by model version, not by the server's variant label: under KServe or SageMaker each version
+    # runs in its own server, which calls itself "stable"
+    for version in (deployment.stable, deployment.canary):
+        req = requests[requests["model_version"] == int(version)] if requests is not None else None
         n = 0 if req is None else len(req)
         errors = 0 if req is None else int((req["status"] >= 500).sum())
         latency = p99(req.loc[req["status"] < 500, "latency_ms"]) if n else 0.0
         metric, labelled = None, 0
         if label_frame is not None and served is not None:
-            mine = served[(served["variant"] == variant) & served["event_id"].notna()]
+            mine = served[(served["model_version"] == int(version)) & served["event_id"].notna()]
             joined = mine.merge(label_frame[[EVENT_ID, LABEL]], on=EVENT_ID, how="inner")
             joined = joined[joined[LABEL].notna()]
             labelled = len(joined)
