@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,13 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 os.environ.setdefault("MLOPS_DATA_DIR", str(DATA_DIR))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at 127.0.0.1 right now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:

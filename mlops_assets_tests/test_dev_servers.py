@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,10 @@ import urllib.request
 
 import pytest
 
-from mlops_assets_tests.conftest import REPO, stop_process_group
+from mlops_assets_tests.conftest import REPO, free_port, stop_process_group
 
 BIN = os.path.dirname(sys.executable)
 QUERY = "{ assetNodes { assetKey { path } groupName } }"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def asset_graph(port: int, deadline: float) -> dict[str, str] | None:

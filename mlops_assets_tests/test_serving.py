@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -22,15 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets_tests.conftest import DATA_DIR, stop_process_group
+from mlops_assets_tests.conftest import DATA_DIR, free_port, stop_process_group
 
 FEATURES = ["day", "period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def elec2_rows() -> pd.DataFrame:
