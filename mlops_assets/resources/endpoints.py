@@ -71,6 +71,10 @@ class _SageMaker:
         self.mlflow.client()  # points MLflow at this resource's tracking server
         model_data = {}
         for version in deployment.versions:
+            existing = self.endpoint.describe_model(version)
+            if existing is not None:  # a version's model is immutable: its artifact is in S3 already
+                model_data[version] = existing["PrimaryContainer"]["ModelDataUrl"]
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 local = download_artifacts(artifact_uri=f"models:/{self.spec.name}/{version}", dst_path=tmp)
                 model_data[version] = self.endpoint.upload_model(version, Path(local))

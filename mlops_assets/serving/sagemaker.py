@@ -216,18 +216,22 @@ class SageMakerTarget:
             },
         ]
 
-    def ensure_model(self, version: str, model_data_url: str) -> bool:
-        """Create the SageMaker model of a version unless it exists; True if it was created. An existing
-        model with another image or artifact is an error: models are immutable and named by version."""
+    def describe_model(self, version: str) -> dict[str, Any] | None:
+        """The SageMaker model of a version, or None when it does not exist."""
         from botocore.exceptions import ClientError
 
-        name = self.model_name(version)
         try:
-            existing = self.sagemaker.describe_model(ModelName=name)
+            return self.sagemaker.describe_model(ModelName=self.model_name(version))
         except ClientError as exc:
             if not _not_found(exc):
                 raise
-            existing = None
+            return None
+
+    def ensure_model(self, version: str, model_data_url: str) -> bool:
+        """Create the SageMaker model of a version unless it exists; True if it was created. An existing
+        model with another image or artifact is an error: models are immutable and named by version."""
+        name = self.model_name(version)
+        existing = self.describe_model(version)
         if existing is not None:
             container = existing.get("PrimaryContainer", {})
             found = (container.get("Image"), container.get("ModelDataUrl"))
