@@ -93,7 +93,7 @@ def demo(spec_name: str, start: date, days: int) -> int:
     if spec.deployment is not None:
         endpoint = meta("endpoint")
         print(f"\nendpoint: {endpoint['action']} v{endpoint['stable_version']} at {endpoint.get('url', '')}")
-        print(_curl_example(spec))
+        print(_curl_example(spec, home, keys[-1]))
         print(f"  stop it:  .venv/bin/mlops serve --spec {spec_name} --stop")
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s\n")
     print(
@@ -105,16 +105,24 @@ def demo(spec_name: str, start: date, days: int) -> int:
     return 0
 
 
-def _curl_example(spec) -> str:
-    """A request a person can paste: the spec's request fields filled from its first landed day."""
+def _curl_example(spec, home, day: str) -> str:
+    """A request a person can paste: the spec's request fields filled from an event of ``day``'s
+    typed dataset (the first one with every field present)."""
     import json
 
-    from mlops_assets.core.serving import EVENT_TS_FIELD, NUMBER, request_schema
+    import pandas as pd
 
-    example = {"flight_delays": {"carrier": "UA", "origin": "EWR", "dest": "IAH", "tailnum": "N14228", "distance": 1400}}
-    row = example.get(spec.name) or {f: (0.5 if kind == NUMBER else "a") for f, kind in request_schema(spec).required.items()}
-    if spec.name in example:
-        row[EVENT_TS_FIELD] = "2013-01-14T06:15:00"
+    from mlops_assets.core.names import EVENT_TS
+    from mlops_assets.core.serving import EVENT_TS_FIELD, request_schema
+    from mlops_assets.specs import ColumnFeature
+
+    source = {f.name: f.source for f in spec.row_features if isinstance(f, ColumnFeature)}
+    fields = {name: source.get(name, name) for name in request_schema(spec).required}
+    events = pd.read_parquet(home / "lake" / "dataset" / spec.name / f"{day}.parquet")
+    event = events.dropna(subset=list(fields.values())).iloc[0]
+    row = {name: event[column].item() if hasattr(event[column], "item") else event[column] for name, column in fields.items()}
+    local = event[EVENT_TS].tz_convert(spec.source.timestamp.timezone).tz_localize(None)
+    row[EVENT_TS_FIELD] = local.isoformat()
     d = spec.deployment
     body = json.dumps({"instances": [row]})
     return f"  try it:   curl -s http://{d.host}:{d.port}/v1/models/{spec.name}:predict -H 'Content-Type: application/json' -d '{body}'"
