@@ -243,6 +243,29 @@ def parse_request(payload: Any, schema: RequestSchema, spec: ModelSpec, now: dat
     return ParsedRequest(typed, n, timestamps, event_ids)
 
 
+def merge_requests(parsed: Sequence[ParsedRequest]) -> ParsedRequest:
+    """Several validated requests as one, rows in order: the server answers requests that arrive
+    together with one feature lookup and one ``predict`` call (a tree ensemble costs about the same
+    for 1 row as for 50), then splits the answer by each request's rows."""
+    if len(parsed) == 1:
+        return parsed[0]
+    columns = {
+        name: np.concatenate([p.columns[name] for p in parsed])
+        if isinstance(parsed[0].columns[name], np.ndarray)
+        else [v for p in parsed for v in p.columns[name]]
+        for name in parsed[0].columns
+    }
+    timestamps = None
+    if any(p.timestamps is not None for p in parsed):
+        if any(p.timestamps is None for p in parsed):  # requests of one schema agree; never mix silently
+            raise ValueError("cannot merge requests with and without event times")
+        timestamps = parsed[0].timestamps.append([p.timestamps for p in parsed[1:]])
+    event_ids = None
+    if any(p.event_ids is not None for p in parsed):
+        event_ids = [v for p in parsed for v in (p.event_ids if p.event_ids is not None else [None] * p.rows)]
+    return ParsedRequest(columns, sum(p.rows for p in parsed), timestamps, event_ids)
+
+
 # --- features ---------------------------------------------------------------------------------------
 
 OnlineLookup = Callable[[dict[str, list]], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import os
 import random
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,9 +43,11 @@ from starlette.routing import Route
 from mlops_assets.core.serving import (
     Deployment,
     OnlineLookup,
+    ParsedRequest,
     Predictor,
     RequestError,
     build_features,
+    merge_requests,
     parse_request,
     request_schema,
 )
@@ -78,6 +81,7 @@ log = logging.getLogger("mlops_assets.serving")
 
 STABLE, CANARY = "stable", "canary"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_ROWS = 1024  # requests queued together are scored together up to this many rows
 VALUE_BUCKETS = tuple(s * m for m in (1, 10, 100, 1000, 10000) for s in (1, 2, 5))
 
 
@@ -102,6 +106,76 @@ class Serving:
         if d.canary is not None and d.canary_percent > 0 and random.random() * 100 < d.canary_percent:
             return CANARY, d.canary
         return STABLE, d.stable  # type: ignore[return-value]
+
+
+@dataclass
+class Pending:
+    """An admitted request waiting for its prediction."""
+
+    request_id: str
+    received: datetime
+    started: float  # time.perf_counter() when it was admitted
+    parsed: ParsedRequest
+    variant: str
+    version: str
+    model: Predictor
+
+
+class Batcher:
+    """Coalesces concurrent requests into one model call (adaptive batching).
+
+    A 100-tree gradient boosting model costs ~0.8 ms whether it scores 1 row or 50, so answering
+    eight single-row clients one after the other cost eight calls and made the last one wait for all
+    of them. Requests admitted while a batch is being scored queue up and form the next batch, up to
+    ``max_rows`` rows: an idle server answers a request at once; a busy one spends one ``predict`` on
+    everything that arrived meanwhile.
+
+    Scoring runs on the event loop itself, not on a worker thread: the model's Python loop over trees
+    takes the GIL back after each tree, and against a busy event loop that hand-over made a 1 ms batch
+    take 2 ms (bench/serving.py: 1,800 vs 4,000 single-row requests/s at 8 connections)."""
+
+    def __init__(self, server: ModelServer, max_rows: int):
+        self.server = server
+        self.max_rows = max_rows
+        self._queue: list[tuple[Pending, asyncio.Future]] = []
+        self._draining = False
+
+    async def submit(self, pending: Pending) -> tuple[int, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((pending, future))
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain())
+        return await future
+
+    def _take(self) -> list[tuple[Pending, asyncio.Future]]:
+        rows, n = 0, 0
+        for pending, _ in self._queue:
+            if n and rows + pending.parsed.rows > self.max_rows:
+                break
+            rows, n = rows + pending.parsed.rows, n + 1
+        batch, self._queue = self._queue[:n], self._queue[n:]
+        return batch
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                # Two loop turns: bodies the server has already read reach ``submit`` (a new request
+                # is read in one turn and admitted in the next) and join this batch.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                batch = self._take()
+                try:
+                    answers = self.server.predict_batch([p for p, _ in batch])
+                except Exception as exc:  # predict_batch answers failures itself; this is a bug, not bad input
+                    log.exception("batch of %d requests failed", len(batch))
+                    answers = [(500, {"error": "prediction failed", "detail": str(exc)[:300]})] * len(batch)
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():  # the client may have gone away
+                        future.set_result(answer)
+        finally:
+            self._draining = False
 
 
 class Metrics:
@@ -249,10 +323,12 @@ class ModelServer:
 
     # --- predictions -------------------------------------------------------------------------
 
-    def predict(self, payload: Any) -> tuple[int, dict[str, Any]]:
+    def admit(self, payload: Any) -> Pending | tuple[int, dict[str, Any]]:
+        """Validate a decoded body and route it to a version: a ``Pending`` prediction, or the answer
+        (status, body) when there is nothing to predict (not ready, bad input)."""
         started = time.perf_counter()
         received = datetime.now(UTC)
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # as unique as a uuid4, a third of its cost
         serving = self.serving  # the request keeps this object, whatever is deployed meanwhile
         if serving is None:
             return 503, {"error": "not ready", "detail": self.load_error or "loading"}
@@ -262,43 +338,87 @@ class ModelServer:
             self.metrics.observe("none", "none", exc.status, None, None)
             return exc.status, {"error": "invalid request", "detail": exc.errors, "request_id": request_id}
         variant, version = serving.pick()
+        return Pending(request_id, received, started, parsed, variant, version, serving.models[version])
+
+    def predict(self, payload: Any) -> tuple[int, dict[str, Any]]:
+        """Answer one decoded request body: (HTTP status, response body)."""
+        admitted = self.admit(payload)
+        return self.predict_batch([admitted])[0] if isinstance(admitted, Pending) else admitted
+
+    def predict_batch(self, batch: Sequence[Pending]) -> list[tuple[int, dict[str, Any]]]:
+        """Answer admitted requests, those of one loaded version together: one feature lookup and one
+        model call for all their rows. If that fails, each request is retried alone, so a request the
+        model cannot score fails by itself and not the requests that happened to arrive with it."""
+        answers: list[tuple[int, dict[str, Any]] | None] = [None] * len(batch)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(batch):
+            groups.setdefault(id(p.model), []).append(i)
+        for members in groups.values():
+            pending = [batch[i] for i in members]
+            try:
+                results = self._score(pending)
+            except Exception:  # noqa: BLE001 - a server failure, answered 500 per request below
+                if len(pending) == 1:
+                    results = [self._failed(pending[0])]
+                else:
+                    results = [self._score_alone(p) for p in pending]
+            for i, result in zip(members, results, strict=True):
+                answers[i] = result
+        return answers  # type: ignore[return-value]
+
+    def _score_alone(self, p: Pending) -> tuple[int, dict[str, Any]]:
         try:
-            features = build_features(parsed, self.spec, self.lookup)
-            scores = np.ascontiguousarray(serving.models[version].scores(features.columns), dtype="float64")
-            outputs = (scores >= 0.5).astype("int8") if self.classification else scores
-        except Exception:
-            log.exception("prediction failed (request %s, v%s)", request_id, version)
-            seconds = time.perf_counter() - started
-            self.metrics.observe(variant, version, 500, seconds, None)
-            self._log_request(request_id, received, variant, version, 500, parsed.rows, seconds)
-            return 500, {"error": "prediction failed", "request_id": request_id, "model_version": version}
-        seconds = time.perf_counter() - started
-        body: dict[str, Any] = {
-            "model": self.spec.name,
-            "model_version": version,
-            "variant": variant,
-            "request_id": request_id,
-            "predictions": outputs,
-        }
-        if self.classification:
-            body["scores"] = scores
+            return self._score([p])[0]
+        except Exception:  # noqa: BLE001 - logged and answered 500 by _failed
+            return self._failed(p)
+
+    def _failed(self, p: Pending) -> tuple[int, dict[str, Any]]:
+        log.exception("prediction failed (request %s, v%s)", p.request_id, p.version)
+        seconds = time.perf_counter() - p.started
+        self.metrics.observe(p.variant, p.version, 500, seconds, None)
+        self._log_request(p.request_id, p.received, p.variant, p.version, 500, p.parsed.rows, seconds)
+        return 500, {"error": "prediction failed", "request_id": p.request_id, "model_version": p.version}
+
+    def _score(self, pending: Sequence[Pending]) -> list[tuple[int, dict[str, Any]]]:
+        merged = merge_requests([p.parsed for p in pending])
+        features = build_features(merged, self.spec, self.lookup)
+        scores = np.ascontiguousarray(pending[0].model.scores(features.columns), dtype="float64")
+        if len(scores) != merged.rows:
+            raise RuntimeError(f"the model returned {len(scores)} scores for {merged.rows} rows")
+        outputs = (scores >= 0.5).astype("int8") if self.classification else scores
         unknown = features.unknown_per_row()
         if unknown is not None:
-            body["unknown_entities"] = unknown
             for entity, mask in features.unknown.items():
                 if count := int(mask.sum()):
                     self.metrics.unknown.labels(self.spec.name, entity).inc(count)
-        self.metrics.observe(variant, version, 200, seconds, outputs)
-        self._log_request(request_id, received, variant, version, 200, parsed.rows, seconds)
+        results, bounds = [], np.cumsum([0] + [p.parsed.rows for p in pending])
+        for p, lo, hi in zip(pending, bounds[:-1], bounds[1:], strict=True):
+            seconds = time.perf_counter() - p.started
+            body: dict[str, Any] = {
+                "model": self.spec.name,
+                "model_version": p.version,
+                "variant": p.variant,
+                "request_id": p.request_id,
+                "predictions": outputs[lo:hi],
+            }
+            if self.classification:
+                body["scores"] = scores[lo:hi]
+            if unknown is not None:
+                body["unknown_entities"] = unknown[lo:hi]
+            self.metrics.observe(p.variant, p.version, 200, seconds, outputs[lo:hi])
+            self._log_request(p.request_id, p.received, p.variant, p.version, 200, p.parsed.rows, seconds)
+            results.append((200, body))
         if self.log is not None:
-            n, received_ns = parsed.rows, _ns(received)
+            rows = [p.parsed.rows for p in pending]
+            n = merged.rows
+            received_ns = np.repeat([_ns(p.received) for p in pending], rows)
             served = {
-                "request_id": [request_id] * n,
-                "received_at_ns": np.full(n, received_ns, dtype="int64"),
-                "event_id": parsed.event_ids if parsed.event_ids is not None else [None] * n,
-                "event_timestamp_ns": parsed.timestamps.as_unit("ns").asi8 if parsed.timestamps is not None else np.full(n, received_ns),
-                "model_version": np.full(n, int(version), dtype="int64"),
-                "variant": [variant] * n,
+                "request_id": [p.request_id for p in pending for _ in range(p.parsed.rows)],
+                "received_at_ns": received_ns,
+                "event_id": merged.event_ids if merged.event_ids is not None else [None] * n,
+                "event_timestamp_ns": merged.timestamps.as_unit("ns").asi8 if merged.timestamps is not None else received_ns,
+                "model_version": np.full(n, int(pending[0].version), dtype="int64"),
+                "variant": [p.variant for p in pending for _ in range(p.parsed.rows)],
                 "score": scores,
                 **{f"{FEATURE_PREFIX}{c}": v for c, v in features.columns.items()},
                 "unknown_entities": [",".join(u) for u in unknown] if unknown else [""] * n,
@@ -306,7 +426,7 @@ class ModelServer:
             if self.classification:
                 served["prediction"] = outputs
             self.log.append(SERVED, served)
-        return 200, body
+        return results
 
     def _log_request(self, request_id, received, variant, version, status, rows, seconds) -> None:
         if self.log is not None:
@@ -328,31 +448,37 @@ class ModelServer:
         return {"model": self.spec.name, "task": self.spec.target.task, "request": self.schema.describe(), "deployment": d}
 
 
-def create_app(server: ModelServer, *, admin_token: str | None = None) -> Starlette:
+def create_app(server: ModelServer, *, admin_token: str | None = None) -> PredictFastPath:
     """The ASGI app around a ``ModelServer``. ``admin_token``: required (``Authorization: Bearer``)
     to change the deployment; without one only loopback clients may."""
     name = server.spec.name
+    batcher = Batcher(server, max_rows=max(server.schema.max_rows, BATCH_ROWS))
 
     def _wrong_model(requested: str) -> Response | None:
         if requested != name:
             return json_response({"error": "unknown model", "detail": f"this server serves {name!r}, not {requested!r}"}, 404)
         return None
 
-    async def predict(request: Request) -> Response:
-        if (resp := _wrong_model(request.path_params["name"])) is not None:
-            return resp
-        body = await request.body()
+    async def answer(body: bytes) -> tuple[int, dict[str, Any]]:
         try:
             payload = _loads(body)
         except ValueError as exc:
             server.metrics.observe("none", "none", 400, None, None)
-            return json_response({"error": "invalid JSON", "detail": str(exc)[:300]}, 400)
-        status, out = server.predict(payload)
+            return 400, {"error": "invalid JSON", "detail": str(exc)[:300]}
+        admitted = server.admit(payload)
+        if not isinstance(admitted, Pending):  # answered without a prediction (bad input, not ready)
+            return admitted
+        return await batcher.submit(admitted)
+
+    async def predict(request: Request) -> Response:
+        if (resp := _wrong_model(request.path_params["name"])) is not None:
+            return resp
+        status, out = await answer(await request.body())
         return json_response(out, status)
 
-    async def invocations(request: Request) -> Response:
-        request.path_params["name"] = name
-        return await predict(request)
+    async def predict_here(request: Request) -> Response:  # /invocations: SageMaker names no model
+        status, out = await answer(await request.body())
+        return json_response(out, status)
 
     async def describe(request: Request) -> Response:
         if request.path_params["name"].endswith(":predict"):  # GET on the predict route
@@ -396,11 +522,16 @@ def create_app(server: ModelServer, *, admin_token: str | None = None) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await asyncio.to_thread(server.load_initial)
+        # Everything loaded so far (libraries, the model) lives as long as the process: moving it out
+        # of the collector's reach keeps full collections from walking it during requests, where
+        # they were the slowest answers' extra tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         yield
         if server.log is not None:
             server.log.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/models/{name}:predict", predict, methods=["POST"]),
             Route("/v1/models/{name}/deployment", set_deployment, methods=["PUT"]),
@@ -410,7 +541,46 @@ def create_app(server: ModelServer, *, admin_token: str | None = None) -> Starle
             Route("/metrics", metrics, methods=["GET"]),
             # the SageMaker container contract: the same model behind SageMaker's fixed paths
             Route("/ping", readyz, methods=["GET"]),
-            Route("/invocations", invocations, methods=["POST"]),
+            Route("/invocations", predict_here, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
+    return PredictFastPath(app, {f"/v1/models/{name}:predict", "/invocations"}, answer)
+
+
+class PredictFastPath:
+    """Predictions straight from the ASGI server, every other route through Starlette.
+
+    A single-row prediction costs the server ~0.5 ms in all; Starlette's request, router and
+    middleware objects were a fifth of it. This path reads the body, answers with the same
+    ``answer`` the Starlette route uses, and writes the JSON, nothing else."""
+
+    def __init__(self, app: Starlette, paths: set[str], answer: Callable[[bytes], Any]):
+        self.app, self.paths, self.answer = app, paths, answer
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            status, out = await self.answer(b"".join(chunks))
+            content = _dumps(out)
+        except Exception:  # a server bug: answered like Starlette's error middleware would
+            log.exception("prediction request failed")
+            status, content = 500, _dumps({"error": "internal server error"})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+        return None
