@@ -262,6 +262,96 @@ def test_version_swap_under_load_fails_no_request(server):
     assert admin.call("GET", "/readyz")[1]["stable"] == "1"  # ...and the served one stays
 
 
+def _metric_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_concurrent_requests_are_scored_together_each_with_its_own_answer(server):
+    """16 clients send at once (rows of 1 to 4, as rows or columns, some with event ids): requests
+    that queue together share a model call, and each answer holds exactly its own rows' scores."""
+    import mlflow.sklearn
+
+    from mlops_assets.core.training import feature_frame
+
+    spec, rows = server["spec"], server["rows"].iloc[6000:6200].reset_index(drop=True)
+    mlflow.set_tracking_uri(server["tracking_uri"])
+    mlflow.set_registry_uri(server["tracking_uri"])
+    expected = mlflow.sklearn.load_model("models:/elec2/1").predict_proba(feature_frame(rows, spec))[:, 1]
+    port, clients = server["port"], 16
+    metrics_before = Client(port).call("GET", "/metrics")[1]
+
+    def body(k: int) -> tuple[dict, slice]:
+        lo = (k * 7) % 150
+        part = slice(lo, lo + 1 + k % 4)
+        inst = instances(rows.iloc[part])
+        if k % 3 == 0:
+            for j, r in enumerate(inst):
+                r["event_id"] = f"c{k}-{j}"
+        if k % 2:
+            return {"inputs": {f: [r[f] for r in inst] for f in inst[0]}}, part
+        return {"instances": inst}, part
+
+    results: dict[int, list] = {}
+
+    def client(k: int, barrier: threading.Barrier) -> None:
+        c, (payload, part) = Client(port), body(k)
+        barrier.wait()
+        results[k] = [c.call("POST", "/v1/models/elec2:predict", payload), part]
+
+    for round_ in range(10):
+        barrier = threading.Barrier(clients)
+        threads = [threading.Thread(target=client, args=(round_ * clients + k, barrier)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        metrics = Client(port).call("GET", "/metrics")[1]
+        calls = _metric_sum(metrics, "mlops_batch_requests_count") - _metric_sum(metrics_before, "mlops_batch_requests_count")
+        answered = _metric_sum(metrics, "mlops_batch_requests_sum") - _metric_sum(metrics_before, "mlops_batch_requests_sum")
+        if round_ >= 2 and answered > calls:
+            break
+    assert answered > calls, f"{answered} requests in {calls} model calls: never batched"
+    for (status, out), part in results.values():
+        assert status == 200, out
+        np.testing.assert_allclose(out["scores"], expected[part], rtol=0, atol=1e-12)
+    assert len({out["request_id"] for (_, out), _ in results.values()}) == len(results)
+
+
+def test_a_request_the_model_cannot_score_fails_alone(registry):
+    """When a merged model call fails, each request is retried alone: only the one that breaks the
+    model gets its 500, with the batch's other requests answered 200 and unchanged."""
+    import mlflow.sklearn
+
+    from mlops_assets.core.serving import Deployment
+    from mlops_assets.serving.app import ModelServer, Pending
+
+    mlflow.set_tracking_uri(registry["tracking_uri"])
+    mlflow.set_registry_uri(registry["tracking_uri"])
+    model = mlflow.sklearn.load_model("models:/elec2/1")
+    server = ModelServer(registry["spec"], lambda v: model, initial=Deployment(stable="1"))
+    server.load_initial()
+    predictor = server.serving.models["1"]
+    real_scores = predictor.scores
+
+    def fragile_scores(columns):  # a model that breaks on one input value
+        if (np.asarray(columns["nswprice"]) == 12345.0).any():
+            raise FloatingPointError("cannot score nswprice 12345")
+        return real_scores(columns)
+
+    rows = registry["rows"].iloc[:9]
+    payloads = [{"instances": instances(rows.iloc[i : i + 3])} for i in (0, 3, 6)]
+    alone = [server.predict(p)[1]["scores"] for p in payloads]
+    payloads[1]["instances"][0]["nswprice"] = 12345.0
+    admitted = [server.admit(p) for p in payloads]
+    assert all(isinstance(a, Pending) for a in admitted)
+    predictor.scores = fragile_scores
+    answers = server.predict_batch(admitted)
+    assert [status for status, _ in answers] == [200, 500, 200]
+    assert answers[1][1]["error"] == "prediction failed"
+    np.testing.assert_allclose(answers[0][1]["scores"], alone[0], rtol=0, atol=0)
+    np.testing.assert_allclose(answers[2][1]["scores"], alone[2], rtol=0, atol=0)
+
+
 def test_a_bounded_load_gets_no_5xx(server):
     """30 s budget: 8 concurrent clients, 800 single-row requests."""
     port, statuses, lock = server["port"], [], threading.Lock()

@@ -215,6 +215,13 @@ class Metrics:
                 buckets=VALUE_BUCKETS,
                 registry=self.registry,
             )
+        self.batch = Histogram(
+            "mlops_batch_requests",
+            "Requests answered by one model call: concurrent requests are scored together.",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.served_version = Gauge(
             "mlops_served_model_version",
             "Model version served by each variant (absent when none).",
@@ -386,6 +393,7 @@ class ModelServer:
         if len(scores) != merged.rows:
             raise RuntimeError(f"the model returned {len(scores)} scores for {merged.rows} rows")
         outputs = (scores >= 0.5).astype("int8") if self.classification else scores
+        self.metrics.batch.labels(self.spec.name).observe(len(pending))
         unknown = features.unknown_per_row()
         if unknown is not None:
             for entity, mask in features.unknown.items():
