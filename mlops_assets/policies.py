@@ -111,15 +111,30 @@ class CheckFailing(dg.AutomationCondition):
 
 
 # Each monitoring check on predictions_<spec> and the spec policy that governs it (policies.drift or
-# policies.performance); the policy's name is also the retrain cause a replay reports.
-CHECK_POLICY = {"feature_drift": "drift", "prediction_drift": "drift", "performance": "performance"}
+# policies.performance); the policy's name is also the retrain cause a replay reports. The served_
+# checks judge the endpoint's prediction log and exist only for specs with a deployment.
+CHECK_POLICY = {
+    "feature_drift": "drift",
+    "prediction_drift": "drift",
+    "performance": "performance",
+    "served_feature_drift": "drift",
+    "served_prediction_drift": "drift",
+    "served_performance": "performance",
+}
+SERVED_PREFIX = "served_"
+
+
+def monitoring_checks(spec: ModelSpec) -> list[str]:
+    """The monitoring checks ``predictions_<spec>`` has."""
+    return [c for c in CHECK_POLICY if spec.deployment is not None or not c.startswith(SERVED_PREFIX)]
 
 
 def check_triggers(spec: ModelSpec) -> tuple[dg.AutomationCondition | None, dg.AutomationCondition | None]:
     """The monitoring checks' triggers: (edge triggers, which stay pending until handled; level
     triggers, true only while their check is failing)."""
     edges, levels = [], []
-    for check, policy in CHECK_POLICY.items():
+    for check in monitoring_checks(spec):
+        policy = CHECK_POLICY[check]
         when = getattr(spec.policies, policy).retrain_when
         check_key = dg.AssetCheckKey(key("predictions", spec), check)
         if when == "newly_failed":

@@ -23,6 +23,7 @@ from mlops_assets.common import (
     png_markdown,
 )
 from mlops_assets.core.names import CHAMPION, EVENT_ID, EVENT_TS, LABEL
+from mlops_assets.policies import SERVED_PREFIX, monitoring_checks
 from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
 from mlops_assets.training import entity_frame, reference_dir
@@ -109,6 +110,52 @@ def performance_window(spec: ModelSpec, day: str, scored, lake: LakeStorage, cha
     return pd.concat(frames, ignore_index=True), days
 
 
+def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_version: int):
+    """What the endpoint served, from its prediction log (``serving.log``, filed by event day), over
+    the same windows as the batch checks: (features of every served prediction and the champion's
+    scores over the drift window, its days; the champion's served predictions whose events have
+    labels by now, joined to them, over the performance window, its days).
+
+    The batch checks judge the champion on every event of a day; these judge what callers really
+    sent and got, with the features the online store really returned, so a skew between online and
+    offline features, or a traffic mix unlike the day's events, shows here and not there."""
+    import pandas as pd
+
+    from mlops_assets.serving.log import SERVED, read_day
+
+    def of_champion(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["model_version"] == champion_version]
+
+    frames, drift_days = [], []
+    for d in _days_back(day, spec.policies.drift.window_days):
+        if (served := read_day(lake.root, SERVED, spec.name, d)) is not None:
+            frames.append(served)
+            drift_days.append(d)
+    columns = [f"{FEATURE_PREFIX}{c}" for c in spec.feature_names]
+    window = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "score", "model_version"])
+    features = window[columns].copy()
+    features.columns = list(spec.feature_names)
+    for c in spec.categorical_features:  # the batch frame's dtype: text as object
+        features[c] = features[c].astype(object)
+    scores = of_champion(window)["score"].to_numpy(dtype="float64")
+
+    labelled, labelled_days = [], []
+    for d in _days_back(day, spec.policies.performance.window_days, offset=spec.target.label_delay_days):
+        served = read_day(lake.root, SERVED, spec.name, d)
+        events = lake.partition_path("dataset", spec.name, d)
+        if served is None or not events.exists():
+            continue
+        served = of_champion(served).dropna(subset=["event_id"])
+        labels = lake.read(events)[[EVENT_ID, LABEL]].astype({EVENT_ID: "string"})
+        joined = served.astype({"event_id": "string"}).merge(labels, left_on="event_id", right_on=EVENT_ID, how="inner")
+        joined = joined[joined[LABEL].notna()]
+        if len(joined):
+            labelled.append(joined[[LABEL, "score"]])
+            labelled_days.append(d)
+    labelled_frame = pd.concat(labelled, ignore_index=True) if labelled else pd.DataFrame({LABEL: [], "score": []})
+    return features, scores, drift_days, labelled_frame, labelled_days
+
+
 def _span(days: list[str]) -> str:
     if len(days) < 2:
         return days[0] if days else "none"
@@ -162,6 +209,11 @@ MONITORING_CHECKS = {
     "feature_drift": "Drift of the day's features against the champion's training reference (per-feature table and plot).",
     "prediction_drift": "Drift of the day's scores against the champion's holdout scores.",
     "performance": "Realised metric on the day's labels against the champion's holdout metric and the tolerated drop.",
+    "served_feature_drift": "Drift of the features the endpoint served for the window's events (its prediction log) "
+    "against the champion's training reference (per-feature table and plot).",
+    "served_prediction_drift": "Drift of the champion's scores the endpoint served against its holdout scores.",
+    "served_performance": "Realised metric of the endpoint's predictions whose events have labels, against the "
+    "champion's holdout metric and the tolerated drop.",
 }
 
 
@@ -180,7 +232,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         partitions_def=daily_partitions(spec),
         deps=[key("features", spec), key("champion", spec)],
         check_specs=[
-            dg.AssetCheckSpec(name, asset=key("predictions", spec), description=text) for name, text in MONITORING_CHECKS.items()
+            dg.AssetCheckSpec(check, asset=key("predictions", spec), description=MONITORING_CHECKS[check])
+            for check in monitoring_checks(spec)
         ],
     )
     def predictions(
@@ -224,9 +277,45 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         if not table.empty:
             meta["drifted_feature_share"] = drift.metadata["drifted_share"]
             drift_meta = {"per_feature": md_table(table, max_rows=200), "plot": _drift_plot(table)}
-        check_results = [
-            check_result(o, dg.AssetCheckSeverity.WARN, **(drift_meta if o.name == "feature_drift" else {})) for o in outcomes
-        ]
+        extra = {"feature_drift": drift_meta}
+        if spec.deployment is not None:
+            served_outcomes, extra[f"{SERVED_PREFIX}feature_drift"] = _served_monitoring(
+                spec, day, lake, ref_features, ref_scores, ref_meta["holdout"][metric], int(champion.version), meta
+            )
+            outcomes += served_outcomes
+        check_results = [check_result(o, dg.AssetCheckSeverity.WARN, **extra.get(o.name, {})) for o in outcomes]
         return dg.MaterializeResult(metadata=meta, check_results=check_results)
 
     return [predictions]
+
+
+def _served_monitoring(spec: ModelSpec, day: str, lake: LakeStorage, ref_features, ref_scores, ref_metric, version, meta):
+    """The three monitoring checks again, on what the endpoint served (``served_windows``)."""
+    from dataclasses import replace
+
+    from mlops_assets.core import monitoring
+    from mlops_assets.core.training import evaluate
+
+    features, scores, drift_days, labelled, labelled_days = served_windows(spec, day, lake, version)
+    metric = spec.promotion.metric
+    realised = evaluate(labelled[LABEL], labelled["score"].to_numpy(), spec)[metric] if len(labelled) else None
+    drift, table = monitoring.feature_drift(ref_features, features, spec)
+    window = {"window": _span(drift_days), "source": "endpoint prediction log"}
+    outcomes = [
+        replace(drift, name=f"{SERVED_PREFIX}{drift.name}", metadata={**drift.metadata, **window}),
+        replace(
+            p := monitoring.prediction_drift(ref_scores, scores, spec),
+            name=f"{SERVED_PREFIX}{p.name}",
+            metadata={**p.metadata, **window},
+        ),
+        replace(
+            q := monitoring.performance(realised, len(labelled), ref_metric, spec),
+            name=f"{SERVED_PREFIX}{q.name}",
+            metadata={**q.metadata, "window": _span(labelled_days), "source": "endpoint prediction log"},
+        ),
+    ]
+    meta["served_predictions"] = len(features)
+    if realised is not None:
+        meta[f"served_realised_{metric}"] = realised
+    plot = {"per_feature": md_table(table, max_rows=200), "plot": _drift_plot(table)} if not table.empty else {}
+    return outcomes, plot

@@ -61,14 +61,16 @@ class Simulation:
             self.materialize(at + timedelta(minutes=5), *RETRAIN)
         return requested
 
-    def day(self, n: int, *, drift: bool = False, underperforming: bool = False) -> datetime:
+    def day(self, n: int, *, drift: bool = False, underperforming: bool = False, failing: frozenset = frozenset()) -> datetime:
         """Day n: a new partition is scored and checked, then the sensor ticks."""
+        from mlops_assets.policies import monitoring_checks
+
         at = T0 + timedelta(days=n)
         partition = (at - timedelta(days=1)).date().isoformat()
         self.materialize(at, "predictions", partition=partition)
-        failing = {"feature_drift"} if drift else set()
+        failing = set(failing) | ({"feature_drift"} if drift else set())
         failing |= {"performance"} if underperforming else set()
-        for name in ("feature_drift", "prediction_drift", "performance"):
+        for name in monitoring_checks(self.spec):
             self.check(at, "predictions", name, passed=name not in failing, partition=partition)
         if "model" in self.tick(at + timedelta(minutes=1)):
             self.tick(at + timedelta(minutes=10))  # the daemon keeps ticking after a retrain
@@ -112,6 +114,16 @@ def test_exactly_one_retrain_after_injected_drift(sim):
     drift_day = sim.day(10, drift=True)
     for n in range(11, 26):
         sim.day(n, drift=True)  # still drifting, past the cooldown: failing, but not newly
+    assert sim.retrains == [drift_day + timedelta(minutes=1)]
+
+
+def test_drift_in_the_endpoints_traffic_retrains_once(sim):
+    """flight_delays has a deployment: drift of what its endpoint served triggers like batch drift."""
+    for n in range(1, 10):
+        sim.day(n)
+    drift_day = sim.day(10, failing=frozenset({"served_feature_drift"}))
+    for n in range(11, 20):
+        sim.day(n, failing=frozenset({"served_feature_drift"}))
     assert sim.retrains == [drift_day + timedelta(minutes=1)]
 
 

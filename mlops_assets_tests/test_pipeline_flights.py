@@ -248,7 +248,8 @@ def test_scored_day_is_monitored_against_the_champions_reference(flights):
     import dagster as dg
 
     results = flights.check_results("predictions_flight_delays")
-    assert set(results) == {"feature_drift", "prediction_drift", "performance"}
+    assert {"feature_drift", "prediction_drift", "performance"} <= set(results)
+    assert {"served_feature_drift", "served_prediction_drift", "served_performance"} <= set(results)  # it has a deployment
     records = flights.instance.event_log_storage.get_event_records(
         dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1000
     )
@@ -338,3 +339,58 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     assert cols["carrier_delay_rate"][0] == pytest.approx(expected.loc[row["carrier"], feature.name])
     assert cols["route_delay_rate"][1] == 0.235  # the spec's default for an unknown route
     assert np.isnan(cols["plane_year"][1]) and not np.isnan(cols["plane_year"][0])
+
+
+def test_endpoint_traffic_is_monitored_in_its_events_daily_partition(flights, flight_spec):
+    """The endpoint serves a day's flights (with their event ids and times); its prediction log files
+    them under that day, and scoring the day judges them: served feature and score drift on every
+    served prediction, and the served metric on their labels, equal to the metric of the scores the
+    server answered."""
+    import dagster as dg
+
+    from mlops_assets.core.training import evaluate
+    from mlops_assets.environments import mlflow_tracking_uri
+    from mlops_assets.serving import build_server
+
+    day = KEYS[-2]
+    events = pd.read_parquet(flights.home / "lake" / "dataset" / "flight_delays" / f"{day}.parquet")
+    server = build_server(flight_spec, flights.home, mlflow_tracking_uri(flights.home))
+    server.load_initial()
+    assert server.serving is not None, server.load_error
+    fields = ["carrier", "origin", "dest", "tailnum", "distance"]
+    sent, scores = events.iloc[:400], []
+    for start in range(0, len(sent), 100):
+        chunk = sent.iloc[start : start + 100]
+        rows = [
+            {
+                **{f: (None if pd.isna(r[f]) else (float(r[f]) if f == "distance" else str(r[f]))) for f in fields},
+                "event_id": str(r["event_id"]),
+                "event_timestamp": r["event_timestamp"].isoformat(),
+            }
+            for _, r in chunk.iterrows()
+        ]
+        status, out = server.predict({"instances": rows})
+        assert status == 200, out
+        scores.extend(np.asarray(out["scores"]).tolist())
+    server.log.close()  # writes what is buffered
+    folder = flights.home / "lake" / "served" / "flight_delays" / day
+    assert list(folder.glob("*.parquet")), "the predictions are filed under their events' day"
+
+    result = flights.run("score", "flight_delays", day)
+    assert result.success
+    checks = {
+        e.event_specific_data.check_name: e.event_specific_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    }
+    drift = checks["served_feature_drift"]
+    assert drift.metadata["rows"].value == len(sent) and drift.metadata["source"].value == "endpoint prediction log"
+    assert drift.metadata["window"].value == day and drift.metadata["plot"].value.startswith("![plot](")
+    assert "evaluated" not in checks["served_prediction_drift"].metadata  # judged, not skipped for too few rows
+    performance = checks["served_performance"]
+    metric = flight_spec.promotion.metric
+    expected = evaluate(sent["label"], np.asarray(scores), flight_spec)[metric]
+    assert performance.metadata[f"realised_{metric}"].value == pytest.approx(expected, abs=1e-9)
+    assert performance.metadata["labelled_rows"].value == len(sent)
+    # the batch checks still judge every event of the day
+    assert checks["feature_drift"].metadata["rows"].value == len(events)

@@ -2,16 +2,22 @@
 
 Two tables under the lake, one folder per day (the spec's timezone, like every partition):
 
-    lake/requests/<spec>/<YYYY-MM-DD>/<file>.parquet   one row per request: id, time, variant,
-                                                       model version, HTTP status, rows, latency
-    lake/served/<spec>/<YYYY-MM-DD>/<file>.parquet     one row per prediction: request id, event id
-                                                       and time, model version, the features it
-                                                       saw (``feature.<name>``), score, prediction
+    lake/requests/<spec>/<YYYY-MM-DD>/<file>.parquet   one row per request, in the day it arrived:
+                                                       id, time, variant, model version, HTTP
+                                                       status, rows, latency
+    lake/served/<spec>/<YYYY-MM-DD>/<file>.parquet     one row per prediction, in its event's day:
+                                                       request id, event id and time, model version,
+                                                       the features it saw (``feature.<name>``),
+                                                       score, prediction
+
+Predictions are filed by event day because that is the partition of every asset: monitoring of
+``predictions_<spec>`` for a day reads that day's folder (``read_days``). A request without an
+``event_timestamp`` is an event happening now, filed under the day it arrived.
 
 The server appends rows to memory and a background thread writes a new file every second (and at
 shutdown), so a request never waits for a disk write and several server processes (or pods with a
-shared volume) never write the same file. Monitoring and the canary check read a day back with
-``read_day``.
+shared volume) never write the same file. Each file's name starts with the time it was written, so
+the canary check reads what was served since a moment (``read_since``) whatever days the events are.
 """
 
 from __future__ import annotations
@@ -38,26 +44,40 @@ def read_day(root: str | Path, table: str, spec: str, day: str) -> pd.DataFrame 
     """Every row logged for a day (None when nothing was logged)."""
     folder = day_dir(root, table, spec, day)
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
-    if not files:
-        return None
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return _read(files)
+
+
+def read_days(root: str | Path, table: str, spec: str, days: list[str]) -> pd.DataFrame | None:
+    """Every row logged for these days (None when nothing was logged)."""
+    frames = [f for d in days if (f := read_day(root, table, spec, d)) is not None]
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def read_since(
     root: str | Path, table: str, spec: str, since: pd.Timestamp, time_column: str = "received_at"
 ) -> pd.DataFrame | None:
-    """Rows logged at or after ``since`` (reads the day folders from ``since``'s UTC day on, with a
-    day of margin either side for timezones)."""
+    """Rows received at or after ``since``, whatever day folder they are filed in: a file is written
+    after every row it holds was received, so only files written since then are read."""
     base = Path(root) / "lake" / table / spec
     if not base.exists():
         return None
-    first = (since - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    frames = [read_day(root, table, spec, d.name) for d in sorted(base.iterdir()) if d.is_dir() and d.name >= first]
-    frames = [f for f in frames if f is not None]
-    if not frames:
+    since_ns = pd.Timestamp(since).value
+    files = sorted(f for f in base.glob("*/*.parquet") if _written_ns(f) >= since_ns)
+    out = _read(files)
+    return None if out is None else out[out[time_column] >= since].reset_index(drop=True)
+
+
+def _written_ns(file: Path) -> int:
+    try:
+        return int(file.name.split("-", 1)[0])
+    except ValueError:  # not a file of this log
+        return -1
+
+
+def _read(files: list[Path]) -> pd.DataFrame | None:
+    if not files:
         return None
-    out = pd.concat(frames, ignore_index=True)
-    return out[out[time_column] >= since].reset_index(drop=True)
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
 class PredictionLog:
@@ -95,7 +115,8 @@ class PredictionLog:
         for table, blocks in pending.items():
             frame = _frame(blocks)
             # local calendar day of each row, vectorised (strftime on every row cost half the flush)
-            days = frame["received_at"].dt.tz_convert(self.timezone).dt.tz_localize(None).to_numpy().astype("datetime64[D]")
+            filed_by = "event_timestamp" if table == SERVED else "received_at"
+            days = frame[filed_by].dt.tz_convert(self.timezone).dt.tz_localize(None).to_numpy().astype("datetime64[D]")
             for day, part in frame.groupby(days, sort=True):
                 folder = day_dir(self.root, table, self.spec, pd.Timestamp(day).strftime("%Y-%m-%d"))
                 folder.mkdir(parents=True, exist_ok=True)
