@@ -87,14 +87,18 @@ def md_table(df: pd.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.head(max_rows).to_markdown(index=False, floatfmt=".4g"))
 
 
-def png_markdown(fig, tight: bool = True) -> dg.MetadataValue:
-    """A matplotlib figure as inline PNG markdown: the Dagster UI renders it in the asset's page.
-    ``tight=False`` for figures laid out already (``layout="constrained"``): the tight bounding box
-    draws the figure twice, and a plot made for every scored day should not pay that."""
+def png_markdown(fig) -> dg.MetadataValue:
+    """A matplotlib figure as inline PNG markdown: the Dagster UI renders it in the asset's page."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight" if tight else None)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode()
     return dg.MetadataValue.md(f"![plot](data:image/png;base64,{data})")
+
+
+def svg_markdown(svg: str) -> dg.MetadataValue:
+    """An SVG drawing as inline image markdown (the Dagster UI allows ``data:`` image sources)."""
+    data = base64.b64encode(svg.encode()).decode()
+    return dg.MetadataValue.md(f"![plot](data:image/svg+xml;base64,{data})")
 
 
 def check_result(outcome, severity: dg.AssetCheckSeverity, **extra_metadata) -> dg.AssetCheckResult:

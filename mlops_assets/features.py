@@ -3,7 +3,8 @@ materialization into the online store.
 
 ``feature_store_<spec>`` registers the spec's entities, feature views and feature service and
 snapshots its lookup tables; ``features_<spec>`` writes one parquet file per feature view per day;
-``online_features_<spec>`` loads that day into the SQLite (or Redis, in the cloud) online store.
+``online_features_<spec>`` loads that day's entity-keyed views into the SQLite (or Redis, in the cloud)
+online store.
 """
 
 from datetime import timedelta
@@ -102,7 +103,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         **asset_kwargs(
             "online_features",
             spec,
-            "Feast materialization of the day into the online store, so serving reads the same feature values training used.",
+            "Feast materialization of the day into the online store, so serving reads the same feature values "
+            "training used: the views keyed by an entity (past rates, lookups); a request brings its own row.",
             {"feast", "sqlite"},
         ),
         partitions_def=parts,
@@ -118,6 +120,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         start = day_start_utc(day, tz).to_pydatetime()
         end = (day_start_utc(day + timedelta(days=1), tz) - pd.Timedelta(microseconds=1)).to_pydatetime()
         views = feast.materialize(spec, start, end)
+        if not views:
+            context.log.info(f"'{name}' has no entity-keyed features: serving needs nothing from the online store")
         return dg.MaterializeResult(
             metadata={
                 "feature_views": dg.MetadataValue.json(views),

@@ -92,6 +92,15 @@ def test_online_store_serves_the_materialized_features(flights):
     assert online["carrier_delay_rate"][0] is not None and 0 < online["carrier_delay_rate"][0] < 1
     assert online["temp"][0] is not None
     assert flights.latest("online_features_flight_delays")["online_rows_total"] > 0
+    # per-event rows stay offline: no request looks a flight up by its event id
+    import sqlite3
+
+    with sqlite3.connect(feast.online_store_path) as conn:
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+        assert (
+            "flight_delays_events" not in tables or not conn.execute('select count(*) from "flight_delays_events"').fetchone()[0]
+        )
+        assert conn.execute('select count(*) from "flight_delays_carrier_delay_rate"').fetchone()[0] > 0
 
 
 def test_model_is_logged_registered_and_linked_both_ways(flights):
@@ -244,6 +253,18 @@ def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(fligh
     assert flights.defs.resolve_sensor_def("close_mlflow_runs_and_record_alerts").default_status == dg.DefaultSensorStatus.RUNNING
 
 
+def svg_bars(markdown: str) -> dict[str, str]:
+    """Feature -> bar colour of the drift chart (inline SVG markdown), parsed as XML."""
+    import base64
+    import xml.etree.ElementTree as ET
+
+    svg = ET.fromstring(base64.b64decode(markdown.split("base64,", 1)[1].rstrip(")")))
+    ns = "{http://www.w3.org/2000/svg}"
+    labels = [t.text for t in svg.iter(f"{ns}text") if t.get("text-anchor") == "end"]
+    colours = [r.get("fill") for r in svg.iter(f"{ns}rect")]
+    return dict(zip(labels, colours, strict=True))
+
+
 def test_scored_day_is_monitored_against_the_champions_reference(flights):
     import dagster as dg
 
@@ -262,7 +283,9 @@ def test_scored_day_is_monitored_against_the_champions_reference(flights):
     table = drift.metadata["per_feature"].value
     for feature in flights.specs["flight_delays"].feature_names:
         assert f"| {feature} " in table
-    assert drift.metadata["plot"].value.startswith("![plot](data:image/png;base64,")
+    assert drift.metadata["plot"].value.startswith("![plot](data:image/svg+xml;base64,")
+    bars = svg_bars(drift.metadata["plot"].value)
+    assert sorted(bars) == sorted(flights.specs["flight_delays"].feature_names)
     champion_run = flights.latest("model_flight_delays")["mlflow_run_id"]
     assert (flights.home / "lake" / "reference" / "flight_delays" / champion_run / "features.parquet").exists()
 
@@ -303,6 +326,8 @@ def test_injected_drift_fails_the_feature_drift_check_and_names_the_features(fli
     assert checks["feature_drift"].severity == dg.AssetCheckSeverity.WARN
     drifted = checks["feature_drift"].metadata["drifted_features"].value.split(", ")
     assert {"carrier", "dest", "route_delay_rate"} <= set(drifted)
+    bars = svg_bars(checks["feature_drift"].metadata["plot"].value)
+    assert {name for name, colour in bars.items() if colour == "#d62728"} == set(drifted)  # drifted bars in red
 
 
 def test_server_reads_online_features_and_defaults_unknown_entities(flights, flight_spec):

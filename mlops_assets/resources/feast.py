@@ -143,10 +143,15 @@ class FeastFeatureStore(dg.ConfigurableResource):
         return joined.rename(columns=renames)
 
     def materialize(self, spec: ModelSpec, start: datetime, end: datetime) -> list[str]:
-        """Load one window of every feature view into the online store. Static lookup tables
-        (no timestamp) are loaded from the epoch, so every partition carries them."""
+        """Load one window of the feature views serving reads into the online store: those keyed
+        by an entity (past rates, lookups). The per-event view is keyed by event id, which no
+        request ever looks up (a request brings its own row), so it stays offline: online it would
+        only grow by a row per event, forever. Static lookup tables (no timestamp) are loaded from
+        the epoch, so every partition carries them."""
         store = self.store(spec)
-        views = store.list_feature_views()
+        views = [v for v in store.list_feature_views() if v.name != EVENTS_VIEW]
+        if not views:
+            return []
         timed = [v.name for v in views if v.ttl != timedelta(0)]
         static = [v.name for v in views if v.ttl == timedelta(0)]
         with _quiet():
