@@ -2,7 +2,8 @@
 materialization into the online store.
 
 ``feature_store_<spec>`` registers the spec's entities, feature views and feature service and
-snapshots its lookup tables; ``features_<spec>`` writes one parquet file per feature view per day;
+snapshots its lookup tables; ``features_<spec>`` writes each day's rows of every feature view (into
+month files, see ``LakeStorage``);
 ``online_features_<spec>`` loads that day's entity-keyed views into the SQLite (or Redis, in the cloud)
 online store.
 """
@@ -77,7 +78,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         written = {}
         if row_feature_columns(spec):
             events = row_features(today, spec)
-            lake.write(events, lake.feature_table_dir(name, EVENTS_VIEW) / f"{day}.parquet")
+            lake.write_feature_day(name, EVENTS_VIEW, context.partition_key, events)
             written[EVENTS_VIEW] = len(events)
         history_available = 0
         if spec.past_rate_features:
@@ -88,7 +89,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 history = today.iloc[0:0]
             for f in spec.past_rate_features:
                 table = past_rate(history, today, f, day, tz)
-                lake.write(table, lake.feature_table_dir(name, f.name) / f"{day}.parquet")
+                lake.write_feature_day(name, f.name, context.partition_key, table)
                 written[f.name] = len(table)
         return dg.MaterializeResult(
             metadata={

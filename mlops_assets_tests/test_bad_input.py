@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from mlops_assets.resources import LakeStorage
 from mlops_assets_tests.conftest import platform
 
 
@@ -40,6 +41,8 @@ def bad(tmp_path_factory, flight_spec):
             stage: {d: digest(home / "lake" / stage / "flight_delays" / f"{d}.parquet") for d in ("2013-01-01", "2013-01-02")}
             for stage in ("raw", "dataset")
         }
+        lake = LakeStorage(root=str(home))  # feature rows live in month files: compared as rows
+        p.before_features = {d: lake.read_feature_day("flight_delays", "events", d) for d in ("2013-01-01", "2013-01-02")}
         landing = home / "landing" / "flight_delays"
         # 2013-01-03: a malformed CSV (a line with too many fields, as a truncated export would give)
         lines = (landing / "2013-01-03.csv").read_text().splitlines()
@@ -76,7 +79,7 @@ def test_failed_partitions_write_nothing_downstream(bad):
     lake = bad.home / "lake"
     for day in ("2013-01-03", "2013-01-04"):
         assert not (lake / "raw" / "flight_delays" / f"{day}.parquet").exists()
-        assert not (lake / "features" / "flight_delays" / "events" / f"{day}.parquet").exists()
+        assert LakeStorage(root=str(bad.home)).read_feature_day("flight_delays", "events", day) is None
 
 
 def test_range_violation_blocks_downstream_through_the_blocking_check(bad):
@@ -91,7 +94,7 @@ def test_range_violation_blocks_downstream_through_the_blocking_check(bad):
     assert (bad.home / "lake" / "dataset_rejected" / "flight_delays" / "2013-01-05.parquet").exists()
     assert not (bad.home / "lake" / "dataset" / "flight_delays" / "2013-01-05.parquet").exists()
     # ...and features/online store for that day were never computed
-    assert not (bad.home / "lake" / "features" / "flight_delays" / "events" / "2013-01-05.parquet").exists()
+    assert LakeStorage(root=str(bad.home)).read_feature_day("flight_delays", "events", "2013-01-05") is None
     materialized = bad.instance.get_materialized_partitions(dg.AssetKey("features_flight_delays"))
     assert "2013-01-05" not in materialized
 
@@ -101,6 +104,11 @@ def test_earlier_partitions_stay_intact_and_the_pipeline_keeps_going(bad):
         for day, before in digests.items():
             assert digest(bad.home / "lake" / stage / "flight_delays" / f"{day}.parquet") == before
     assert bad.results["2013-01-06"].success
+    lake = LakeStorage(root=str(bad.home))
+    for day, rows in bad.before_features.items():  # 01-06 rewrote their month file: their rows are unchanged
+        assert rows is not None and len(rows) > 500
+        pd.testing.assert_frame_equal(lake.read_feature_day("flight_delays", "events", day), rows)
+    assert len(lake.read_feature_day("flight_delays", "events", "2013-01-06")) > 500
     # the next day's past rates were computed from validated days only (01-01, 01-02), not the rejected 01-05
     assert bad.latest("features_flight_delays")["history_days_available"] == 2
     materialized = bad.instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays"))

@@ -633,3 +633,26 @@ def test_unset_bare_variable_anywhere_in_the_path_is_named(monkeypatch):
     monkeypatch.delenv("MLOPS_UNSET_FOR_TEST", raising=False)
     with pytest.raises(DataError, match="MLOPS_UNSET_FOR_TEST is not set"):
         resolve_path("data/$MLOPS_UNSET_FOR_TEST/f.csv")
+
+
+def test_a_feature_day_rewritten_replaces_its_rows_and_keeps_the_months_other_days(tmp_path):
+    """Feature tables are month files (the Feast offline store reads a view's whole folder on every
+    query); writing a day again replaces that day's rows only, and a legacy per-day file goes."""
+    from mlops_assets.resources import LakeStorage
+
+    lake = LakeStorage(root=str(tmp_path))
+    legacy = lake.feature_table_dir("s", "events") / "2013-01-02.parquet"
+    lake.write(pd.DataFrame({"event_id": ["old"], "x": [0.0]}), legacy)
+    lake.write_feature_day("s", "events", "2013-01-01", pd.DataFrame({"event_id": ["a", "b"], "x": [1.0, 2.0]}))
+    lake.write_feature_day("s", "events", "2013-01-02", pd.DataFrame({"event_id": ["c"], "x": [3.0]}))
+    lake.write_feature_day("s", "events", "2013-02-01", pd.DataFrame({"event_id": ["d"], "x": [4.0]}))
+    lake.write_feature_day("s", "events", "2013-01-01", pd.DataFrame({"event_id": ["e"], "x": [5.0]}))  # rewritten
+    assert sorted(p.name for p in lake.feature_table_dir("s", "events").glob("*.parquet")) == [
+        "2013-01.parquet",
+        "2013-02.parquet",
+    ]
+    assert lake.read_feature_day("s", "events", "2013-01-01")["event_id"].tolist() == ["e"]
+    assert lake.read_feature_day("s", "events", "2013-01-02")["event_id"].tolist() == ["c"]
+    assert lake.read_feature_day("s", "events", "2013-01-03") is None
+    january = pd.read_parquet(lake.feature_table_dir("s", "events") / "2013-01.parquet")
+    assert sorted(january["event_id"]) == ["c", "e"] and len(january) == 2

@@ -23,9 +23,14 @@ class LakeStorage(dg.ConfigurableResource):
         quarantine/<spec>/<file>               files refused, with <file>.reason.txt beside them
         lake/<stage>/<spec>/<YYYY-MM-DD>.parquet   one file per stage per daily partition
         lake/dataset_rejected/<spec>/…         partitions that failed a blocking check (kept for triage)
-        lake/features/<spec>/<table>/…         Feast offline sources (one folder per feature view)
+        lake/features/<spec>/<table>/<YYYY-MM>.parquet   Feast offline sources: one folder per
+                                               feature view, one file per month of daily partitions
 
     Partitions are separate files, so rewriting one day (or failing to) never touches another.
+    Feature tables are the exception, for the Feast offline store's sake: it reads a view's whole
+    folder on every point-in-time join and every materialization, and after three years of daily
+    files that read alone took longer than the rest of a day's scoring. A month file is rewritten
+    under a lock, atomically, with the other days' rows copied unchanged.
     """
 
     root: str = Field(description="Folder (local path) that holds landing zone, quarantine and lake.")
@@ -89,3 +94,36 @@ class LakeStorage(dg.ConfigurableResource):
 
     def feature_table_dir(self, spec: str, table: str) -> Path:
         return self.features_root(spec) / table
+
+    def write_feature_day(self, spec: str, table: str, day: str, df: pd.DataFrame) -> Path:
+        """Put one day's rows of a feature table into its month file, replacing the rows that day
+        had (``_partition`` names each row's day)."""
+        import fcntl
+
+        import pandas as pd
+
+        folder = self.feature_table_dir(spec, table)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{day[:7]}.parquet"
+        with (folder / f".{day[:7]}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two runs writing days of one month wait for each other
+            rows = df.assign(**{PARTITION_COLUMN: day})
+            if path.exists():
+                kept = pd.read_parquet(path)
+                rows = pd.concat([kept[kept[PARTITION_COLUMN] != day], rows], ignore_index=True)
+            self.write(rows, path)
+            (folder / f"{day}.parquet").unlink(missing_ok=True)  # the one-file-per-day layout of earlier versions
+        return path
+
+    def read_feature_day(self, spec: str, table: str, day: str) -> pd.DataFrame | None:
+        """One day's rows of a feature table (None when the day was never written)."""
+        import pandas as pd
+
+        path = self.feature_table_dir(spec, table) / f"{day[:7]}.parquet"
+        if not path.exists():
+            return None
+        rows = pd.read_parquet(path, filters=[(PARTITION_COLUMN, "==", day)])
+        return rows.drop(columns=[PARTITION_COLUMN]) if len(rows) else None
+
+
+PARTITION_COLUMN = "_partition"  # the day a feature row was written for (a Feast source ignores it)
