@@ -4,7 +4,8 @@ Features come from Feast exactly as in training (point in time for the partition
 champion sees at scoring time what it saw when it was fitted. Each row records the model version
 that scored it and the features it saw. The monitoring checks judge the policy windows: drift of the
 newest scored days against the champion's training reference, and the realised metric of the newest
-labelled days the champion served.
+labelled days the champion served. A spec with a deployment gets the same three checks again on what
+its endpoint served for those days (``served_*``), read from the prediction log.
 """
 
 import math

@@ -81,7 +81,7 @@ log = logging.getLogger("mlops_assets.serving")
 
 STABLE, CANARY = "stable", "canary"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-BATCH_ROWS = 1024  # requests queued together are scored together up to this many rows
+BATCH_ROWS = 1024  # requests queued together are scored together up to this many rows (a bigger one alone)
 VALUE_BUCKETS = tuple(s * m for m in (1, 10, 100, 1000, 10000) for s in (1, 2, 5))
 
 
@@ -357,9 +357,9 @@ class ModelServer:
         model call for all their rows. If that fails, each request is retried alone, so a request the
         model cannot score fails by itself and not the requests that happened to arrive with it."""
         answers: list[tuple[int, dict[str, Any]] | None] = [None] * len(batch)
-        groups: dict[int, list[int]] = {}
-        for i, p in enumerate(batch):
-            groups.setdefault(id(p.model), []).append(i)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, p in enumerate(batch):  # requests with and without event times are merged apart
+            groups.setdefault((id(p.model), p.parsed.timestamps is None), []).append(i)
         for members in groups.values():
             pending = [batch[i] for i in members]
             try:
@@ -460,7 +460,7 @@ def create_app(server: ModelServer, *, admin_token: str | None = None) -> Predic
     """The ASGI app around a ``ModelServer``. ``admin_token``: required (``Authorization: Bearer``)
     to change the deployment; without one only loopback clients may."""
     name = server.spec.name
-    batcher = Batcher(server, max_rows=max(server.schema.max_rows, BATCH_ROWS))
+    batcher = Batcher(server, max_rows=BATCH_ROWS)
 
     def _wrong_model(requested: str) -> Response | None:
         if requested != name:

@@ -11,7 +11,7 @@ Two tables under the lake, one folder per day (the spec's timezone, like every p
                                                        score, prediction
 
 Predictions are filed by event day because that is the partition of every asset: monitoring of
-``predictions_<spec>`` for a day reads that day's folder (``read_days``). A request without an
+``predictions_<spec>`` for a day reads that day's folder (``read_day``). A request without an
 ``event_timestamp`` is an event happening now, filed under the day it arrived.
 
 The server appends rows to memory and a background thread writes a new file every second (and at
@@ -45,12 +45,6 @@ def read_day(root: str | Path, table: str, spec: str, day: str) -> pd.DataFrame 
     folder = day_dir(root, table, spec, day)
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
     return _read(files)
-
-
-def read_days(root: str | Path, table: str, spec: str, days: list[str]) -> pd.DataFrame | None:
-    """Every row logged for these days (None when nothing was logged)."""
-    frames = [f for d in days if (f := read_day(root, table, spec, d)) is not None]
-    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def read_since(
