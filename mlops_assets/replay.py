@@ -236,20 +236,29 @@ class Replay:
             if not runs:
                 break
             # The daemon ticks again half a minute later. That tick can only act on what these runs
-            # changed: a retrain (its gate follows) or a monitoring check that failed (a retrain
-            # trigger). Otherwise it would request nothing, and the next tick that matters is tomorrow's.
+            # changed: a retrain (its gate follows) or a failed check that some condition reads (a
+            # monitoring check whose policy retrains on it). Otherwise it would request nothing, and
+            # the next tick that matters is tomorrow's.
             follow_up = any(partition is None for partition, _ in runs)
             for n, (partition, keys) in enumerate(runs):
                 run_at = tick_at + timedelta(minutes=1 + n)
                 tags = {"dagster/from_automation_condition": "true", "mlops/replay": "true"}
                 result = self._execute(self.assets_job, run_at, asset_selection=keys, partition_key=partition, tags=tags)
-                follow_up = follow_up or any(not e.passed for e in result.get_asset_check_evaluations())
+                follow_up = follow_up or any(
+                    not e.passed and self._read_by_automation(e.check_name) for e in result.get_asset_check_evaluations()
+                )
                 if row is not None:
                     self._record(row, day, partition, keys, result)
             if not follow_up:
                 break
             tick_at += timedelta(minutes=10)
         return row
+
+    def _read_by_automation(self, check: str) -> bool:
+        """Whether an automation condition reads this check: every check but a monitoring check whose
+        policy never retrains on it (``retrain_when: never`` builds no trigger from it)."""
+        policy = CHECK_POLICY.get(check)
+        return policy is None or getattr(self.spec.policies, policy).retrain_when != "never"
 
     def _record(self, row: DayRow, day: date, partition: str | None, keys: list, result) -> None:
         if partition == day.isoformat() and self.key("predictions") in keys:
