@@ -209,7 +209,7 @@ def _drift_plot(table) -> dg.MetadataValue:
         return label_w + plot_w * x_of(v) / top
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 20}" height="{height}" font-family="sans-serif" font-size="11">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 45}" height="{height}" font-family="sans-serif" font-size="11">',
         f'<text x="{label_w}" y="14" font-weight="bold">drift strength (x threshold); red: drifted</text>',
     ]
     for i, (name, value, drifted) in enumerate(zip(rows["column"], strengths, rows["drifted"], strict=True)):
