@@ -28,9 +28,9 @@ class LakeStorage(dg.ConfigurableResource):
 
     Partitions are separate files, so rewriting one day (or failing to) never touches another.
     Feature tables are the exception, for the Feast offline store's sake: it reads a view's whole
-    folder on every point-in-time join and every materialization, and after three years of daily
-    files that read alone took longer than the rest of a day's scoring. A month file is rewritten
-    under a lock, atomically, with the other days' rows copied unchanged.
+    folder on every point-in-time join and every materialization, so with a file per day each of
+    those reads grew with the days kept (a DuckDB scan of 900 day files took 0.12 s here). A month
+    file is rewritten under a lock, atomically, with the other days' rows copied unchanged.
     """
 
     root: str = Field(description="Folder (local path) that holds landing zone, quarantine and lake.")
