@@ -113,15 +113,9 @@ class CheckFailing(dg.AutomationCondition):
 # Each monitoring check on predictions_<spec> and the spec policy that governs it (policies.drift or
 # policies.performance); the policy's name is also the retrain cause a replay reports. The served_
 # checks judge the endpoint's prediction log and exist only for specs with a deployment.
-CHECK_POLICY = {
-    "feature_drift": "drift",
-    "prediction_drift": "drift",
-    "performance": "performance",
-    "served_feature_drift": "drift",
-    "served_prediction_drift": "drift",
-    "served_performance": "performance",
-}
 SERVED_PREFIX = "served_"
+_BATCH_CHECK_POLICY = {"feature_drift": "drift", "prediction_drift": "drift", "performance": "performance"}
+CHECK_POLICY = {**_BATCH_CHECK_POLICY, **{f"{SERVED_PREFIX}{c}": p for c, p in _BATCH_CHECK_POLICY.items()}}
 
 
 def monitoring_checks(spec: ModelSpec) -> list[str]:

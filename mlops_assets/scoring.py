@@ -128,9 +128,16 @@ def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_versio
     def of_champion(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[frame["model_version"] == champion_version]
 
+    logged: dict[str, pd.DataFrame | None] = {}  # the two windows usually share days: read each once
+
+    def served_on(d: str) -> pd.DataFrame | None:
+        if d not in logged:
+            logged[d] = read_day(lake.root, SERVED, spec.name, d)
+        return logged[d]
+
     frames, drift_days = [], []
     for d in _days_back(day, spec.policies.drift.window_days):
-        if (served := read_day(lake.root, SERVED, spec.name, d)) is not None:
+        if (served := served_on(d)) is not None:
             frames.append(served)
             drift_days.append(d)
     columns = [f"{FEATURE_PREFIX}{c}" for c in spec.feature_names]
@@ -143,7 +150,7 @@ def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_versio
 
     labelled, labelled_days = [], []
     for d in _days_back(day, spec.policies.performance.window_days, offset=spec.target.label_delay_days):
-        served = read_day(lake.root, SERVED, spec.name, d)
+        served = served_on(d)
         events = lake.partition_path("dataset", spec.name, d)
         if served is None or not events.exists():
             continue
@@ -262,9 +269,6 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     def predictions(
         context: dg.AssetExecutionContext, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking
     ) -> dg.MaterializeResult:
-        from mlops_assets.core import monitoring
-        from mlops_assets.core.training import evaluate
-
         champion = mlflow.version_by_alias(name, CHAMPION)
         if champion is None:
             raise failure(f"model '{name}' has no '{CHAMPION}' yet; run the train job (it ends with the promotion gate)")
@@ -281,29 +285,20 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         }
         if "prediction" in out:
             meta["predicted_positive_rate"] = float(out["prediction"].mean())
-        ref_features, ref_scores, ref_meta = load_reference(lake, mlflow, spec, champion.run_id)
+        reference = load_reference(lake, mlflow, spec, champion.run_id)
         window_X, window_scores, drift_days = drift_window(spec, day, out, X, lake)
-        drift, table = monitoring.feature_drift(ref_features, window_X, spec)
-        metric = spec.promotion.metric
         labelled, labelled_days = performance_window(spec, day, out, lake, int(champion.version))
-        realised = evaluate(labelled[LABEL], labelled["score"].to_numpy(), spec)[metric] if len(labelled) else None
+        outcomes, realised, drift_meta = _judge(spec, reference, window_X, window_scores, labelled)
         if realised is not None:
-            meta[f"realised_{metric}"] = realised
+            meta[f"realised_{spec.promotion.metric}"] = realised
             meta["realised_on"] = _span(labelled_days)
         meta["drift_window"] = _span(drift_days)
-        outcomes = [
-            drift,
-            monitoring.prediction_drift(ref_scores, window_scores, spec),
-            monitoring.performance(realised, len(labelled), ref_meta["holdout"][metric], spec),
-        ]
-        drift_meta = {}
-        if not table.empty:
-            meta["drifted_feature_share"] = drift.metadata["drifted_share"]
-            drift_meta = {"per_feature": md_table(table, max_rows=200), "plot": _drift_plot(table)}
+        if drift_meta:
+            meta["drifted_feature_share"] = outcomes[0].metadata["drifted_share"]
         extra = {"feature_drift": drift_meta}
         if spec.deployment is not None:
             served_outcomes, extra[f"{SERVED_PREFIX}feature_drift"] = _served_monitoring(
-                spec, day, lake, ref_features, ref_scores, ref_meta["holdout"][metric], int(champion.version), meta
+                spec, day, lake, reference, int(champion.version), meta
             )
             outcomes += served_outcomes
         check_results = [check_result(o, dg.AssetCheckSeverity.WARN, **extra.get(o.name, {})) for o in outcomes]
@@ -312,33 +307,41 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     return [predictions]
 
 
-def _served_monitoring(spec: ModelSpec, day: str, lake: LakeStorage, ref_features, ref_scores, ref_metric, version, meta):
-    """The three monitoring checks again, on what the endpoint served (``served_windows``)."""
-    from dataclasses import replace
-
+def _judge(spec: ModelSpec, reference, features, scores, labelled):
+    """The three monitoring verdicts on one window, against the champion's reference (features,
+    holdout scores, holdout metrics): feature drift, score drift and the realised metric. Returns
+    them, the realised metric, and the feature-drift table and plot (empty when not judged)."""
     from mlops_assets.core import monitoring
     from mlops_assets.core.training import evaluate
 
-    features, scores, drift_days, labelled, labelled_days = served_windows(spec, day, lake, version)
+    ref_features, ref_scores, ref_meta = reference
     metric = spec.promotion.metric
     realised = evaluate(labelled[LABEL], labelled["score"].to_numpy(), spec)[metric] if len(labelled) else None
     drift, table = monitoring.feature_drift(ref_features, features, spec)
-    window = {"window": _span(drift_days), "source": "endpoint prediction log"}
     outcomes = [
-        replace(drift, name=f"{SERVED_PREFIX}{drift.name}", metadata={**drift.metadata, **window}),
+        drift,
+        monitoring.prediction_drift(ref_scores, scores, spec),
+        monitoring.performance(realised, len(labelled), ref_meta["holdout"][metric], spec),
+    ]
+    plot = {"per_feature": md_table(table, max_rows=200), "plot": _drift_plot(table)} if not table.empty else {}
+    return outcomes, realised, plot
+
+
+def _served_monitoring(spec: ModelSpec, day: str, lake: LakeStorage, reference, version: int, meta: dict):
+    """The three monitoring checks again, on what the endpoint served (``served_windows``), named
+    ``served_<check>``."""
+    from dataclasses import replace
+
+    features, scores, drift_days, labelled, labelled_days = served_windows(spec, day, lake, version)
+    outcomes, realised, plot = _judge(spec, reference, features, scores, labelled)
+    windows = (drift_days, drift_days, labelled_days)
+    outcomes = [
         replace(
-            p := monitoring.prediction_drift(ref_scores, scores, spec),
-            name=f"{SERVED_PREFIX}{p.name}",
-            metadata={**p.metadata, **window},
-        ),
-        replace(
-            q := monitoring.performance(realised, len(labelled), ref_metric, spec),
-            name=f"{SERVED_PREFIX}{q.name}",
-            metadata={**q.metadata, "window": _span(labelled_days), "source": "endpoint prediction log"},
-        ),
+            o, name=f"{SERVED_PREFIX}{o.name}", metadata={**o.metadata, "window": _span(w), "source": "endpoint prediction log"}
+        )
+        for o, w in zip(outcomes, windows, strict=True)
     ]
     meta["served_predictions"] = len(features)
     if realised is not None:
-        meta[f"served_realised_{metric}"] = realised
-    plot = {"per_feature": md_table(table, max_rows=200), "plot": _drift_plot(table)} if not table.empty else {}
+        meta[f"served_realised_{spec.promotion.metric}"] = realised
     return outcomes, plot

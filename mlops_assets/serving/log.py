@@ -47,9 +47,7 @@ def read_day(root: str | Path, table: str, spec: str, day: str) -> pd.DataFrame 
     return _read(files)
 
 
-def read_since(
-    root: str | Path, table: str, spec: str, since: pd.Timestamp, time_column: str = "received_at"
-) -> pd.DataFrame | None:
+def read_since(root: str | Path, table: str, spec: str, since: pd.Timestamp) -> pd.DataFrame | None:
     """Rows received at or after ``since``, whatever day folder they are filed in: a file is written
     after every row it holds was received, so only files written since then are read."""
     base = Path(root) / "lake" / table / spec
@@ -58,7 +56,7 @@ def read_since(
     since_ns = pd.Timestamp(since).value
     files = sorted(f for f in base.glob("*/*.parquet") if _written_ns(f) >= since_ns)
     out = _read(files)
-    return None if out is None else out[out[time_column] >= since].reset_index(drop=True)
+    return None if out is None else out[out["received_at"] >= since].reset_index(drop=True)
 
 
 def _written_ns(file: Path) -> int:
