@@ -9,7 +9,7 @@ dozens of such replays. This study keeps the parts that decide the numbers and d
    its per-row outcome on its holdout and on each of the next ``--horizon`` days (cached);
 2. policies played over those models as the replay plays them: day *j* is served by the champion;
    a retrain at *j* trains model *j* and the gate promotes it when it beats the champion on model
-   *j*'s holdout by more than the spec's margin; the performance check pools the newest
+   *j*'s holdout by at least the spec's margin; the performance check pools the newest
    ``performance.window_days`` days the champion served and compares the metric with the
    champion's own holdout metric and the spec's tolerated drop; the cooldown and the model's
    freshness count days since the last retrain.
@@ -104,7 +104,8 @@ class Study:
         return total[0] / total[1] if self.accuracy else float(np.sqrt(total[0] / total[1]))
 
     def better(self, a: float, b: float, margin: float) -> bool:
-        return a > b + margin + 1e-12 if self.accuracy else a < b - margin - 1e-12
+        # mlops_assets.core.promotion.decide: at least the margin better, a tie goes to the challenger
+        return a >= b + margin - 1e-12 if self.accuracy else a <= b - margin + 1e-12
 
     def holdout(self, model: int, of: int) -> float:
         H = self.spec.training.holdout_days

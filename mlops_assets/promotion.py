@@ -2,10 +2,11 @@
 
 Challenger and champion are scored on the same holdout (the newest days of the training window,
 which neither was fitted on when the champion is older). The ``champion`` alias moves only when the
-challenger is better by the spec's margin. Both scores and the decision go to the asset's metadata,
-to the challenger's MLflow run, and to the ``promotion_gate`` check, which also verifies that whatever
-serves after the decision beats the no-skill baseline. A version that an endpoint canary rolled back
-is never promoted again: live traffic outranks the holdout.
+challenger is at least the spec's margin better (a tie goes to the fresher challenger). Both scores
+and the decision go to the asset's metadata, to the challenger's MLflow run, and to the
+``promotion_gate`` check, which also verifies that whatever serves after the decision beats the
+no-skill baseline. A version that an endpoint canary rolled back is never promoted again: live
+traffic outranks the holdout.
 """
 
 import dagster as dg
@@ -26,7 +27,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "champion",
             spec,
             f"Promotion gate: the '{CHAMPION}' alias moves to the challenger only if its holdout {metric} "
-            f"beats the champion's by more than {spec.promotion.margin}.",
+            f"beats the champion's by at least {spec.promotion.margin}.",
             {"mlflow"},
         ),
         deps=[key("model", spec)],

@@ -593,17 +593,28 @@ def test_better_by_more_than_margin_promotes():
     assert d.promote and d.improvement == 0.25
 
 
-@pytest.mark.parametrize("challenger", [0.625, 0.5625, 0.5, 0.25])  # exactly the margin, less, equal, worse
-def test_not_better_by_more_than_margin_keeps(challenger):
+@pytest.mark.parametrize("challenger", [0.5625, 0.5, 0.25])  # less than the margin, equal, worse
+def test_not_better_by_the_margin_keeps(challenger):
     d = promotion.decide(challenger, 0.5, margin=0.125, higher_is_better=True)
     assert not d.promote
     assert d.improvement == challenger - 0.5
+    assert "below the margin" in d.reason
+
+
+def test_exactly_the_margin_promotes():
+    assert promotion.decide(0.625, 0.5, margin=0.125, higher_is_better=True).promote
+
+
+def test_a_tie_goes_to_the_fresher_challenger():
+    d = promotion.decide(0.75, 0.75, margin=0.0, higher_is_better=True)
+    assert d.promote and d.improvement == 0.0
+    assert not promotion.decide(0.75 - 1 / 144, 0.75, margin=0.0, higher_is_better=True).promote
 
 
 def test_lower_is_better_metric():
     better = promotion.decide(0.25, 0.5, margin=0.125, higher_is_better=False)
     worse = promotion.decide(0.5, 0.25, margin=0.0, higher_is_better=False)
-    within = promotion.decide(0.375, 0.5, margin=0.125, higher_is_better=False)
+    within = promotion.decide(0.4375, 0.5, margin=0.125, higher_is_better=False)
     assert better.promote and better.improvement == 0.25
     assert not worse.promote and worse.improvement == -0.25
     assert not within.promote
@@ -621,10 +632,11 @@ def test_nan_champion_promotes():
     assert d.promote
 
 
-def test_decide_exactly_at_the_margin_keeps_the_champion_despite_float_rounding():
+def test_decide_exactly_at_the_margin_promotes_despite_float_rounding():
     from mlops_assets.core.promotion import decide
 
-    assert decide(0.802, 0.8, margin=0.002, higher_is_better=True).promote is False
+    assert 0.9 - 0.8 < 0.1  # float rounding puts this improvement just under the margin
+    assert decide(0.9, 0.8, margin=0.1, higher_is_better=True).promote is True
 
 
 def test_unset_bare_variable_anywhere_in_the_path_is_named(monkeypatch):

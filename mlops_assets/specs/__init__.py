@@ -213,7 +213,8 @@ class TrainingSpec(_Strict):
 
 
 class PromotionSpec(_Strict):
-    """The gate: the challenger replaces the champion only if better by ``margin``."""
+    """The gate: the challenger replaces the champion if it is at least ``margin`` better on the
+    same holdout (so with ``margin: 0`` a tie goes to the challenger, trained on newer data)."""
 
     metric: Literal["roc_auc", "accuracy", "log_loss", "f1", "rmse", "mae", "r2"]
     margin: float = Field(0.0, ge=0)
