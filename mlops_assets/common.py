@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 from datetime import date, timedelta
 from functools import cache
 from typing import TYPE_CHECKING
@@ -85,14 +84,6 @@ def asset_kwargs(stage: str, spec: ModelSpec, description: str, kinds: set[str])
 
 def md_table(df: pd.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
     return dg.MetadataValue.md(df.head(max_rows).to_markdown(index=False, floatfmt=".4g"))
-
-
-def png_markdown(fig) -> dg.MetadataValue:
-    """A matplotlib figure as inline PNG markdown: the Dagster UI renders it in the asset's page."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    data = base64.b64encode(buf.getvalue()).decode()
-    return dg.MetadataValue.md(f"![plot](data:image/png;base64,{data})")
 
 
 def svg_markdown(svg: str) -> dg.MetadataValue:

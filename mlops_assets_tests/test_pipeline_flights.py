@@ -253,6 +253,42 @@ def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(fligh
     assert flights.defs.resolve_sensor_def("close_mlflow_runs_and_record_alerts").default_status == dg.DefaultSensorStatus.RUNNING
 
 
+def svg_tree(markdown: str):
+    import base64
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(base64.b64decode(markdown.split("base64,", 1)[1].rstrip(")")))
+
+
+def test_model_shows_its_holdout_scores_as_a_chart(flights):
+    meta = flights.latest("model_flight_delays")
+    assert meta["holdout_scores"].startswith("![plot](data:image/svg+xml;base64,")
+    svg, ns = svg_tree(meta["holdout_scores"]), "{http://www.w3.org/2000/svg}"
+    texts = [t.text for t in svg.iter(f"{ns}text")]
+    assert f"holdout roc_auc = {meta['holdout_roc_auc']:.3f}" in texts
+    assert {"negative", "positive", "predicted probability", "density"} <= set(texts)
+    bars = [r for r in svg.iter(f"{ns}rect") if r.get("fill-opacity")]
+    assert len(bars) == 60  # 30 bins per class
+    assert max(float(r.get("height")) for r in bars) == pytest.approx(170.0)  # the tallest bin fills the frame
+
+
+def test_regression_holdout_chart_plots_at_most_400_points():
+    from pathlib import Path
+
+    import numpy as np
+
+    from mlops_assets.specs import load_spec
+    from mlops_assets.training import _score_plot
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "specs" / "bike_sharing.yaml")
+    y = np.arange(1000, dtype=float)
+    plot = _score_plot(spec, y, y + 5, {"rmse": 5.0})
+    svg, ns = svg_tree(plot.value), "{http://www.w3.org/2000/svg}"
+    points = list(svg.iter(f"{ns}circle"))
+    assert len(points) == 400
+    assert next(t.text for t in svg.iter(f"{ns}text")) == "holdout rmse = 5.000"
+
+
 def svg_bars(markdown: str) -> dict[str, str]:
     """Feature -> bar colour of the drift chart (inline SVG markdown), parsed as XML."""
     import base64
