@@ -14,8 +14,8 @@ dozens of such replays. This study keeps the parts that decide the numbers and d
    champion's own holdout metric and the spec's tolerated drop; the cooldown and the model's
    freshness count days since the last retrain.
 
-It reproduces the real replay (Elec2 ``cron:1``: accuracy 0.7776, 913 retrains, 309 promotions by
-the study against 0.7776, 913 and 310 by ``mlops replay``). Drift checks are not modelled: the
+It reproduces the real replay (Elec2 ``cron:1``: accuracy 0.7773, 913 retrains, 402 promotions by
+the study against 0.7773, 913 and 403 by ``mlops replay``). Drift checks are not modelled: the
 study is for the performance trigger, the peers and their thresholds; labels are taken as known
 the day they land (``target.label_delay_days`` = 0, as for Elec2 and bike sharing). Prints the peers, the spec's
 own policy and (``--grid``) its neighbours, then a JSON line last, with a block-bootstrap 95 %

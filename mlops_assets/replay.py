@@ -375,9 +375,9 @@ def _ephemeral_instance():
     holds for the in-memory database's life.
 
     Dagster's in-memory event log opens a fresh connection (and sets two PRAGMAs) for every read
-    and write, about 440 times a simulated day: 8 % of a replay's time (py-spy, 200 Elec2 days), and
-    14 % less CPU over 100 days once shared (bench: A/B in the closing note of issue 3). Its calls
-    are already serialised by a lock, so sharing the connection changes nothing else. Built like
+    and write, about 440 times a simulated day: 8 % of a replay's time (py-spy, 200 Elec2 days).
+    Sharing it, 100 replayed Elec2 days took 81 and 74 s of CPU against 95 and 87 s. Its calls are
+    already serialised by a lock, so sharing the connection changes nothing else. Built like
     ``dagster._core.instance.factory.create_ephemeral_instance``."""
     from contextlib import contextmanager
 
