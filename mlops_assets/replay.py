@@ -26,6 +26,7 @@ scoring starts after it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import shutil
@@ -312,11 +313,19 @@ class Replay:
             raise RuntimeError(f"the first model of '{self.spec.name}' could not be trained (run {bootstrap.run_id})")
         days = [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]
         days = [d for d in days if d in self.source_days]
-        for i, day in enumerate(days, 1):
-            row = self.day(day, scored=True)
-            self.rows.append(row)
-            if self.progress:
-                self._progress(i, len(days), time.perf_counter() - t0)
+        # What is alive now (the libraries, the definitions, the instance) lives for the whole
+        # replay: frozen, Python's full collections stop re-scanning its ~650k objects. They took
+        # 6 % of 200 replayed Elec2 days (28 collections of 0.35 s); frozen, 58 ms each.
+        gc.collect()
+        gc.freeze()
+        try:
+            for i, day in enumerate(days, 1):
+                row = self.day(day, scored=True)
+                self.rows.append(row)
+                if self.progress:
+                    self._progress(i, len(days), time.perf_counter() - t0)
+        finally:
+            gc.unfreeze()  # a replay inside a longer-lived process (tests, notebooks) leaves no trace
         if self.progress:
             print(file=sys.stderr)
         pooled = pd.concat(self.truth, ignore_index=True) if self.truth else None
