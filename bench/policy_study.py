@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlops_assets.core.promotion import decide
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -103,10 +105,6 @@ class Study:
     def metric(self, total: np.ndarray) -> float:
         return total[0] / total[1] if self.accuracy else float(np.sqrt(total[0] / total[1]))
 
-    def better(self, a: float, b: float, margin: float) -> bool:
-        # mlops_assets.core.promotion.decide: at least the margin better, a tie goes to the challenger
-        return a >= b + margin - 1e-12 if self.accuracy else a <= b - margin + 1e-12
-
     def holdout(self, model: int, of: int) -> float:
         H = self.spec.training.holdout_days
         return self.metric(sum(self.stats[model][k] for k in range(of - H + 1, of + 1)))
@@ -154,7 +152,7 @@ class Study:
                 retrains, last, failing_before = retrains + 1, j, False
                 causes[cause] += 1
                 retrain_days.append(self.days[j])
-                if self.better(self.holdout(j, j), self.holdout(champion, j), margin):
+                if decide(self.holdout(j, j), self.holdout(champion, j), margin=margin, higher_is_better=self.accuracy).promote:
                     champion, since, promotions = j, j, promotions + 1
         return Outcome(self.metric(total), retrains, promotions, {k: v for k, v in causes.items() if v}, daily, retrain_days)
 
