@@ -244,52 +244,41 @@ def _score_plot(spec: ModelSpec, y, scores, metrics) -> dg.MetadataValue:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + w + 20}" height="{bottom + 40}" font-family="sans-serif" font-size="11">',
         f'<text x="{left + w / 2}" y="14" text-anchor="middle" font-weight="bold">holdout {metric} = {metrics[metric]:.3f}</text>',
     ]
-
-    def axis(lo: float, hi: float, vertical: bool) -> None:
-        for t in np.linspace(lo, hi, 5):
-            if vertical:
-                py = bottom - h * (t - lo) / ((hi - lo) or 1)
-                parts.append(f'<text x="{left - 4}" y="{py + 4:.1f}" text-anchor="end">{t:.3g}</text>')
-            else:
-                px = left + w * (t - lo) / ((hi - lo) or 1)
-                parts.append(f'<text x="{px:.1f}" y="{bottom + 14}" text-anchor="middle">{t:.3g}</text>')
-
     if spec.target.task == "classification":
+        (x_lo, x_hi), x_label, y_label = (0.0, 1.0), "predicted probability", "density"
         edges = np.linspace(0.0, 1.0, 31)
         series = [(scores[y == 0], "#1f77b4", "negative"), (scores[y == 1], "#ff7f0e", "positive")]
         densities = [np.histogram(s, bins=edges, density=True)[0] if len(s) else np.zeros(30) for s, _, _ in series]
-        peak = max(1e-9, *(float(d.max()) for d in densities))
-        for (_, colour, label), density, row in zip(series, densities, (0, 1), strict=True):
+        y_lo, y_hi = 0.0, max(1e-9, *(float(d.max()) for d in densities))
+    else:
+        x_label, y_label = "actual", "predicted"
+        both = np.concatenate([y, scores])
+        x_lo = y_lo = float(both.min()) if len(both) else 0.0
+        x_hi = y_hi = float(both.max()) if len(both) else 1.0
+
+    def px(v: float) -> float:
+        return left + w * (v - x_lo) / ((x_hi - x_lo) or 1)
+
+    def py(v: float) -> float:
+        return bottom - h * (v - y_lo) / ((y_hi - y_lo) or 1)
+
+    if spec.target.task == "classification":
+        for row, ((_, colour, label), density) in enumerate(zip(series, densities, strict=True)):
             for i, d in enumerate(density):
-                bar = h * d / peak
                 parts.append(
-                    f'<rect x="{left + w * edges[i]:.1f}" y="{bottom - bar:.1f}" width="{w / 30:.1f}" height="{bar:.1f}" '
+                    f'<rect x="{px(edges[i]):.1f}" y="{py(d):.1f}" width="{w / 30:.1f}" height="{bottom - py(d):.1f}" '
                     f'fill="{colour}" fill-opacity="0.55"/>'
                 )
             parts.append(f'<rect x="{left + w - 80}" y="{top + 4 + 16 * row}" width="10" height="10" fill="{colour}"/>')
             parts.append(f'<text x="{left + w - 66}" y="{top + 13 + 16 * row}">{label}</text>')
-        axis(0.0, 1.0, vertical=False)
-        axis(0.0, peak, vertical=True)
-        x_label, y_label = "predicted probability", "density"
     else:
-        pick = np.linspace(0, len(y) - 1, min(len(y), 400)).astype(int) if len(y) else np.array([], dtype=int)
-        lo = float(min(y.min(), scores.min())) if len(y) else 0.0
-        hi = float(max(y.max(), scores.max())) if len(y) else 1.0
-        span = (hi - lo) or 1.0
-
-        def pos(v: float, vertical: bool) -> float:
-            return bottom - h * (v - lo) / span if vertical else left + w * (v - lo) / span
-
-        parts.append(
-            f'<line x1="{left}" y1="{bottom}" x2="{left + w}" y2="{top}" stroke="#888" stroke-dasharray="4 3"/>'
-        )  # predicted = actual
-        for i in pick:
-            parts.append(
-                f'<circle cx="{pos(y[i], False):.1f}" cy="{pos(scores[i], True):.1f}" r="1.8" fill="#1f77b4" fill-opacity="0.5"/>'
-            )
-        axis(lo, hi, vertical=False)
-        axis(lo, hi, vertical=True)
-        x_label, y_label = "actual", "predicted"
+        parts.append(f'<line x1="{left}" y1="{bottom}" x2="{left + w}" y2="{top}" stroke="#888" stroke-dasharray="4 3"/>')
+        for i in np.linspace(0, len(y) - 1, min(len(y), 400)).astype(int):
+            parts.append(f'<circle cx="{px(y[i]):.1f}" cy="{py(scores[i]):.1f}" r="1.8" fill="#1f77b4" fill-opacity="0.5"/>')
+    for t in np.linspace(x_lo, x_hi, 5):
+        parts.append(f'<text x="{px(t):.1f}" y="{bottom + 14}" text-anchor="middle">{t:.3g}</text>')
+    for t in np.linspace(y_lo, y_hi, 5):
+        parts.append(f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{t:.3g}</text>')
     parts.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#333"/>')
     parts.append(f'<text x="{left + w / 2}" y="{bottom + 30}" text-anchor="middle">{x_label}</text>')
     parts.append(f'<text x="12" y="{top + h / 2}" text-anchor="middle" transform="rotate(-90 12 {top + h / 2})">{y_label}</text>')
