@@ -377,6 +377,71 @@ class DeploymentSpec(_Strict):
     sagemaker: SageMakerTargetSpec = SageMakerTargetSpec()
 
 
+_CPU_RE = re.compile(r"^(?:\d+(?:\.\d+)?|\.\d+|\d+m)$")
+_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_MEMORY_FACTORS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+_MEMORY_FACTORS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_MIN_MEMORY_BYTES = 32 * 2**20
+
+
+class StepResources(_Strict):
+    """What one step (one Kubernetes Job on the ``k8s`` profile) asks for, in Kubernetes quantities:
+    ``cpu`` in cores (``2``, ``0.5``, ``500m``), ``memory`` in bytes with a unit (``512Mi``, ``4Gi``,
+    ``8G``), ``gpu`` whole NVIDIA GPUs. Requests and limits are the same: a step gets what it asks
+    for and never more, so a step that needs more says so here. ``spot``: the step may run on the
+    spot (preemptible) node group; a node reclaimed mid-step fails the step, and a later run redoes it."""
+
+    cpu: str = "500m"
+    memory: str = "1Gi"
+    gpu: int = Field(0, ge=0, le=16)
+    spot: bool = False
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _number_as_text(cls, v: Any) -> Any:
+        # YAML reads `cpu: 2` as a number; Kubernetes quantities are text
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, v: str) -> str:
+        if not _CPU_RE.match(v):
+            raise ValueError(f"cpu {v!r} is not a Kubernetes CPU quantity (cores: '2', '0.5', or millicores: '500m')")
+        cores = float(v[:-1]) / 1000 if v.endswith("m") else float(v)
+        if cores <= 0:
+            raise ValueError(f"cpu {v!r} must be more than 0")
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        match = _MEMORY_RE.match(v)
+        if not match:
+            raise ValueError(f"memory {v!r} is not a Kubernetes memory quantity (e.g. '512Mi', '4Gi', '8G')")
+        if float(match[1]) * _MEMORY_FACTORS[match[2]] < _MIN_MEMORY_BYTES:
+            raise ValueError(f"memory {v!r} is less than 32Mi (a number without a unit is bytes: write e.g. '512Mi')")
+        return v
+
+
+class TrainStepResources(StepResources):
+    """A training step's size: the same fields with heavier defaults, on the spot node group."""
+
+    cpu: str = "2"
+    memory: str = "4Gi"
+    spot: bool = True
+
+
+class ComputeSpec(_Strict):
+    """How big each step's container is on the ``k8s`` profile, where every step is its own Kubernetes
+    Job (``mlops_assets.k8s.op_tags``); the other profiles ignore it. ``train`` sizes the training
+    steps (``training_set_<model>``, ``model_<model>``), which may use the spot node group and a GPU;
+    ``default`` every other step (ingest, features, scoring, deployment). Not part of the spec's
+    hash: resizing a step does not make its assets stale nor retrain the model."""
+
+    default: StepResources = StepResources()
+    train: TrainStepResources = TrainStepResources()
+
+
 class PartitionsSpec(_Strict):
     start: date
     end: date | None = Field(None, description="Exclusive; open-ended when absent.")
@@ -400,6 +465,7 @@ class ModelSpec(_Strict):
     policies: PoliciesSpec = PoliciesSpec()
     partitions: PartitionsSpec
     deployment: DeploymentSpec | None = Field(None, description="Omitted: batch scoring only, no endpoint asset.")
+    compute: ComputeSpec = ComputeSpec()
 
     @field_validator("name")
     @classmethod
@@ -447,8 +513,9 @@ class ModelSpec(_Strict):
 
     @property
     def spec_hash(self) -> str:
-        """Stable hash of the spec's content: any change to the spec changes code versions."""
-        payload = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        """Stable hash of the spec's content: any change to the spec changes code versions, except to
+        ``compute`` (how big a step's container is changes no result)."""
+        payload = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"compute"}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     @property
