@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from mlops_assets import k8s
 from mlops_assets.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ def asset_kwargs(stage: str, spec: ModelSpec, description: str, kinds: set[str])
         "code_version": code_version(stage, spec),
         "description": description,
         "tags": {"mlops/spec": spec.name, "mlops/stage": stage},
+        # the step's container on the k8s profile (read by dagster-k8s only; inert elsewhere)
+        "op_tags": k8s.op_tags(stage, spec),
     }
 
 
