@@ -1,22 +1,23 @@
 """Run-status sensors: what happens when a Dagster run of the platform fails.
 
-Every failed run is recorded as an alert (``alerts/alerts.jsonl`` under the storage root: time, run,
-job, partition, the error) for whoever watches the platform. And a run whose process died (killed,
+Every failed run is recorded as an alert (one JSON file per alert in ``alerts/`` of the profile's
+storage: time, run, job, partition, the error) for whoever watches the platform. And a run whose process died (killed,
 out of memory, node lost) never reaches the code that ends its MLflow run, which would stay RUNNING
 in the tracking UI forever: this sensor closes such runs as FAILED once Dagster marks the run failed.
 """
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 
+from mlops_assets import files
 from mlops_assets.resources import LakeStorage, MlflowTracking
 
 
-def alerts_file(lake: LakeStorage) -> Path:
-    return Path(lake.root) / "alerts" / "alerts.jsonl"
+def read_alerts(lake: LakeStorage) -> list[dict]:
+    """Every recorded alert, oldest first."""
+    return [json.loads(files.read_text(e.uri)) for e in files.listing(lake.alerts_dir(), ".json")]
 
 
 @dg.run_failure_sensor(
@@ -36,8 +37,6 @@ def close_mlflow_runs_and_record_alerts(context: dg.RunFailureSensorContext, mlf
         "error": context.failure_event.message,
         "mlflow_runs_closed": closed,
     }
-    path = alerts_file(lake)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(alert) + "\n")
+    now = datetime.now(timezone.utc)
+    files.write_text(files.join(lake.alerts_dir(), f"{now:%Y%m%dT%H%M%S%f}-{run.run_id}.json"), json.dumps(alert))
     context.log.warning(f"alert: run {run.run_id} of {run.job_name} failed; {len(closed)} MLflow run(s) closed")

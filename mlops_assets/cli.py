@@ -1,6 +1,7 @@
 """``mlops``: land real data into the landing zone and run the demo on the embedded home.
 
 mlops home
+mlops instance [--env aws]          the dagster.yaml of a profile's Dagster instance
 mlops land --spec flight_delays --date 2013-01-05 [--days 3]
 mlops demo [--spec flight_delays] [--start 2013-01-01] [--days 14]
 mlops replay --spec examples/specs/elec2.yaml --policy default|static|cron:N [--start D] [--days N] --out report.json
@@ -19,16 +20,16 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def land(spec_ref, start: date, days: int = 1) -> list[str]:
-    """Copy the source rows of each day into ``landing/<spec>/<day>.csv`` (original columns).
+    """Copy the source rows of each day into the profile's landing zone as ``<spec>/<day>.csv``
+    (original columns).
 
     ``spec_ref`` is a spec name, a spec file path, or a loaded ``ModelSpec``."""
     from mlops_assets.core.sources import extract_day, read_table
-    from mlops_assets.environments import mlops_home
-    from mlops_assets.resources import LakeStorage
+    from mlops_assets.environments import runtime
     from mlops_assets.specs import ModelSpec, find_spec
 
     spec = spec_ref if isinstance(spec_ref, ModelSpec) else find_spec(spec_ref)
-    lake = LakeStorage(root=str(mlops_home()))
+    lake = runtime()["lake"]
     source = read_table(spec.source.path, spec.source.format)
     ts = spec.source.timestamp
     written = []
@@ -93,7 +94,7 @@ def demo(spec_name: str, start: date, days: int) -> int:
     if spec.deployment is not None:
         endpoint = meta("endpoint")
         print(f"\nendpoint: {endpoint['action']} v{endpoint['stable_version']} at {endpoint.get('url', '')}")
-        print(_curl_example(spec, home, keys[-1]))
+        print(_curl_example(spec, keys[-1]))
         print(f"  stop it:  .venv/bin/mlops serve --spec {spec_name} --stop")
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s\n")
     print(
@@ -105,20 +106,20 @@ def demo(spec_name: str, start: date, days: int) -> int:
     return 0
 
 
-def _curl_example(spec, home, day: str) -> str:
+def _curl_example(spec, day: str) -> str:
     """A request a person can paste: the spec's request fields filled from an event of ``day``'s
     typed dataset (the first one with every field present)."""
     import json
 
-    import pandas as pd
-
     from mlops_assets.core.names import EVENT_TS
     from mlops_assets.core.serving import EVENT_TS_FIELD, request_schema
+    from mlops_assets.environments import runtime
     from mlops_assets.specs import ColumnFeature
 
     source = {f.name: f.source for f in spec.row_features if isinstance(f, ColumnFeature)}
     fields = {name: source.get(name, name) for name in request_schema(spec).required}
-    events = pd.read_parquet(home / "lake" / "dataset" / spec.name / f"{day}.parquet")
+    lake = runtime()["lake"]
+    events = lake.read(lake.partition_path("dataset", spec.name, day))
     event = events.dropna(subset=list(fields.values())).iloc[0]
     row = {name: event[column].item() if hasattr(event[column], "item") else event[column] for name, column in fields.items()}
     local = event[EVENT_TS].tz_convert(spec.source.timestamp.timezone).tz_localize(None)
@@ -129,15 +130,40 @@ def _curl_example(spec, home, day: str) -> str:
 
 
 def show_home() -> int:
-    """Create the embedded home if needed and say where everything is."""
-    from mlops_assets.environments import ensure_dagster_home, mlflow_tracking_uri, mlops_home
+    """Create the embedded home if needed and say where everything is (secrets left out)."""
+    from mlops_assets.environments import current_env, ensure_dagster_home, mlops_home, runtime
 
     home = mlops_home()
-    print(f"MLOPS_HOME={home}")
-    print(f"DAGSTER_HOME={ensure_dagster_home(home)}")
-    print(f"MLflow tracking URI: {mlflow_tracking_uri(home)}")
-    print(f"Feast registry: {home / 'feast' / 'registry.db'}; online store: {home / 'feast' / 'online.db'}")
-    print(f"landing zone: {home / 'landing'}/<spec>/<YYYY-MM-DD>.csv")
+    env = current_env()
+    print(f"MLOPS_ENV={env}\nMLOPS_HOME={home}")
+    if env == "local":
+        print(f"DAGSTER_HOME={ensure_dagster_home(home)}")
+    r = runtime()
+    lake, feast, mlflow = r["lake"], r["feast"], r["mlflow"]
+    print(f"landing zone: {lake.landing_dir('<spec>')}/<YYYY-MM-DD>.csv")
+    print(f"lake: {lake.path('<stage>', '<spec>', '<YYYY-MM-DD>.parquet')}")
+    print(f"MLflow tracking URI: {_redacted(mlflow.tracking_uri)}")
+    online = feast.online_store_path if feast.online_store_type == "sqlite" else "redis (MLOPS_REDIS)"
+    print(f"Feast registry: {_redacted(feast.registry)}; online store: {online}")
+    return 0
+
+
+def _redacted(uri: str) -> str:
+    """A URL with its password replaced, fit to print."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def show_instance(env: str | None) -> int:
+    """Print the dagster.yaml of a profile's Dagster instance (PostgreSQL on the clouds)."""
+    from mlops_assets.environments import instance_yaml
+
+    print(instance_yaml(env), end="")
     return 0
 
 
@@ -164,24 +190,27 @@ def run_replay(args) -> int:
 
 
 def run_serve(args) -> int:
-    """The model server in the foreground, on the embedded home (or the home in MLOPS_HOME)."""
-    from mlops_assets.environments import mlflow_tracking_uri, mlops_home
+    """The model server in the foreground, on the stores of the current profile (``MLOPS_ENV``)."""
+    from mlops_assets.environments import current_env, runtime
     from mlops_assets.serving import serve
     from mlops_assets.specs import find_spec
 
     spec = find_spec(args.spec)
+    resources = runtime()
     if args.stop:
         from mlops_assets.serving.local import LocalTarget
 
-        stopped = LocalTarget(spec, mlops_home(), mlflow_tracking_uri()).stop()
+        deployer = resources["deployer"]
+        target = LocalTarget(spec, resources["lake"], resources["mlflow"].tracking_uri, deployer.local_run_dir(spec.name))
+        stopped = target.stop()
         print(f"{spec.name}: {'stopped the local endpoint' if stopped else 'no local endpoint was started from this home'}")
         return 0
     deployment = spec.deployment
     host = args.host or (deployment.host if deployment else "127.0.0.1")
     port = args.port or (deployment.port if deployment else 8787)
-    home = mlops_home()
-    print(f"serving {spec.name} on http://{host}:{port}/v1/models/{spec.name}:predict (home {home})", flush=True)
-    serve(spec, host, port, home, os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(home))
+    where = resources["lake"].root
+    print(f"serving {spec.name} on http://{host}:{port}/v1/models/{spec.name}:predict ({current_env()}: {where})", flush=True)
+    serve(spec, host, port, resources)
     return 0
 
 
@@ -193,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p_land.add_argument("--date", required=True, type=date.fromisoformat, help="first day (YYYY-MM-DD)")
     p_land.add_argument("--days", type=int, default=1)
     sub.add_parser("home", help="create the embedded home (if needed) and print where everything is")
+    p_instance = sub.add_parser("instance", help="print the dagster.yaml of a profile's Dagster instance")
+    p_instance.add_argument("--env", help="local | aws | gcp | k8s (default: $MLOPS_ENV)")
     p_demo = sub.add_parser("demo", help="land, ingest, train, gate and score a window on the embedded home")
     p_demo.add_argument("--spec", default="flight_delays")
     p_demo.add_argument("--start", type=date.fromisoformat, default=date(2013, 1, 1))
@@ -225,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_replay(args)
     if args.command == "home":
         return show_home()
+    if args.command == "instance":
+        return show_instance(args.env)
     if args.command == "land":
         for path in land(args.spec, args.date, args.days):
             print(path)

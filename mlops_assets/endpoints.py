@@ -1,6 +1,6 @@
 """Endpoint stage: make the spec's target serve what the registry and the gate decided, and prove it.
 
-``endpoint_<spec>`` reads what serves now (``<home>/endpoints/<spec>/deployment.json``) and the
+``endpoint_<spec>`` reads what serves now (``endpoints/<spec>/deployment.json`` in the storage) and the
 ``champion`` alias, and plans the next deployment (``core.serving.plan_deployment``): the first
 champion is deployed outright; a new champion goes through a canary when the spec sets
 ``deployment.canary.traffic_percent``. It applies the plan to the target (local server, Kubernetes,
@@ -35,7 +35,7 @@ def canary_verdict(spec: ModelSpec, lake: LakeStorage, current, now: datetime):
     def labels(days: list[str]):
         return lake.read_partitions("dataset", spec.name, days)
 
-    stable, canary = canary_sides(lake.root, spec, current, labels)
+    stable, canary = canary_sides(lake.predictions_root(), spec, current, labels)
     started = datetime.fromisoformat(current.canary_started)
     return judge_canary(
         stable,
@@ -104,7 +104,7 @@ def build(spec: ModelSpec) -> list:
         from mlops_assets.core.serving import plan_deployment
         from mlops_assets.serving.state import EndpointState
 
-        state = EndpointState(deployer.home, name)
+        state = EndpointState(lake.endpoint_dir(name))
         current = state.load()
         champion = mlflow.version_by_alias(name, CHAMPION)
         if champion is None:
@@ -112,7 +112,7 @@ def build(spec: ModelSpec) -> list:
         now = datetime.now(UTC)
         verdict = canary_verdict(spec, lake, current, now) if current is not None and current.canary else None
         plan = plan_deployment(current, str(champion.version), canary_percent=d.canary.traffic_percent, now=now, verdict=verdict)
-        target = deployer.target(spec, mlflow)
+        target = deployer.target(spec, mlflow, lake)
         try:
             applied = target.apply(plan.deployment)
             verified = target.verify(plan.deployment)
@@ -195,10 +195,10 @@ def canary_sensor(spec: ModelSpec, job) -> dg.SensorDefinition | None:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Judges the canary of endpoint_{spec.name} when it is due and runs the endpoint to promote or roll back.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, deployer: EndpointDeployer, lake: LakeStorage):
+    def _sensor(context: dg.SensorEvaluationContext, lake: LakeStorage):
         from mlops_assets.serving.state import EndpointState
 
-        current = EndpointState(deployer.home, spec.name).load()
+        current = EndpointState(lake.endpoint_dir(spec.name)).load()
         if current is None or current.canary is None:
             return dg.SkipReason("no canary in progress")
         verdict = canary_verdict(spec, lake, current, datetime.now(UTC))

@@ -1,4 +1,6 @@
-"""The one place that knows where the platform runs. ``MLOPS_ENV`` picks it; nothing else branches.
+"""The one place that knows where the platform runs. ``MLOPS_ENV`` picks a profile; nothing else branches.
+
+A profile names every store by URI and says what runs the steps (see ``PROFILES``):
 
 ``local`` (the default) needs no server: everything lives under one home folder (``MLOPS_HOME``,
 default ``.mlops_home`` in the working directory)::
@@ -8,17 +10,21 @@ default ``.mlops_home`` in the working directory)::
     <home>/mlflow/artifacts/      MLflow artifacts (models, datasets, plots)
     <home>/feast/registry.db      Feast registry
     <home>/feast/online.db        Feast online store (SQLite)
-    <home>/landing/ …/lake/ …     landing zone, quarantine, per-partition parquet (LakeStorage)
+    <home>/landing/ …/lake/ …     landing zone, quarantine, lake, prediction store (LakeStorage)
+    <home>/endpoints/<spec>/      desired deployment and audit history; the local server's log and pid
     <home>/io/                    Dagster IO-manager output
-    <home>/endpoints/<spec>/      desired deployment, audit history, local server log and pid
 
-``aws``, ``gcp`` and ``k8s`` plug in here (S3/GCS storage, managed MLflow, Redis online store,
-k8s executor); until they exist, choosing them fails at load time with a message saying so.
+``aws`` and ``gcp`` keep the same layout on S3 or GCS, the Dagster instance, MLflow's backend store
+and (optionally) the Feast registry on PostgreSQL, and Feast's online store on Redis. ``k8s`` runs
+every run and step as a Kubernetes Job (dagster-k8s) on the stores of ``MLOPS_K8S_CLOUD`` (aws or
+gcp). Cloud values are read from the environment through ``dg.EnvVar`` when a run starts, never at
+load time: a code server starts before its backends answer, and no secret is in the definitions.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -27,19 +33,53 @@ from mlops_assets.resources import EndpointDeployer, FeastFeatureStore, LakeStor
 
 ENV_VAR = "MLOPS_ENV"
 HOME_VAR = "MLOPS_HOME"
-ENVIRONMENTS = ("local",)
-PLANNED = ("aws", "gcp", "k8s")
+K8S_CLOUD_VAR = "MLOPS_K8S_CLOUD"
+ENVIRONMENTS = ("local", "aws", "gcp", "k8s")
+CLOUDS = ("aws", "gcp")
+
+
+@dataclass(frozen=True)
+class CloudVars:
+    """The environment variables a cloud profile reads (names only; a deployment sets the values,
+    Terraform outputs carry the same names). Secrets sit inside the URLs and connection strings."""
+
+    storage: str = "MLOPS_STORAGE_URI"  # s3://bucket/prefix | gs://bucket/prefix: lake, quarantine, state, alerts
+    landing: str = "MLOPS_LANDING_URI"  # the landing zone the landing sensor watches
+    io_bucket: str = "MLOPS_IO_BUCKET"  # bucket of the Dagster IO manager
+    mlflow_tracking: str = "MLFLOW_TRACKING_URI"  # postgresql://… (backend store) or http(s)://tracking-server
+    mlflow_artifacts: str = "MLFLOW_ARTIFACT_URI"  # s3://… | gs://… artifact root of new experiments
+    feast_registry: str = "FEAST_REGISTRY_URI"  # postgresql+psycopg://… (SQL registry) or s3://…/registry.pb
+    redis: str = "MLOPS_REDIS"  # Feast's Redis online store: host:port[,password=…][,ssl=true]
+    gcp_project: str = "GOOGLE_CLOUD_PROJECT"  # gcp only: the project of the GCS IO manager
+
+
+CLOUD_VARS = CloudVars()
+
+# Variables of the PostgreSQL Dagster instance (dagster.yaml written by ``instance_yaml``).
+DAGSTER_PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
 
 
 def current_env() -> str:
     env = os.environ.get(ENV_VAR, "local").strip().lower()
-    if env in ENVIRONMENTS:
+    if env not in ENVIRONMENTS:
+        raise dg.DagsterInvalidDefinitionError(f"{ENV_VAR}={env!r} is unknown; available: {', '.join(ENVIRONMENTS)}")
+    return env
+
+
+def cloud(env: str | None = None) -> str | None:
+    """The cloud whose stores a profile uses (None for ``local``)."""
+    env = env or current_env()
+    if env in CLOUDS:
         return env
-    if env in PLANNED:
-        raise dg.DagsterInvalidDefinitionError(
-            f"{ENV_VAR}={env}: this environment is planned but not implemented yet; available: {', '.join(ENVIRONMENTS)}"
-        )
-    raise dg.DagsterInvalidDefinitionError(f"{ENV_VAR}={env!r} is unknown; available: {', '.join(ENVIRONMENTS)}")
+    if env == "k8s":
+        chosen = os.environ.get(K8S_CLOUD_VAR, "aws").strip().lower()
+        if chosen not in CLOUDS:
+            raise dg.DagsterInvalidDefinitionError(f"{K8S_CLOUD_VAR}={chosen!r}: the k8s profile runs on aws or gcp stores")
+        return chosen
+    return None
+
+
+# --- local --------------------------------------------------------------------------------------
 
 
 def mlops_home() -> Path:
@@ -79,11 +119,11 @@ def _local_resources(home: Path) -> dict:
     return {
         "lake": LakeStorage(root=str(home)),
         "feast": FeastFeatureStore(
-            registry_path=str(home / "feast" / "registry.db"),
+            registry=str(home / "feast" / "registry.db"),
             online_store_path=str(home / "feast" / "online.db"),
         ),
         "mlflow": MlflowTracking(
-            tracking_uri=mlflow_tracking_uri(home),
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(home),
             artifact_location=(home / "mlflow" / "artifacts").as_uri(),
             env_to_tag=["MLOPS_ENV"],
         ),
@@ -92,14 +132,102 @@ def _local_resources(home: Path) -> dict:
     }
 
 
+# --- clouds -------------------------------------------------------------------------------------
+
+
+def _cloud_resources(which: str, home: Path) -> dict:
+    """Stores of the aws or gcp profile, every location and secret a ``dg.EnvVar`` (read when a run
+    starts). ``home`` still holds what only this machine can use: a local server's pid and log."""
+    from mlops_assets.resources.io import ObjectStoreIOManager
+
+    v = CLOUD_VARS
+    if which == "aws":
+        io_manager = ObjectStoreIOManager(protocol="s3", bucket=dg.EnvVar(v.io_bucket))
+    else:
+        io_manager = ObjectStoreIOManager(protocol="gs", bucket=dg.EnvVar(v.io_bucket), project=dg.EnvVar(v.gcp_project))
+    return {
+        "lake": LakeStorage(root=dg.EnvVar(v.storage), landing_root=dg.EnvVar(v.landing)),
+        "feast": FeastFeatureStore(
+            registry=dg.EnvVar(v.feast_registry),
+            online_store_type="redis",
+            redis_connection=dg.EnvVar(v.redis),
+        ),
+        "mlflow": MlflowTracking(
+            tracking_uri=dg.EnvVar(v.mlflow_tracking),
+            artifact_location=dg.EnvVar(v.mlflow_artifacts),
+            env_to_tag=["MLOPS_ENV"],
+        ),
+        "deployer": EndpointDeployer(home=str(home)),
+        "io_manager": io_manager,
+    }
+
+
 def resources() -> dict:
+    """The resources of the current profile, as the code location binds them."""
     env = current_env()
-    if env == "local":
+    which = cloud(env)
+    if which is None:
         return _local_resources(mlops_home())
-    raise AssertionError(env)  # current_env() only returns implemented environments
+    return _cloud_resources(which, mlops_home())
+
+
+def runtime() -> dict:
+    """The current profile's resources with their environment variables read now: for processes
+    outside Dagster (the model server, ``mlops land``), which are configured by environment only."""
+    out = {}
+    for name, resource in resources().items():
+        if isinstance(resource, (LakeStorage, FeastFeatureStore, MlflowTracking, EndpointDeployer)):
+            values = [getattr(resource, f) for f in type(resource).model_fields]
+            missing = [str(v) for v in values if isinstance(v, dg.EnvVar) and v.get_value() is None]
+            if missing:
+                raise RuntimeError(f"{ENV_VAR}={current_env()}: {name} needs the environment variable(s) {', '.join(missing)}")
+            out[name] = resource.process_config_and_initialize()
+    return out
+
+
+# --- what runs the steps ------------------------------------------------------------------------
 
 
 def executor() -> dg.ExecutorDefinition:
-    """In-process locally: steps are small, and each extra process would pay the imports again."""
-    current_env()
+    """In-process locally and on aws/gcp run workers: steps are small, and each extra process would
+    pay the imports again. On ``k8s`` every step is its own Job, sized by the spec (``k8s.py``)."""
+    env = current_env()
+    cloud(env)  # an unknown MLOPS_K8S_CLOUD fails at load, naming the variable
+    if env == "k8s":
+        from mlops_assets.k8s import step_executor
+
+        return step_executor()
     return dg.in_process_executor
+
+
+def instance_yaml(env: str | None = None, max_concurrent_runs: int = 4) -> str:
+    """The dagster.yaml of a profile's Dagster instance: SQLite locally; PostgreSQL (runs, events,
+    schedules) with a queued run coordinator on the clouds; the K8sRunLauncher on ``k8s``."""
+    env = env or current_env()
+    if env == "local":
+        return DAGSTER_YAML
+    pg = "\n".join(
+        f"      {key}:\n        env: {var}" for key, var in zip(("hostname", "port", "username", "password", "db_name"), DAGSTER_PG_VARS)
+    )
+    # dagster-postgres sends NOTIFY with a bound parameter, which psycopg 3 (SQLAlchemy 2.1's default
+    # PostgreSQL driver) refuses: name psycopg2 explicitly
+    pg += "\n      scheme: postgresql+psycopg2"
+    text = f"""\
+# Dagster instance of the mlops_assets '{env}' profile (written by `mlops instance --env {env}`).
+storage:
+  postgres:
+    postgres_db:
+{pg}
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: {max_concurrent_runs}
+telemetry:
+  enabled: false
+"""
+    if env == "k8s":
+        from mlops_assets.k8s import run_launcher_yaml
+
+        text += run_launcher_yaml()
+    return text

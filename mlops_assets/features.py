@@ -4,8 +4,8 @@ materialization into the online store.
 ``feature_store_<spec>`` registers the spec's entities, feature views and feature service and
 snapshots its lookup tables; ``features_<spec>`` writes each day's rows of every feature view (into
 month files, see ``LakeStorage``);
-``online_features_<spec>`` loads that day's entity-keyed views into the SQLite (or Redis, in the cloud)
-online store.
+``online_features_<spec>`` loads that day's entity-keyed views into the online store (SQLite locally,
+Redis in the cloud profiles).
 """
 
 from datetime import timedelta
@@ -42,7 +42,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 frame = lookup_frame(tname, table, spec)
             except DataError as exc:
                 raise failure(str(exc)) from exc
-            lake.write(frame, lake.feature_table_dir(name, lookup_view_name(tname)) / "snapshot.parquet")
+            lake.write(frame, lake.path("features", name, f"{lookup_view_name(tname)}/snapshot.parquet"))
             rows[tname] = len(frame)
         registered = feast.apply(spec, lake.features_root(name))
         return dg.MaterializeResult(
@@ -84,7 +84,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         if spec.past_rate_features:
             history_keys = days_before(day, history_days)
             history = lake.read_partitions("dataset", name, history_keys)
-            history_available = sum(lake.partition_path("dataset", name, d).exists() for d in history_keys)
+            history_available = len(set(history_keys) & set(lake.partitions("dataset", name)))
             if history is None:
                 history = today.iloc[0:0]
             for f in spec.past_rate_features:

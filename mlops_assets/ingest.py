@@ -37,7 +37,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         partitions_def=parts,
     )
     def raw(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
-        from mlops_assets.core.sources import DataError, infer_format, read_file, require_columns
+        from mlops_assets import files
+        from mlops_assets.core.sources import DataError, infer_format, parse_file, require_columns
 
         day = context.partition_key
         file = lake.landing_file(name, day)
@@ -46,19 +47,20 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 f"no file landed for {day} in {lake.landing_dir(name)}; land one with `mlops land --spec {name} --date {day}`",
                 landing_dir=lake.landing_dir(name),
             )
+        content = files.read_bytes(file)
         try:
-            df = read_file(str(file), infer_format(str(file), None))
-            require_columns(df, spec.required_source_columns, str(file), name)
+            df = parse_file(content, infer_format(file, None), file)
+            require_columns(df, spec.required_source_columns, file, name)
         except DataError as exc:
             raise failure(str(exc), file=file) from exc
         out = lake.write(df, lake.partition_path("raw", name, day))
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(df),
-                "source_file": dg.MetadataValue.path(str(file)),
-                "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+                "source_file": dg.MetadataValue.path(file),
+                "sha256": hashlib.sha256(content).hexdigest(),
                 "columns": len(df.columns),
-                "path": dg.MetadataValue.path(str(out)),
+                "path": dg.MetadataValue.path(out),
             }
         )
 
@@ -97,7 +99,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         valid_path, rejected_path = lake.partition_path("dataset", name, day), lake.partition_path("dataset_rejected", name, day)
         if accepted:
             out = lake.write(df, valid_path)
-            rejected_path.unlink(missing_ok=True)
+            lake.delete(rejected_path)
         else:
             out = lake.write(df, rejected_path)
         label_stat = "positive_rate" if spec.target.task == "classification" else "label_mean"
@@ -106,7 +108,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 "dagster/row_count": len(df),
                 label_stat: float(df[LABEL].mean()) if len(df) else float("nan"),
                 "accepted": accepted,
-                "path": dg.MetadataValue.path(str(out)),
+                "path": dg.MetadataValue.path(out),
                 "preview": md_table(df.head(10)),
             },
             check_results=[check_result(o, dg.AssetCheckSeverity.ERROR) for o in outcomes],

@@ -1,5 +1,9 @@
 """Landing sensor: every new daily file in ``landing/<spec>/`` becomes an ingest run for its day.
 
+The landing zone is a local folder or an object-store prefix (``s3://…``, ``gs://…``): the sensor
+lists it through the platform's filesystem layer, and a file is only listed once it is whole (a
+local file is renamed into place; an object appears when its upload completes).
+
 A file is named ``YYYY-MM-DD.<csv|csv.gz|parquet>``. The sensor reads it before requesting a run:
 a file that is misnamed, outside the spec's partitions, unreadable or missing a column the spec
 needs is moved to ``quarantine/<spec>/`` with a ``.reason.txt`` beside it, and the sensor goes on
@@ -21,24 +25,25 @@ from mlops_assets.resources import LakeStorage
 from mlops_assets.specs import ModelSpec
 
 
-def check_landed_file(spec: ModelSpec, path, partition_keys: set[str]) -> str | None:
+def check_landed_file(spec: ModelSpec, uri: str, content: bytes, partition_keys: set[str]) -> str | None:
     """Why a landed file cannot be ingested, or None when it can."""
-    from mlops_assets.core.sources import DataError, infer_format, read_file, require_columns
+    from mlops_assets.core.sources import DataError, infer_format, parse_file, require_columns
 
-    day = path.name.split(".", 1)[0]
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    day = name.split(".", 1)[0]
     try:
         date.fromisoformat(day)
     except ValueError:
-        return f"{path.name}: file name must start with the day it holds (YYYY-MM-DD)"
+        return f"{name}: file name must start with the day it holds (YYYY-MM-DD)"
     if day not in partition_keys:
-        return f"{path.name}: {day} is outside the partitions of spec '{spec.name}'"
+        return f"{name}: {day} is outside the partitions of spec '{spec.name}'"
     try:
-        df = read_file(str(path), infer_format(str(path), None))
-        require_columns(df, spec.required_source_columns, str(path), spec.name)
+        df = parse_file(content, infer_format(uri, None), uri)
+        require_columns(df, spec.required_source_columns, uri, spec.name)
     except DataError as exc:
         return str(exc)
     if df.empty:
-        return f"{path}: no rows"
+        return f"{uri}: no rows"
     return None
 
 
@@ -64,34 +69,37 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
         description=f"New files in landing/{name}/ become ingest runs for their day; bad files go to quarantine/{name}/.",
     )
     def landing(context: dg.SensorEvaluationContext, lake: LakeStorage) -> dg.SensorResult:
-        seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
-        folder = lake.landing_dir(name)
-        if not folder.exists():
-            return dg.SensorResult(skip_reason=f"no landing folder {folder} yet")
+        from mlops_assets import files
+
+        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        landed = lake.landed(name)
+        if not landed:
+            return dg.SensorResult(skip_reason=f"nothing in {lake.landing_dir(name)} yet", cursor=context.cursor)
         keys = None
         requests = []
-        for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-            stamp = path.stat().st_mtime_ns
-            if seen.get(path.name) == stamp:
+        for entry in landed:
+            stamp = entry.stamp
+            if seen.get(entry.name) == stamp:
                 continue
-            day = path.name.split(".", 1)[0]
-            if already_ingested(context.instance, spec, day, hashlib.sha256(path.read_bytes()).hexdigest()):
-                seen[path.name] = stamp  # same bytes as the day's latest raw: nothing to do
+            day = entry.name.split(".", 1)[0]
+            content = files.read_bytes(entry.uri)
+            if already_ingested(context.instance, spec, day, hashlib.sha256(content).hexdigest()):
+                seen[entry.name] = stamp  # same bytes as the day's latest raw: nothing to do
                 continue
             if keys is None:
                 keys = set(daily_partitions(spec).get_partition_keys())
-            reason = check_landed_file(spec, path, keys)
+            reason = check_landed_file(spec, entry.uri, content, keys)
             if reason:
-                target = lake.quarantine(name, path, reason)
-                context.log.warning(f"quarantined {path.name} -> {target}: {reason}")
-                seen.pop(path.name, None)
+                target = lake.quarantine(name, entry.uri, reason)
+                context.log.warning(f"quarantined {entry.name} -> {target}: {reason}")
+                seen.pop(entry.name, None)
                 continue
-            seen[path.name] = stamp
+            seen[entry.name] = stamp
             requests.append(
                 dg.RunRequest(
-                    run_key=f"{path.name}:{stamp}",
+                    run_key=f"{entry.name}:{stamp}",
                     partition_key=day,
-                    tags={"mlops/landed_file": path.name},
+                    tags={"mlops/landed_file": entry.name},
                 )
             )
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))

@@ -125,7 +125,8 @@ class Replay:
             shutil.rmtree(self.home)  # a replay always starts from nothing
         self.home.mkdir(parents=True)
         os.environ["MLOPS_HOME"] = str(self.home)
-        from mlops_assets.environments import ensure_dagster_home
+        os.environ["MLOPS_ENV"] = "local"  # a replay is a simulation on this machine, whatever the deployment
+        from mlops_assets.environments import ensure_dagster_home, resources
 
         dagster_home = ensure_dagster_home(self.home)
         os.environ["DAGSTER_HOME"] = str(dagster_home)
@@ -134,7 +135,6 @@ class Replay:
 
         from mlops_assets.factory import build_definitions
         from mlops_assets.jobs import job_name
-        from mlops_assets.resources import LakeStorage
         from mlops_assets.resources.feast import cached_feature_store
 
         cached_feature_store.cache_clear()  # this home's Feast registry is new, even at a path seen before
@@ -143,7 +143,7 @@ class Replay:
         # In memory by default: the Dagster bookkeeping of a thousand simulated days costs half the
         # replay's time in SQLite. ``keep_instance`` writes it to the home so the UI can open it.
         self.instance = dg.DagsterInstance.from_config(str(dagster_home)) if self.keep_instance else _ephemeral_instance()
-        self.lake = LakeStorage(root=str(self.home))
+        self.lake = resources()["lake"]
         self.landing = self.defs.get_sensor_def(f"landing_{self.spec.name}")
         self.ingest_job = self.defs.resolve_job_def(job_name("ingest", self.spec))
         self.train_job = self.defs.resolve_job_def(job_name("train", self.spec))

@@ -69,7 +69,7 @@ def drift_window(spec: ModelSpec, day: str, scored, X, lake: LakeStorage):
     for d in _days_back(day, spec.policies.drift.window_days):
         if d == day:
             frames.append(scored)  # score_partition stored the features beside the scores
-        elif (path := lake.partition_path("predictions", spec.name, d)).exists():
+        elif lake.exists(path := lake.partition_path("predictions", spec.name, d)):
             frames.append(lake.read(path))
         else:
             continue
@@ -95,12 +95,12 @@ def performance_window(spec: ModelSpec, day: str, scored, lake: LakeStorage, cha
     for d in _days_back(day, spec.policies.performance.window_days, offset=delay):
         if d == day:
             served = scored
-        elif (path := lake.partition_path("predictions", spec.name, d)).exists():
+        elif lake.exists(path := lake.partition_path("predictions", spec.name, d)):
             served = lake.read(path)
         else:
             continue
         events = lake.partition_path("dataset", spec.name, d)
-        if d != day and events.exists():
+        if d != day and lake.exists(events):
             labels = lake.read(events)[[EVENT_ID, LABEL]]
             served = served.drop(columns=[LABEL]).merge(labels, on=EVENT_ID, how="inner")
         served = served[(served["model_version"] == champion_version) & served[LABEL].notna()]
@@ -132,7 +132,7 @@ def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_versio
 
     def served_on(d: str) -> pd.DataFrame | None:
         if d not in logged:
-            logged[d] = read_day(lake.root, SERVED, spec.name, d)
+            logged[d] = read_day(lake.predictions_root(), SERVED, spec.name, d)
         return logged[d]
 
     frames, drift_days = [], []
@@ -152,7 +152,7 @@ def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_versio
     for d in _days_back(day, spec.policies.performance.window_days, offset=spec.target.label_delay_days):
         served = served_on(d)
         events = lake.partition_path("dataset", spec.name, d)
-        if served is None or not events.exists():
+        if served is None or not lake.exists(events):
             continue
         served = of_champion(served).dropna(subset=["event_id"])
         labels = lake.read(events)[[EVENT_ID, LABEL]].astype({EVENT_ID: "string"})
@@ -175,21 +175,23 @@ def load_reference(lake: LakeStorage, mlflow: MlflowTracking, spec: ModelSpec, r
     """The champion's monitoring reference: from the lake, or restored from its MLflow run's
     ``reference/`` artifacts when the lake does not have it (a new machine, a cleaned lake)."""
     import json
-    import shutil
     import tempfile
+    from pathlib import Path
 
-    import pandas as pd
+    from mlops_assets import files
 
     folder = reference_dir(lake, spec, run_id)
-    if not (folder / "reference.json").exists():
+    if not files.exists(files.join(folder, "reference.json")):
         from mlflow.artifacts import download_artifacts
 
         mlflow.client()  # points the MLflow client at this resource's tracking server
         with tempfile.TemporaryDirectory() as tmp:
-            local = download_artifacts(run_id=run_id, artifact_path="reference", dst_path=tmp)
-            shutil.copytree(local, folder, dirs_exist_ok=True)
-    meta = json.loads((folder / "reference.json").read_text())
-    return pd.read_parquet(folder / "features.parquet"), pd.read_parquet(folder / "scores.parquet")["score"].to_numpy(), meta
+            local = Path(download_artifacts(run_id=run_id, artifact_path="reference", dst_path=tmp))
+            for name in ("features.parquet", "scores.parquet", "reference.json"):  # the marker file last
+                files.write_bytes(files.join(folder, name), (local / name).read_bytes())
+    meta = json.loads(files.read_text(files.join(folder, "reference.json")))
+    features = files.read_parquet(files.join(folder, "features.parquet"))
+    return features, files.read_parquet(files.join(folder, "scores.parquet"))["score"].to_numpy(), meta
 
 
 def _drift_plot(table) -> dg.MetadataValue:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
+from mlops_assets import files
 from mlops_assets.common import asset_kwargs, failure, key, md_table, svg_markdown
 from mlops_assets.core.names import CHALLENGER, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
@@ -72,7 +73,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 f"no partition of {key('features', spec).to_user_string()} is materialized yet; run the ingest job first"
             )
         window = [(as_of - timedelta(days=i)).isoformat() for i in range(tr.window_days - 1, -1, -1)]
-        usable = [d for d in window if d in featurised and lake.partition_path("dataset", name, d).exists()]
+        present = set(lake.partitions("dataset", name))
+        usable = [d for d in window if d in featurised and d in present]
         events = lake.read_partitions("dataset", name, usable)
         if events is None:
             raise failure(f"no featurised day in the window {window[0]}..{window[-1]}")
@@ -90,7 +92,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         lake.write(train, train_path)
         lake.write(holdout, holdout_path)
         meta = {"as_of": as_of.isoformat(), "partitions": usable, "rows_train": len(train), "rows_holdout": len(holdout)}
-        meta_path.write_text(json.dumps(meta))
+        files.write_text(meta_path, json.dumps(meta))
         nulls = pd.DataFrame(
             {"feature": spec.feature_names, "null_share": [float(joined[f].isna().mean()) for f in spec.feature_names]}
         )
@@ -122,7 +124,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     def model(context: dg.AssetExecutionContext, lake: LakeStorage, mlflow: MlflowTracking) -> dg.MaterializeResult:
         train_path, holdout_path, meta_path = training_set_paths(lake, spec)
         train, holdout = lake.read(train_path), lake.read(holdout_path)
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(files.read_text(meta_path))
         lineage = {
             "dagster_asset": context.asset_key.to_user_string(),
             "mlops.spec": name,
@@ -156,16 +158,27 @@ def reference_dir(lake: LakeStorage, spec: ModelSpec, run_id: str):
     return lake.path("reference", spec.name, run_id)
 
 
-def _write_reference(folder, spec: ModelSpec, X_train, holdout_scores, holdout_labels, metrics: dict) -> None:
+def _write_reference(folder: str, spec: ModelSpec, X_train, holdout_scores, holdout_labels, metrics: dict) -> None:
     """What drift and performance checks compare a scored day against: a sample of the training
-    features, the holdout's scores, and the holdout metric the model was promoted on."""
+    features, the holdout's scores, and the holdout metric the model was promoted on. Written to a
+    local folder first (MLflow logs artifacts from one), then copied to the lake's ``folder``."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
     import pandas as pd
 
-    folder.mkdir(parents=True, exist_ok=True)
-    n = min(len(X_train), spec.policies.drift.reference_rows)
-    X_train.sample(n=n, random_state=0).to_parquet(folder / "features.parquet", index=False)
-    pd.DataFrame({"score": holdout_scores, "label": holdout_labels}).to_parquet(folder / "scores.parquet", index=False)
-    (folder / "reference.json").write_text(json.dumps({"metric": spec.promotion.metric, "holdout": metrics}))
+    from mlops_assets import files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp)
+        n = min(len(X_train), spec.policies.drift.reference_rows)
+        X_train.sample(n=n, random_state=0).to_parquet(local / "features.parquet", index=False)
+        pd.DataFrame({"score": holdout_scores, "label": holdout_labels}).to_parquet(local / "scores.parquet", index=False)
+        (local / "reference.json").write_text(json.dumps({"metric": spec.promotion.metric, "holdout": metrics}))
+        for path in sorted(local.iterdir()):
+            files.write_bytes(files.join(folder, path.name), path.read_bytes())
+        mlflow.log_artifacts(tmp, artifact_path="reference")
 
 
 def _train_and_log(
@@ -208,9 +221,7 @@ def _train_and_log(
         info = log_pipeline(fitted, spec.name, X_train.head(5), signature)
         plot = _score_plot(spec, holdout[LABEL], scores, metrics)
         run_id, exp_id = run.info.run_id, run.info.experiment_id
-        folder = reference_dir(lake, spec, run_id)
-        _write_reference(folder, spec, X_train, scores, holdout[LABEL].to_numpy(), metrics)
-        mlflow.log_artifacts(str(folder), artifact_path="reference")
+        _write_reference(reference_dir(lake, spec, run_id), spec, X_train, scores, holdout[LABEL].to_numpy(), metrics)
     client = mlflow_res.client()
     version = str(info.registered_model_version)
     for k, v in {**tags, "mlflow_run_id": run_id}.items():

@@ -653,18 +653,18 @@ def test_a_feature_day_rewritten_replaces_its_rows_and_keeps_the_months_other_da
     from mlops_assets.resources import LakeStorage
 
     lake = LakeStorage(root=str(tmp_path))
-    legacy = lake.feature_table_dir("s", "events") / "2013-01-02.parquet"
+    legacy = f"{lake.feature_table_dir('s', 'events')}/2013-01-02.parquet"
     lake.write(pd.DataFrame({"event_id": ["old"], "x": [0.0]}), legacy)
     lake.write_feature_day("s", "events", "2013-01-01", pd.DataFrame({"event_id": ["a", "b"], "x": [1.0, 2.0]}))
     lake.write_feature_day("s", "events", "2013-01-02", pd.DataFrame({"event_id": ["c"], "x": [3.0]}))
     lake.write_feature_day("s", "events", "2013-02-01", pd.DataFrame({"event_id": ["d"], "x": [4.0]}))
     lake.write_feature_day("s", "events", "2013-01-01", pd.DataFrame({"event_id": ["e"], "x": [5.0]}))  # rewritten
-    assert sorted(p.name for p in lake.feature_table_dir("s", "events").glob("*.parquet")) == [
+    assert sorted(p.name for p in Path(lake.feature_table_dir("s", "events")).glob("*.parquet")) == [
         "2013-01.parquet",
         "2013-02.parquet",
     ]
     assert lake.read_feature_day("s", "events", "2013-01-01")["event_id"].tolist() == ["e"]
     assert lake.read_feature_day("s", "events", "2013-01-02")["event_id"].tolist() == ["c"]
     assert lake.read_feature_day("s", "events", "2013-01-03") is None
-    january = pd.read_parquet(lake.feature_table_dir("s", "events") / "2013-01.parquet")
+    january = pd.read_parquet(f"{lake.feature_table_dir('s', 'events')}/2013-01.parquet")
     assert sorted(january["event_id"]) == ["c", "e"] and len(january) == 2

@@ -244,9 +244,9 @@ def test_run_failure_sensor_closes_mlflow_runs_a_dead_process_left_running(fligh
     ).for_run_failure()
     close_mlflow_runs_and_record_alerts(context, mlflow=resources()["mlflow"], lake=resources()["lake"])
     assert client.get_run(orphan.info.run_id).info.status == "FAILED"
-    import json
+    from mlops_assets.alerts import read_alerts
 
-    alerts = [json.loads(line) for line in (flights.home / "alerts" / "alerts.jsonl").read_text().splitlines()]
+    alerts = read_alerts(resources()["lake"])
     assert alerts[-1]["run_id"] == failed.run_id and alerts[-1]["job"] == "train_flight_delays"
     assert orphan.info.run_id in alerts[-1]["mlflow_runs_closed"] and alerts[-1]["error"]
     assert not client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'")
@@ -371,10 +371,10 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     online store by entity key; a plane and a route the store never saw get the spec's documented
     defaults (the rate prior; the plane left to the model's imputation) and are flagged."""
     from mlops_assets.core.features import past_rate
-    from mlops_assets.environments import mlflow_tracking_uri
     from mlops_assets.serving import build_server
 
-    server = build_server(flight_spec, flights.home, mlflow_tracking_uri(flights.home), log_predictions=False)
+    r = flights.resources()
+    server = build_server(flight_spec, r["lake"], r["feast"], r["mlflow"], log_predictions=False)
     server.load_initial()
     assert server.serving is not None, server.load_error
     lake = flights.home / "lake" / "dataset" / "flight_delays"
@@ -410,12 +410,12 @@ def test_endpoint_traffic_is_monitored_in_its_events_daily_partition(flights, fl
     import dagster as dg
 
     from mlops_assets.core.training import evaluate
-    from mlops_assets.environments import mlflow_tracking_uri
     from mlops_assets.serving import build_server
 
     day = KEYS[-2]
     events = pd.read_parquet(flights.home / "lake" / "dataset" / "flight_delays" / f"{day}.parquet")
-    server = build_server(flight_spec, flights.home, mlflow_tracking_uri(flights.home))
+    r = flights.resources()
+    server = build_server(flight_spec, r["lake"], r["feast"], r["mlflow"])
     server.load_initial()
     assert server.serving is not None, server.load_error
     fields = ["carrier", "origin", "dest", "tailnum", "distance"]

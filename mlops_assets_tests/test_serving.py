@@ -215,13 +215,16 @@ def test_every_prediction_is_logged_to_the_prediction_store(server):
     status, out = Client(server["port"]).call("POST", "/v1/models/elec2:predict", {"instances": rows})
     assert status == 200
     time.sleep(2.5)  # the log is written by a background thread every second
-    served = read_since(server["home"], SERVED, "elec2", since)
+    from mlops_assets.resources import LakeStorage
+
+    store = LakeStorage(root=str(server["home"])).predictions_root()
+    served = read_since(store, SERVED, "elec2", since)
     mine = served[served["request_id"] == out["request_id"]]
     assert list(mine["event_id"]) == [f"evt-{i}" for i in range(7)]
     assert list(mine["score"]) == pytest.approx(out["scores"])
     assert set(mine["model_version"]) == {1}
     assert mine["feature.nswprice"].tolist() == [r["nswprice"] for r in rows]
-    requests = read_since(server["home"], REQUESTS, "elec2", since)
+    requests = read_since(store, REQUESTS, "elec2", since)
     assert requests.set_index("request_id").loc[out["request_id"], "rows"] == 7
 
 
@@ -393,9 +396,11 @@ def endpoint_home(registry, tmp_path_factory):
     )
     home = registry["home"]
     yield {"spec": spec, "home": home, "tracking_uri": registry["tracking_uri"], "rows": registry["rows"]}
+    from mlops_assets.resources import EndpointDeployer, LakeStorage
     from mlops_assets.serving.local import LocalTarget
 
-    LocalTarget(spec, home, registry["tracking_uri"]).stop()
+    run_dir = EndpointDeployer(home=str(home)).local_run_dir(spec.name)
+    LocalTarget(spec, LakeStorage(root=str(home)), registry["tracking_uri"], run_dir).stop()
 
 
 def materialize_endpoint(ctx, instance):
@@ -489,7 +494,9 @@ def test_endpoint_deploys_canaries_rolls_back_and_promotes(endpoint_home):
         assert meta["action"] == "promoted" and meta["stable_version"] == 3 and check.passed, meta
         assert client.get_model_version("elec2", "3").tags["mlops.canary"] == "promoted"
 
-    history = EndpointState(ctx["home"], "elec2").history()
+    from mlops_assets.resources import LakeStorage
+
+    history = EndpointState(LakeStorage(root=str(ctx["home"])).endpoint_dir("elec2")).history()
     assert [e["action"] for e in history] == ["deploy", "canary_started", "rolled_back", "canary_started", "promoted"]
     assert "| rolled_back | 1 |" in meta["history"]
 
@@ -583,7 +590,11 @@ def test_a_sagemaker_container_serves_its_unpacked_model(registry, monkeypatch, 
     model_dir = mlflow.artifacts.download_artifacts(artifact_uri="models:/elec2/3", dst_path=str(tmp_path))
     monkeypatch.setenv("MLOPS_MODEL_DIR", model_dir)
     monkeypatch.setenv("MLOPS_DEPLOYMENT", json.dumps({"stable": "3"}))
-    server = build_server(registry["spec"], tmp_path, "sqlite:///nowhere.db", log_predictions=False)
+    from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
+
+    feast = FeastFeatureStore(registry=str(tmp_path / "registry.db"), online_store_path=str(tmp_path / "online.db"))
+    lake, registry_client = LakeStorage(root=str(tmp_path)), MlflowTracking(tracking_uri="sqlite:///nowhere.db")
+    server = build_server(registry["spec"], lake, feast, registry_client, log_predictions=False)
     with TestClient(create_app(server)) as c:
         assert c.get("/ping").json()["stable"] == "3"
         out = c.post("/invocations", json={"instances": instances(registry["rows"].iloc[:3])}).json()

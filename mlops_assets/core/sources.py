@@ -61,17 +61,32 @@ def read_table(path: str, fmt: str | None = None) -> pd.DataFrame:
 def read_file(path: str, fmt: str) -> pd.DataFrame:
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
+    return parse_file(path, fmt, path)
+
+
+def parse_file(source, fmt: str, where: str) -> pd.DataFrame:
+    """A file's rows from a path or its bytes (``where`` names it in errors: a path or a URI)."""
+    import io
+
+    compression: str | None = "infer"  # from a path's name
+    if isinstance(source, bytes):
+        suffixes = {".gz": "gzip", ".zip": "zip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+        compression = next((c for s, c in suffixes.items() if where.lower().endswith(s)), None)
+        source = io.BytesIO(source)
+    path = source
     try:
         if fmt == "parquet":
             return pd.read_parquet(path)
         # Everything as text: typing is the dataset stage's job, with errors that name the column.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null"])
+        return pd.read_csv(
+            path, dtype=str, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null"], compression=compression
+        )
     except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: malformed {fmt.upper()}: {exc}".strip()) from exc
+        raise DataError(f"{where}: malformed {fmt.upper()}: {exc}".strip()) from exc
     except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path}: file is empty") from exc
-    except (UnicodeDecodeError, ValueError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
+        raise DataError(f"{where}: file is empty") from exc
+    except (UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{where}: cannot read as {fmt}: {exc}") from exc
 
 
 def require_columns(df: pd.DataFrame, required: list[str], where: str, spec_name: str) -> None:

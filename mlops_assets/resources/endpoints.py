@@ -11,26 +11,31 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets.resources.mlflow import MlflowTracking
+from mlops_assets.resources.storage import LakeStorage
 from mlops_assets.specs import ModelSpec
 
 
 class EndpointDeployer(dg.ConfigurableResource):
-    """Deploys model servers. ``home`` holds each endpoint's desired deployment and audit history
-    (``endpoints/<spec>/``) and, for the local target, the server's log and pid."""
+    """Deploys model servers. The desired deployment and audit history of each endpoint live in the
+    platform's storage (``LakeStorage.endpoint_dir``); ``home`` is a folder on this machine for what
+    only this machine can use: the local target's server log, pid and spec file."""
 
-    home: str = Field(description="Folder of endpoint state (the platform home locally).")
+    home: str = Field(description="Local folder for the local target's server log and pid (<home>/endpoints/<spec>/).")
     kube_config: str | None = Field(None, description="kubeconfig file for the kubernetes target (default: in-cluster).")
     kube_context: str | None = Field(None, description="kubeconfig context for the kubernetes target.")
     aws_endpoint_url: str | None = Field(None, description="AWS API endpoint override (an emulator in tests).")
 
-    def target(self, spec: ModelSpec, mlflow: MlflowTracking) -> Any:
+    def local_run_dir(self, spec: str) -> Path:
+        return Path(self.home) / "endpoints" / spec
+
+    def target(self, spec: ModelSpec, mlflow: MlflowTracking, lake: LakeStorage) -> Any:
         if spec.deployment is None:
             raise ValueError(f"spec {spec.name!r} has no deployment section")
         kind = spec.deployment.target
         if kind == "local":
             from mlops_assets.serving.local import LocalTarget
 
-            return LocalTarget(spec, self.home, mlflow.tracking_uri)
+            return LocalTarget(spec, lake, mlflow.tracking_uri, self.local_run_dir(spec.name))
         if kind == "kubernetes":
             return _Kubernetes(spec, mlflow, self.kube_config, self.kube_context)
         return _SageMaker(spec, mlflow, self.aws_endpoint_url)

@@ -1,8 +1,10 @@
 """Feast: the spec's entities, feature views and feature service, and the calls the assets make.
 
-One Feast project per spec, sharing one registry file and one SQLite online store. Offline sources
-are folders of per-partition parquet files read by Feast's DuckDB offline store (its Dask store
-fails on rows whose entity has no feature row; DuckDB keeps them with missing values).
+One Feast project per spec, sharing one registry (a file, an object, or Feast's SQL registry on
+PostgreSQL) and one online store (SQLite locally, Redis in the cloud profiles). Offline sources are
+folders of month parquet files, local or on an object store, read by Feast's DuckDB offline store
+(its Dask store fails on rows whose entity has no feature row; DuckDB keeps them with missing
+values), which reads object stores through the platform's own fsspec filesystems (``compat``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import io
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -39,20 +40,38 @@ def _quiet() -> Iterator[None]:
 class FeastFeatureStore(dg.ConfigurableResource):
     """A Feast feature store configured in code (no feature_store.yaml, no repo folder to import)."""
 
-    registry_path: str = Field(description="Feast registry file (or gs:// / s3:// URI).")
-    online_store_path: str = Field(description="SQLite database of the online store.")
+    registry: str = Field(
+        description="Feast registry: a file path, an s3:// or gs:// object, or a SQLAlchemy URL "
+        "(postgresql+psycopg://…) for Feast's SQL registry."
+    )
+    online_store_type: Literal["sqlite", "redis"] = Field("sqlite", description="Feast online store.")
+    online_store_path: str | None = Field(None, description="SQLite database of the online store (sqlite).")
+    redis_connection: str | None = Field(
+        None, description="Redis connection string, host:port[,password=…][,ssl=true] (redis; a secret: use dg.EnvVar)."
+    )
     offline_store: str = Field("duckdb", description="Feast offline store type.")
+
+    def online_config(self) -> tuple[tuple[str, str], ...]:
+        """Feast's ``online_store`` settings, hashable (one cached store per distinct location)."""
+        if self.online_store_type == "redis":
+            if not self.redis_connection:
+                raise ValueError("the redis online store needs redis_connection (host:port[,password=…])")
+            return (("type", "redis"), ("connection_string", self.redis_connection))
+        if not self.online_store_path:
+            raise ValueError("the sqlite online store needs online_store_path")
+        return (("type", "sqlite"), ("path", self.online_store_path))
 
     def store(self, spec: ModelSpec) -> FeatureStore:
         """The spec's Feast project. One ``FeatureStore`` per project and location per process:
         building one parses the config and opens the registry (~0.2 s), and a process that runs
         several steps (in-process runs, replays) would pay it on every step."""
-        return cached_feature_store(spec.name, self.registry_path, self.online_store_path, self.offline_store)
+        return cached_feature_store(spec.name, self.registry, self.online_config(), self.offline_store)
 
     # --- definitions ---------------------------------------------------------------------------
 
-    def definitions(self, spec: ModelSpec, features_root: Path) -> list[Any]:
-        """Feast objects for a spec; each feature view reads ``features_root/<view>/*.parquet``."""
+    def definitions(self, spec: ModelSpec, features_root: str) -> list[Any]:
+        """Feast objects for a spec; each feature view reads ``<features_root>/<view>/*.parquet``
+        (``features_root`` a local folder or an object-store URI)."""
         from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
         from feast import Field as FeastField
         from feast.data_format import ParquetFormat
@@ -63,7 +82,7 @@ class FeastFeatureStore(dg.ConfigurableResource):
         def source(table: str) -> FileSource:
             return FileSource(
                 name=f"{spec.name}_{table}",
-                path=str(features_root / table / "*.parquet"),
+                path=f"{features_root.rstrip('/')}/{table}/*.parquet",
                 file_format=ParquetFormat(),
                 timestamp_field=EVENT_TS,
             )
@@ -120,7 +139,7 @@ class FeastFeatureStore(dg.ConfigurableResource):
         service = FeatureService(name=FEATURE_SERVICE, features=projections, description=spec.description.strip())
         return [*entities.values(), event, *views, service]
 
-    def apply(self, spec: ModelSpec, features_root: Path) -> dict[str, int]:
+    def apply(self, spec: ModelSpec, features_root: str) -> dict[str, int]:
         objects = self.definitions(spec, features_root)
         self.store(spec).apply(objects)
         kinds: dict[str, int] = {}
@@ -162,24 +181,58 @@ class FeastFeatureStore(dg.ConfigurableResource):
         return timed + static
 
     def online_row_count(self, spec: ModelSpec) -> int:
-        """Rows in the online store for this spec's project (all views)."""
+        """Entity rows in the online store for this spec's project, over all views (an entity
+        known to two views counts twice)."""
+        if self.online_store_type == "redis":
+            return redis_row_count(dict(self.online_config())["connection_string"], spec.name)
         import sqlite3
 
         with sqlite3.connect(self.online_store_path) as conn:
             tables = [r[0] for r in conn.execute("select name from sqlite_master where type='table'")]
-            return sum(conn.execute(f'select count(*) from "{t}"').fetchone()[0] for t in tables if t.startswith(f"{spec.name}_"))
+            return sum(
+                conn.execute(f'select count(distinct entity_key) from "{t}"').fetchone()[0]
+                for t in tables
+                if t.startswith(f"{spec.name}_")
+            )
+
+
+def redis_row_count(connection_string: str, project: str) -> int:
+    """Entity rows of a project in Feast's Redis online store: each key is an entity key followed by
+    the project's name, a hash with one ``_ts:<view>`` field per view that wrote it."""
+    import redis
+
+    host, _, rest = connection_string.partition(",")
+    options = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
+    hostname, _, port = host.rpartition(":")
+    conn = redis.Redis(host=hostname, port=int(port), password=options.get("password"), ssl=options.get("ssl") == "true")
+    suffix = project.encode()
+    total = 0
+    for key in conn.scan_iter(count=1000):
+        if key.endswith(suffix):
+            total += sum(1 for f in conn.hkeys(key) if f.startswith(b"_ts:"))
+    return total
+
+
+def registry_config(registry: str) -> Any:
+    """Feast's ``registry`` setting: a SQL registry for a database URL, else a registry file/object."""
+    if registry.startswith(("postgresql", "mysql", "sqlite:")):
+        return {"registry_type": "sql", "path": registry, "cache_ttl_seconds": 60, "sqlalchemy_config_kwargs": {"pool_pre_ping": True}}
+    return registry
 
 
 @functools.lru_cache(maxsize=16)
-def cached_feature_store(project: str, registry: str, online_path: str, offline: str) -> FeatureStore:
+def cached_feature_store(project: str, registry: str, online: tuple[tuple[str, str], ...], offline: str) -> FeatureStore:
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
+    from mlops_assets.compat import register_object_stores_with_duckdb
+
+    register_object_stores_with_duckdb()
     config = RepoConfig(
         project=project,
         provider="local",
-        registry=registry,
-        online_store={"type": "sqlite", "path": online_path},
+        registry=registry_config(registry),
+        online_store=dict(online),
         offline_store={"type": offline},
         entity_key_serialization_version=3,
     )

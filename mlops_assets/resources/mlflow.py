@@ -29,7 +29,11 @@ class MlflowTracking(dg.ConfigurableResource):
     tracking_uri: str = Field(description="e.g. sqlite:///…/mlflow.db or http://mlflow:5000")
     registry_uri: str | None = Field(None, description="Defaults to the tracking URI.")
     artifact_location: str | None = Field(None, description="Artifact root for experiments this resource creates.")
-    ui_url: str = Field("http://127.0.0.1:5000", description="Where people open the MLflow UI; used for links.")
+    ui_url: str | None = Field(
+        None,
+        description="Where people open the MLflow UI, for links (default: the tracking server when the tracking URI "
+        "is http(s), else `mlflow ui` on http://127.0.0.1:5000).",
+    )
     env_to_tag: list[str] = Field(default_factory=list, description="Environment variables recorded as run tags.")
     extra_tags: dict[str, str] = Field(default_factory=dict)
 
@@ -127,11 +131,16 @@ class MlflowTracking(dg.ConfigurableResource):
 
     # --- links -------------------------------------------------------------------------------
 
+    def _ui(self) -> str:
+        if self.ui_url:
+            return self.ui_url.rstrip("/")
+        return self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{self._ui()}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def model_version_url(self, name: str, version: str | int) -> str:
-        return f"{self.ui_url}/#/models/{name}/versions/{version}"
+        return f"{self._ui()}/#/models/{name}/versions/{version}"
 
 
 @functools.lru_cache(maxsize=4)

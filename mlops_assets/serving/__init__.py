@@ -1,17 +1,22 @@
 """The model server (``mlops serve``): the local endpoint and the container image run this same app.
 
 ``build_server`` wires a spec to the platform it runs on: versions from the MLflow registry, online
-features from the Feast online store, the prediction log in the lake, and the deployment the
-endpoint asset last decided (else the ``champion`` alias).
+features from the Feast online store, the prediction log in the profile's storage, and the
+deployment the endpoint asset last decided (else the ``champion`` alias). Where each of those lives
+comes from the environment profile (``environments.runtime``), so a container is configured by its
+environment alone and reads and writes the same stores as the platform.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlops_assets.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
 
 ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"
 DEPLOYMENT_ENV = "MLOPS_DEPLOYMENT"  # JSON; the Kubernetes and SageMaker targets set it on the container
@@ -20,7 +25,9 @@ MODEL_DIR_ENV = "MLOPS_MODEL_DIR"  # an MLflow model folder to serve instead of 
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks a variant's ModelDataUrl
 
 
-def build_server(spec: ModelSpec, home: Path, tracking_uri: str, *, log_predictions: bool = True):
+def build_server(
+    spec: ModelSpec, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking, *, log_predictions: bool = True
+):
     import json
 
     from mlops_assets.core.names import CHAMPION
@@ -29,8 +36,8 @@ def build_server(spec: ModelSpec, home: Path, tracking_uri: str, *, log_predicti
     from mlops_assets.serving.runtime import MlflowVersions, feast_online_lookup, warm_up
     from mlops_assets.serving.state import Deployment, EndpointState
 
-    versions = MlflowVersions(tracking_uri)
-    state = EndpointState(home, spec.name)
+    versions = MlflowVersions(mlflow.tracking_uri, mlflow.registry_uri)
+    state = EndpointState(lake.endpoint_dir(spec.name))
 
     def initial() -> Deployment | None:
         if os.environ.get(DEPLOYMENT_ENV):
@@ -56,17 +63,19 @@ def build_server(spec: ModelSpec, home: Path, tracking_uri: str, *, log_predicti
             return mlflow.sklearn.load_model(model_dir)
 
     warm_up()
-    lookup = feast_online_lookup(spec, str(home / "feast" / "registry.db"), str(home / "feast" / "online.db"))
-    log = PredictionLog(home, spec.name, spec.source.timestamp.timezone) if log_predictions else None
+    lookup = feast_online_lookup(spec, feast)
+    log = PredictionLog(lake.predictions_root(), spec.name, spec.source.timestamp.timezone) if log_predictions else None
     return ModelServer(spec, load, online_lookup=lookup, prediction_log=log, initial=initial)
 
 
-def serve(spec: ModelSpec, host: str, port: int, home: Path, tracking_uri: str) -> None:
-    """Run the server in the foreground (uvicorn, one process; uvloop and httptools when present)."""
+def serve(spec: ModelSpec, host: str, port: int, resources: dict) -> None:
+    """Run the server in the foreground (uvicorn, one process; uvloop and httptools when present)
+    on the stores of ``resources`` (the profile's, read from the environment)."""
     import uvicorn
 
     from mlops_assets.serving.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(build_server(spec, home, tracking_uri), admin_token=os.environ.get(ADMIN_TOKEN_ENV))
+    server = build_server(spec, resources["lake"], resources["feast"], resources["mlflow"])
+    app = create_app(server, admin_token=os.environ.get(ADMIN_TOKEN_ENV))
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on")

@@ -2,7 +2,8 @@
 over its loopback admin route (no restart, so no request is dropped while versions change).
 
 When no server answers on the spec's port, ``apply`` starts one (``mlops serve`` in a new session,
-its log in ``<home>/endpoints/<spec>/server.log``, its pid in ``server.pid``) and leaves it running:
+with this process's environment, so it runs on the same profile and stores; its log in
+``<run_dir>/server.log``, its pid in ``server.pid``, both on this machine) and leaves it running:
 materializing the endpoint makes the machine serve. ``stop`` ends the process it started.
 """
 
@@ -17,12 +18,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mlops_assets.serving.state import Deployment, EndpointState
 from mlops_assets.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from mlops_assets.resources import LakeStorage
 
 
 class EndpointError(RuntimeError):
@@ -43,13 +47,15 @@ def _http(method: str, url: str, body: dict | None = None, timeout: float = 10.0
 
 
 class LocalTarget:
-    def __init__(self, spec: ModelSpec, home: str | Path, tracking_uri: str, *, start_timeout_s: float = 120.0):
+    def __init__(
+        self, spec: ModelSpec, lake: LakeStorage, tracking_uri: str, run_dir: str | Path, *, start_timeout_s: float = 120.0
+    ):
         if spec.deployment is None:
             raise ValueError(f"spec {spec.name!r} has no deployment section")
         self.spec = spec
-        self.home = Path(home)
+        self.run_dir = Path(run_dir)
         self.tracking_uri = tracking_uri
-        self.state = EndpointState(self.home, spec.name)
+        self.state = EndpointState(lake.endpoint_dir(spec.name))
         self.base_url = f"http://{spec.deployment.host}:{spec.deployment.port}"
         self.start_timeout_s = start_timeout_s
 
@@ -59,7 +65,7 @@ class LocalTarget:
 
     @property
     def pid_file(self) -> Path:
-        return self.state.folder / "server.pid"
+        return self.run_dir / "server.pid"
 
     def is_up(self) -> bool:
         try:
@@ -70,11 +76,11 @@ class LocalTarget:
     def start(self) -> int:
         """Start ``mlops serve`` for this spec (which reads the saved deployment) and wait until it
         answers. The spec is handed over as a file, so specs from any folder can be served."""
-        folder = self.state.folder
+        folder = self.run_dir
         folder.mkdir(parents=True, exist_ok=True)
         spec_file = folder / "spec.yaml"
         spec_file.write_text(yaml.safe_dump(self.spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False))
-        env = {**os.environ, "MLOPS_HOME": str(self.home), "MLFLOW_TRACKING_URI": self.tracking_uri}
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
         d = self.spec.deployment
         cmd = [
             sys.executable,
@@ -89,7 +95,7 @@ class LocalTarget:
             str(d.port),
         ]
         with (folder / "server.log").open("ab") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home)
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
         self.pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

@@ -1,6 +1,8 @@
 """The prediction store: every request and every prediction the server makes, as daily parquet files.
 
-Two tables under the lake, one folder per day (the spec's timezone, like every partition):
+Two tables under the prediction store's root (``LakeStorage.predictions_root``: ``<storage>/lake``,
+a local folder or an object-store prefix), one folder per day (the spec's timezone, like every
+partition):
 
     lake/requests/<spec>/<YYYY-MM-DD>/<file>.parquet   one row per request, in the day it arrived:
                                                        id, time, variant, model version, HTTP
@@ -15,61 +17,66 @@ Predictions are filed by event day because that is the partition of every asset:
 ``event_timestamp`` is an event happening now, filed under the day it arrived.
 
 The server appends rows to memory and a background thread writes a new file every second (and at
-shutdown), so a request never waits for a disk write and several server processes (or pods with a
-shared volume) never write the same file. Each file's name starts with the time it was written, so
+shutdown), so a request never waits for a write and several server processes (pods, SageMaker
+instances) never write the same file: on an object store each flush is one new object per day. Each file's name starts with the time it was written, so
 the canary check reads what was served since a moment (``read_since``) whatever days the events are.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from mlops_assets import files
 
 REQUESTS, SERVED = "requests", "served"
 FEATURE_PREFIX = "feature."  # the batch predictions' convention (scoring.FEATURE_PREFIX)
 
 
-def day_dir(root: str | Path, table: str, spec: str, day: str) -> Path:
-    return Path(root) / "lake" / table / spec / day
+def day_dir(root: str, table: str, spec: str, day: str) -> str:
+    """Folder of one table's files for one day, under the prediction store's ``root`` URI."""
+    return files.join(root, table, spec, day)
 
 
-def read_day(root: str | Path, table: str, spec: str, day: str) -> pd.DataFrame | None:
+def read_day(root: str, table: str, spec: str, day: str) -> pd.DataFrame | None:
     """Every row logged for a day (None when nothing was logged)."""
-    folder = day_dir(root, table, spec, day)
-    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
-    return _read(files)
+    return _read([e.uri for e in files.listing(day_dir(root, table, spec, day), ".parquet")])
 
 
-def read_since(root: str | Path, table: str, spec: str, since: pd.Timestamp) -> pd.DataFrame | None:
+def read_since(root: str, table: str, spec: str, since: pd.Timestamp) -> pd.DataFrame | None:
     """Rows received at or after ``since``, whatever day folder they are filed in: a file is written
     after every row it holds was received, so only files written since then are read."""
-    base = Path(root) / "lake" / table / spec
-    if not base.exists():
-        return None
+    base = files.join(root, table, spec)
     since_ns = pd.Timestamp(since).value
-    files = sorted(f for f in base.glob("*/*.parquet") if _written_ns(f) >= since_ns)
-    out = _read(files)
+    found = [
+        e.uri
+        for day in files.subfolders(base)
+        for e in files.listing(files.join(base, day), ".parquet")
+        if _written_ns(e.name) >= since_ns
+    ]
+    out = _read(sorted(found, key=files.name_of))
     return None if out is None else out[out["received_at"] >= since].reset_index(drop=True)
 
 
-def _written_ns(file: Path) -> int:
+def _written_ns(name: str) -> int:
     try:
-        return int(file.name.split("-", 1)[0])
+        return int(name.split("-", 1)[0])
     except ValueError:  # not a file of this log
         return -1
 
 
-def _read(files: list[Path]) -> pd.DataFrame | None:
-    if not files:
+def _read(uris: list[str]) -> pd.DataFrame | None:
+    if not uris:
         return None
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat([files.read_parquet(u) for u in uris], ignore_index=True)
 
 
 class PredictionLog:
@@ -80,8 +87,8 @@ class PredictionLog:
     is a list append and the flush costs one numpy concatenation per column, not one DataFrame per
     request. Times are epoch nanoseconds (``*_ns`` columns), turned into timestamps at flush."""
 
-    def __init__(self, root: str | Path, spec: str, timezone: str, flush_seconds: float = 1.0):
-        self.root, self.spec, self.timezone = Path(root), spec, timezone
+    def __init__(self, root: str, spec: str, timezone: str, flush_seconds: float = 1.0):
+        self.root, self.spec, self.timezone = root, spec, timezone
         self.flush_seconds = flush_seconds
         self._buffers: dict[str, list[dict[str, Any]]] = {REQUESTS: [], SERVED: []}
         self._lock = threading.Lock()
@@ -97,12 +104,24 @@ class PredictionLog:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_seconds):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the store is unreachable for now: rows stay queued for the next flush
+                logging.getLogger(__name__).exception("prediction log: flush to %s failed; retrying", self.root)
 
-    def flush(self) -> list[Path]:
+    def flush(self) -> list[str]:
         with self._lock:
             pending = {t: b for t, b in self._buffers.items() if b}
             self._buffers = {REQUESTS: [], SERVED: []}
+        try:
+            return self._write(pending)
+        except Exception:
+            with self._lock:  # put them back in front of what arrived meanwhile: nothing answered is lost
+                for table, blocks in pending.items():
+                    self._buffers[table][:0] = blocks
+            raise
+
+    def _write(self, pending: dict[str, list[dict[str, Any]]]) -> list[str]:
         written = []
         for table, blocks in pending.items():
             frame = _frame(blocks)
@@ -111,12 +130,11 @@ class PredictionLog:
             days = frame[filed_by].dt.tz_convert(self.timezone).dt.tz_localize(None).to_numpy().astype("datetime64[D]")
             for day, part in frame.groupby(days, sort=True):
                 folder = day_dir(self.root, table, self.spec, pd.Timestamp(day).strftime("%Y-%m-%d"))
-                folder.mkdir(parents=True, exist_ok=True)
                 name = f"{time.time_ns()}-{os.getpid()}-{next(self._seq)}.parquet"
-                tmp = folder / f".{name}.tmp"
-                part.reset_index(drop=True).to_parquet(tmp, index=False)
-                os.replace(tmp, folder / name)
-                written.append(folder / name)
+                buffer = io.BytesIO()
+                part.reset_index(drop=True).to_parquet(buffer, index=False)
+                written.append(files.write_bytes(files.join(folder, name), buffer.getvalue()))
+            pending[table] = []  # written: a failure on the next table does not queue these again
         return written
 
     def close(self) -> None:
@@ -149,7 +167,7 @@ def _object_dtype(values) -> str:
 
 
 def canary_sides(
-    root: str | Path,
+    root: str,
     spec,
     deployment,
     labels: Callable[[list[str]], pd.DataFrame | None],

@@ -46,7 +46,7 @@ class MlflowVersions:
             return None
 
 
-def feast_online_lookup(spec: ModelSpec, registry_path: str, online_store_path: str) -> OnlineLookup | None:
+def feast_online_lookup(spec: ModelSpec, feast) -> OnlineLookup | None:
     """A function from entity columns to the spec's online features (past rates and lookup columns),
     read from the Feast online store with ``get_online_features``; None when the spec has none.
 
@@ -60,9 +60,7 @@ def feast_online_lookup(spec: ModelSpec, registry_path: str, online_store_path: 
         refs.append((f.name, f"{lookup_view_name(f.table)}:{f.source}", f.source, (table.join_entity,)))
     if not refs:
         return None
-    from mlops_assets.resources.feast import cached_feature_store  # Feast itself is imported on first use
-
-    store = cached_feature_store(spec.name, registry_path, online_store_path, "duckdb")
+    store = feast.store(spec)  # ``feast``: a FeastFeatureStore; Feast itself is imported on first use
     features = [r[1] for r in refs]
     entity_names = list(spec.entities)
 

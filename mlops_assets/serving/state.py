@@ -1,47 +1,49 @@
-"""The desired deployment of an endpoint and its audit history, as plain JSON files.
+"""The desired deployment of an endpoint and its audit history, as JSON files in the platform's storage.
 
-``<home>/endpoints/<spec>/deployment.json`` says what should serve: the stable version, an optional
-canary version and its share of the traffic, and when the canary started. The local server reads it
-when it starts (so a restarted server serves what was last decided) and the endpoint asset rewrites
-it before telling the running server. ``history.jsonl`` is the audit trail: one line per deploy,
-canary start, promotion and rollback, also written to the model versions' MLflow tags.
+``<endpoints>/<spec>/deployment.json`` says what should serve: the stable version, an optional
+canary version and its share of the traffic, and when the canary started. A server reads it when it
+starts (so a restarted server serves what was last decided) and the endpoint asset rewrites it
+before telling the running server. ``history/`` is the audit trail: one file per deploy, canary
+start, promotion and rollback (an object store cannot append, so each entry is its own object, named
+by its time), also written to the model versions' MLflow tags. The folder is a local path or an
+object-store URI (``LakeStorage.endpoint_dir``), so a server in a container reads the same state.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+import time
 from typing import Any
 
+from mlops_assets import files
 from mlops_assets.core.serving import Deployment
 
 __all__ = ["Deployment", "EndpointState"]
 
 
 class EndpointState:
-    def __init__(self, home: str | Path, spec: str):
-        self.folder = Path(home) / "endpoints" / spec
-        self.deployment_file = self.folder / "deployment.json"
-        self.history_file = self.folder / "history.jsonl"
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.deployment_file = files.join(folder, "deployment.json")
+        self.history_dir = files.join(folder, "history")
+        self.legacy_history = files.join(folder, "history.jsonl")  # one file per endpoint, before object stores
 
     def load(self) -> Deployment | None:
-        if not self.deployment_file.exists():
+        if not files.exists(self.deployment_file):
             return None
-        return Deployment.from_json(json.loads(self.deployment_file.read_text()))
+        return Deployment.from_json(json.loads(files.read_text(self.deployment_file)))
 
     def save(self, deployment: Deployment) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.deployment_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(deployment.to_json(), indent=1))
-        os.replace(tmp, self.deployment_file)
+        files.write_text(self.deployment_file, json.dumps(deployment.to_json(), indent=1))
 
     def record(self, event: dict[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self.history_file.open("a") as f:
-            f.write(json.dumps(event) + "\n")
+        name = f"{time.time_ns():020d}-{os.getpid()}.json"
+        files.write_text(files.join(self.history_dir, name), json.dumps(event))
 
     def history(self) -> list[dict[str, Any]]:
-        if not self.history_file.exists():
-            return []
-        return [json.loads(line) for line in self.history_file.read_text().splitlines() if line.strip()]
+        events = []
+        if files.exists(self.legacy_history):
+            events += [json.loads(line) for line in files.read_text(self.legacy_history).splitlines() if line.strip()]
+        events += [json.loads(files.read_text(e.uri)) for e in files.listing(self.history_dir, ".json")]
+        return events

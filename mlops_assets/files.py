@@ -1,0 +1,243 @@
+"""The one filesystem layer: every file of the platform is a URI handled through fsspec.
+
+A location is a local path, ``s3://bucket/prefix`` (s3fs) or ``gs://bucket/prefix`` (gcsfs), and the
+same calls work on all three, so the local, aws and gcp profiles run the same code. fsspec because
+the rest of the stack already speaks it: pandas and pyarrow read and write through it, Dagster's
+``UPathIOManager`` is built on it, and Feast's DuckDB offline store is handed the same filesystem
+object (``compat.register_duckdb_filesystem``), so one set of credentials and endpoints serves all.
+Credentials and endpoints come from each cloud's standard environment (the AWS credential chain and
+``AWS_ENDPOINT_URL``; Google's application default credentials and ``STORAGE_EMULATOR_HOST``).
+
+What object stores lack, and how this layer keeps the guarantees the local layout had:
+
+- **Atomic writes.** Locally a file is written under a hidden name and renamed into place. On S3
+  and GCS a single PUT is atomic (the object appears whole or not at all), so a file is written in
+  one request: readers (the landing sensor among them) never see half a file.
+- **Locks.** Locally ``flock``. On object stores a lock is an object created only if absent
+  (``If-None-Match: *`` on S3, ``ifGenerationMatch=0`` on GCS; ``pipe_file(mode="create")``), with a
+  lease: a lock older than ``lease_s`` was left by a process that died and is broken.
+- **Appends.** An object cannot be appended to: logs (audit history, alerts, the prediction log)
+  are one new object per entry or batch, read back by listing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import posixpath
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def join(uri: str, *parts: str) -> str:
+    """``uri`` with path parts appended (``/`` on every filesystem: fsspec's own separator)."""
+    out = uri.rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return out
+
+
+def name_of(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/"))
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def filesystem(uri: str):
+    """The fsspec filesystem and path of a URI (fsspec caches one filesystem object per protocol
+    and options, so this is cheap after the first call)."""
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(uri)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write a whole file atomically: readers see the old content or the new, never a part."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):
+        fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
+        return uri
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return uri
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create a file only if it does not exist yet; False when it already did."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
+def delete(uri: str) -> None:
+    """Remove a file; nothing happens when it is not there."""
+    fs, path = filesystem(uri)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
+
+
+def move(src: str, dst: str) -> str:
+    """Move a file (a rename locally; copy then delete on object stores)."""
+    fs, path = filesystem(src)
+    _, target = filesystem(dst)
+    if not is_remote(src):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(path, target)
+    else:
+        fs.copy(path, target)
+        fs.rm_file(path)
+    return dst
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file found by ``listing``: its name, URI, size, and a stamp that changes whenever its
+    content is replaced (mtime and size locally, the ETag on S3, the generation on GCS)."""
+
+    name: str
+    uri: str
+    size: int
+    stamp: str
+
+
+def listing(folder: str, suffix: str = "") -> list[Entry]:
+    """The visible files directly in ``folder`` (names starting with ``.`` are work files), sorted by
+    name; empty when the folder does not exist."""
+    fs, path = filesystem(folder)
+    try:
+        infos = fs.ls(path, detail=True, refresh=True) if is_remote(folder) else fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    base = folder.rstrip("/")
+    out = []
+    for info in infos:
+        if info.get("type") != "file":
+            continue
+        name = posixpath.basename(info["name"].rstrip("/"))
+        if name.startswith(".") or not name.endswith(suffix):
+            continue
+        out.append(Entry(name, f"{base}/{name}", int(info.get("size") or 0), _stamp(info)))
+    return sorted(out, key=lambda e: e.name)
+
+
+def subfolders(folder: str) -> list[str]:
+    """Names of the folders directly in ``folder`` (object stores: common prefixes)."""
+    fs, path = filesystem(folder)
+    try:
+        infos = fs.ls(path, detail=True, refresh=True) if is_remote(folder) else fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.basename(i["name"].rstrip("/")) for i in infos if i.get("type") == "directory")
+
+
+def _stamp(info: dict[str, Any]) -> str:
+    for key in ("generation", "ETag", "etag"):
+        if info.get(key):
+            return str(info[key]).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") or info.get("created")
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"{mtime}:{info.get('size')}"
+
+
+# --- parquet and text -----------------------------------------------------------------------------
+
+
+def write_parquet(df: pd.DataFrame, uri: str) -> str:
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, index=False)
+    return write_bytes(uri, buffer.getvalue())
+
+
+def read_parquet(uri: str, filters: list | None = None) -> pd.DataFrame:
+    import pandas as pd
+
+    if not is_remote(uri):
+        return pd.read_parquet(filesystem(uri)[1], filters=filters)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(read_bytes(uri)), filters=filters).to_pandas()
+
+
+def write_text(uri: str, text: str) -> str:
+    return write_bytes(uri, text.encode())
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode()
+
+
+# --- locks ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lock(uri: str, timeout_s: float = 300.0, lease_s: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive lock named by ``uri`` (processes and machines that share the store wait
+    for each other). Locally ``flock``; on object stores a lock object created only if absent; one
+    older than ``lease_s`` is taken to be left by a dead holder and removed."""
+    if not is_remote(uri):
+        import fcntl
+
+        path = filesystem(uri)[1]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        return
+    deadline = time.monotonic() + timeout_s
+    token = f"{os.getpid()}-{time.time_ns()}".encode()
+    wait = 0.05
+    while not create_exclusive(uri, token):
+        _break_if_stale(uri, lease_s)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"lock {uri} still held after {timeout_s:.0f} s")
+        time.sleep(wait)
+        wait = min(wait * 2, 1.0)
+    try:
+        yield
+    finally:
+        delete(uri)
+
+
+def _break_if_stale(uri: str, lease_s: float) -> None:
+    fs, path = filesystem(uri)
+    try:
+        modified = fs.modified(path)
+    except FileNotFoundError:
+        return
+    age = time.time() - modified.timestamp()
+    if age > lease_s:
+        delete(uri)
