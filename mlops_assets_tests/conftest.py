@@ -122,3 +122,39 @@ def elec2_spec():
     if not (DATA_DIR / "elec2" / "elec2_with_timestamp.csv").exists():
         pytest.fail(f"Elec2 data not found under {DATA_DIR}; set MLOPS_DATA_DIR to the shared data folder")
     return load_spec(ELEC2_SPEC)
+
+
+# Throwaway real services (mlops_assets_tests/services.py): one per session, started by the first test
+# that asks for it, stopped by process id when the session ends.
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    from mlops_assets_tests.services import postgres_server
+
+    with postgres_server() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def redis():
+    from mlops_assets_tests.services import redis_server
+
+    with redis_server() as r:
+        yield r
+
+
+@pytest.fixture(scope="session")
+def s3():
+    from mlops_assets_tests.services import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    from mlops_assets_tests.services import gcs_server
+
+    with gcs_server() as server:
+        yield server
