@@ -197,6 +197,10 @@ def run_serve(args) -> int:
 
     spec = find_spec(args.spec)
     resources = runtime()
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # MLflow's own variable, set by the local target and containers
+        from mlops_assets.resources import MlflowTracking
+
+        resources["mlflow"] = MlflowTracking(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     if args.stop:
         from mlops_assets.serving.local import LocalTarget
 

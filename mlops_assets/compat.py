@@ -12,33 +12,26 @@ from __future__ import annotations
 
 import functools
 
-PROTOCOLS = ("s3", "gs")
-
-
 @functools.cache
-def register_object_stores_with_duckdb() -> tuple[str, ...]:
-    """Register s3fs and gcsfs with ibis's default DuckDB connection (once per process); returns the
-    protocols registered. No connection is made here: fsspec filesystems connect on first use."""
+def register_object_store_with_duckdb(protocol: str) -> bool:
+    """Register the fsspec filesystem of ``protocol`` (``s3`` or ``gs``) with ibis's default DuckDB
+    connection, once per process. No connection is made here: fsspec filesystems connect on first
+    use. Returns False when the default backend is not DuckDB."""
     import fsspec
     import ibis
 
     backend = ibis.get_backend()
     if backend.name != "duckdb":
-        return ()
-    registered = []
-    for protocol in PROTOCOLS:
-        try:
-            fs = fsspec.filesystem(protocol)
-        except ImportError:  # s3fs / gcsfs not installed
-            continue
-        backend.register_filesystem(fs)
-        registered.append(protocol)
-    load = backend._load_extensions  # private: ibis 12's hook that installs httpfs for s3:// paths
+        return False
+    backend.register_filesystem(fsspec.filesystem(protocol))
+    if not getattr(backend, "_mlops_fsspec", False):
+        load = backend._load_extensions  # private: ibis 12's hook that installs httpfs for s3:// paths
 
-    def load_extensions(extensions, force_install=False):
-        wanted = [e for e in extensions if not (e == "httpfs" and registered)]
-        if wanted:
-            load(wanted, force_install=force_install)
+        def load_extensions(extensions, force_install=False):
+            wanted = [e for e in extensions if e != "httpfs"]  # registered filesystems serve those paths
+            if wanted:
+                load(wanted, force_install=force_install)
 
-    backend._load_extensions = load_extensions
-    return tuple(registered)
+        backend._load_extensions = load_extensions
+        backend._mlops_fsspec = True
+    return True

@@ -123,7 +123,7 @@ def _local_resources(home: Path) -> dict:
             online_store_path=str(home / "feast" / "online.db"),
         ),
         "mlflow": MlflowTracking(
-            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or mlflow_tracking_uri(home),
+            tracking_uri=mlflow_tracking_uri(home),
             artifact_location=(home / "mlflow" / "artifacts").as_uri(),
             env_to_tag=["MLOPS_ENV"],
         ),
@@ -151,6 +151,7 @@ def _cloud_resources(which: str, home: Path) -> dict:
             registry=dg.EnvVar(v.feast_registry),
             online_store_type="redis",
             redis_connection=dg.EnvVar(v.redis),
+            object_store="s3" if which == "aws" else "gs",
         ),
         "mlflow": MlflowTracking(
             tracking_uri=dg.EnvVar(v.mlflow_tracking),

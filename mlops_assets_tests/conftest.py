@@ -26,6 +26,9 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 os.environ.setdefault("MLOPS_DATA_DIR", str(DATA_DIR))
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# gcsfs >= 2026.10 asks a gRPC API for each bucket's layout before every call; the GCS emulator has
+# none, and each call would wait out a 60 s retry. Set before gcsfs is first imported.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
 def free_port() -> int:
@@ -66,6 +69,13 @@ class Platform:
         self.specs = {s.name: s for s in specs}
         self.defs = build_definitions(list(specs))
         self.instance = instance
+
+    def resources(self) -> dict:
+        """The profile's resources for this home, with their settings read now."""
+        from mlops_assets.environments import runtime
+
+        with platform_home(self.home):
+            return runtime()
 
     def land(self, spec_name: str, start: date, days: int = 1) -> list[str]:
         from mlops_assets.cli import land

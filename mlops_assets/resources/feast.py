@@ -50,6 +50,9 @@ class FeastFeatureStore(dg.ConfigurableResource):
         None, description="Redis connection string, host:port[,password=…][,ssl=true] (redis; a secret: use dg.EnvVar)."
     )
     offline_store: str = Field("duckdb", description="Feast offline store type.")
+    object_store: Literal["s3", "gs"] | None = Field(
+        None, description="Protocol of the offline sources when they live on an object store (read through fsspec)."
+    )
 
     def online_config(self) -> tuple[tuple[str, str], ...]:
         """Feast's ``online_store`` settings, hashable (one cached store per distinct location)."""
@@ -65,7 +68,7 @@ class FeastFeatureStore(dg.ConfigurableResource):
         """The spec's Feast project. One ``FeatureStore`` per project and location per process:
         building one parses the config and opens the registry (~0.2 s), and a process that runs
         several steps (in-process runs, replays) would pay it on every step."""
-        return cached_feature_store(spec.name, self.registry, self.online_config(), self.offline_store)
+        return cached_feature_store(spec.name, self.registry, self.online_config(), self.offline_store, self.object_store)
 
     # --- definitions ---------------------------------------------------------------------------
 
@@ -221,13 +224,16 @@ def registry_config(registry: str) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def cached_feature_store(project: str, registry: str, online: tuple[tuple[str, str], ...], offline: str) -> FeatureStore:
+def cached_feature_store(
+    project: str, registry: str, online: tuple[tuple[str, str], ...], offline: str, object_store: str | None = None
+) -> FeatureStore:
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-    from mlops_assets.compat import register_object_stores_with_duckdb
+    if object_store and offline == "duckdb":
+        from mlops_assets.compat import register_object_store_with_duckdb
 
-    register_object_stores_with_duckdb()
+        register_object_store_with_duckdb(object_store)
     config = RepoConfig(
         project=project,
         provider="local",
