@@ -22,10 +22,50 @@ from mlops_assets.serving.kubernetes import KubernetesTarget, dns_name, render, 
 from mlops_assets.serving.state import Deployment
 from mlops_assets.specs import DeploymentSpec, KubernetesTargetSpec, ModelSpec, find_spec
 
-TRACKING = "http://mlflow.mlops.svc:5000"
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PLAIN = Deployment(stable="3")
 CANARY = Deployment(stable="3", canary="4", canary_percent=12.5, canary_started="2024-01-02T03:04:05+00:00")
+
+# what a deployment of a cloud profile sets where the endpoint asset runs; the three with credentials
+# must reach the container only as references into the Secret
+SECRET_VALUES = {
+    "MLFLOW_TRACKING_URI": "postgresql://mlflow:tr4ck-pw@db.internal:5432/mlflow",
+    "FEAST_REGISTRY_URI": "postgresql+psycopg://feast:r3g-pw@db.internal:5432/feast",
+    "MLOPS_REDIS": "redis.internal:6379,password=r3dis-pw,ssl=true",
+}
+PASSWORDS = ("tr4ck-pw", "r3g-pw", "r3dis-pw")
+PLAIN_VALUES = {
+    "aws": {
+        "MLOPS_STORAGE_URI": "s3://acme-lake/platform",
+        "MLOPS_LANDING_URI": "s3://acme-landing/incoming",
+        "MLFLOW_ARTIFACT_URI": "s3://acme-artifacts/mlflow",
+    },
+    "gcp": {
+        "MLOPS_STORAGE_URI": "gs://acme-lake/platform",
+        "MLOPS_LANDING_URI": "gs://acme-landing/incoming",
+        "MLFLOW_ARTIFACT_URI": "gs://acme-artifacts/mlflow",
+        "GOOGLE_CLOUD_PROJECT": "acme-ml",
+    },
+}
+PROFILE_VARS = ("MLOPS_ENV", "MLOPS_K8S_CLOUD", "MLOPS_K8S_SECRET", "MLOPS_IO_BUCKET", *SECRET_VALUES, *PLAIN_VALUES["gcp"])
+
+
+@pytest.fixture(autouse=True)
+def local_profile(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Every test starts on the local profile, whatever the shell exports."""
+    for var in PROFILE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def use_profile(monkeypatch: pytest.MonkeyPatch, env: str, cloud: str | None = None) -> dict[str, str]:
+    """Configure a profile by environment, as a deployment does; returns the values set."""
+    values = {"MLOPS_ENV": env, **SECRET_VALUES, **PLAIN_VALUES[cloud or env], "MLOPS_IO_BUCKET": "acme-io"}
+    if cloud:
+        values["MLOPS_K8S_CLOUD"] = cloud
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +79,41 @@ def with_target(spec: ModelSpec, kind: str, **kw: Any) -> ModelSpec:
     )
 
 
-def env_of(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    """name -> value, or the ``valueFrom`` reference of a variable taken from elsewhere."""
+    return {e["name"]: e["value"] if "value" in e else e["valueFrom"] for e in container["env"]}
+
+
+def ref(key: str, secret: str = "mlops-secrets") -> dict[str, Any]:
+    return {"secretKeyRef": {"name": secret, "key": key}}
+
+
+def containers_of(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for m in manifests:
+        if m["kind"] == "Deployment":
+            out += m["spec"]["template"]["spec"]["containers"]
+        elif m["kind"] == "InferenceService":
+            out += m["spec"]["predictor"]["containers"]
+    return out
 
 
 # --- render + validate ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("profile", ["local", "aws", "gcp", "k8s"])
 @pytest.mark.parametrize("kind", ["deployment", "kserve"])
 @pytest.mark.parametrize("deployment", [PLAIN, CANARY], ids=["plain", "canary"])
-def test_render_validates_and_is_deterministic(flights, kind, deployment):
+def test_render_validates_and_is_deterministic(flights, kind, deployment, profile, local_profile):
+    if profile != "local":
+        use_profile(local_profile, profile, "aws" if profile == "k8s" else None)
     spec = with_target(flights, kind, service_account="mlops-serving", env={"LOG_LEVEL": "info"})
-    manifests = render(spec, deployment, tracking_uri=TRACKING)
+    manifests = render(spec, deployment)
     validate(manifests)
     validate(manifests, kubernetes_version="1.33.2")
-    assert render(spec, deployment, tracking_uri=TRACKING) == manifests
+    assert render(spec, deployment) == manifests
     text = to_yaml(manifests)
-    assert text == to_yaml(render(spec, deployment, tracking_uri=TRACKING))
+    assert text == to_yaml(render(spec, deployment))
     assert list(yaml.safe_load_all(text)) == manifests
     for m in manifests:
         assert DNS1123.match(m["metadata"]["name"]) and m["metadata"]["name"] == "flight-delays"
@@ -69,7 +127,7 @@ def test_render_validates_and_is_deterministic(flights, kind, deployment):
 
 def test_deployment_kind(flights):
     spec = with_target(flights, "deployment", replicas=3, cpu="500m", memory="2Gi", service_account="sa", env={"A": "1"})
-    dep, svc = render(spec, CANARY, tracking_uri=TRACKING)
+    dep, svc = render(spec, CANARY)
     assert (dep["apiVersion"], dep["kind"], svc["apiVersion"], svc["kind"]) == ("apps/v1", "Deployment", "v1", "Service")
     assert dep["spec"]["replicas"] == 3
     template = dep["spec"]["template"]
@@ -91,11 +149,14 @@ def test_deployment_kind(flights):
     assert c["resources"] == {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": "500m", "memory": "2Gi"}}
     env = env_of(c)
     assert Deployment.from_json(json.loads(env["MLOPS_DEPLOYMENT"])) == CANARY  # the server splits the traffic
-    assert env["MLFLOW_TRACKING_URI"] == TRACKING and env["A"] == "1"
+    assert env["A"] == "1"
+    # the local profile: its stores are files on this machine, only the registry is handed over
+    assert env["MLOPS_ENV"] == "local" and env["MLFLOW_TRACKING_URI"] == ref("MLFLOW_TRACKING_URI")
+    assert list(env) == ["MLOPS_DEPLOYMENT", "MLOPS_ENV", "MLFLOW_TRACKING_URI", "A"]
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     # no canary: no canary label; no service account: none set
-    dep, _ = render(with_target(flights, "deployment"), PLAIN, tracking_uri=TRACKING)
+    dep, _ = render(with_target(flights, "deployment"), PLAIN)
     assert "mlops/canary-version" not in dep["spec"]["template"]["metadata"]["labels"]
     assert "serviceAccountName" not in dep["spec"]["template"]["spec"]
 
@@ -111,7 +172,7 @@ def test_deployment_kind(flights):
     ],
 )
 def test_kserve_kind_canary_percent(flights, deployment, percent, serving):
-    (isvc,) = render(with_target(flights, "kserve"), deployment, tracking_uri=TRACKING)
+    (isvc,) = render(with_target(flights, "kserve"), deployment)
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     predictor = isvc["spec"]["predictor"]
     assert predictor.get("canaryTrafficPercent") == percent
@@ -129,13 +190,76 @@ def test_dns_names(flights):
     assert dns_name("a__b_") == "a-b"
     long = dns_name("x" * 80 + "_model")
     assert len(long) <= 63 and DNS1123.match(long) and long != dns_name("x" * 80 + "_other")
-    (isvc,) = render(with_target(flights.model_copy(update={"name": "m" * 70}), "kserve"), PLAIN, tracking_uri=TRACKING)
+    (isvc,) = render(with_target(flights.model_copy(update={"name": "m" * 70}), "kserve"), PLAIN)
     assert len(isvc["metadata"]["name"]) <= 45 and DNS1123.match(isvc["metadata"]["name"])
 
 
 def test_reserved_env_is_refused(flights):
     with pytest.raises(ValueError, match="MLOPS_DEPLOYMENT"):
-        render(with_target(flights, "deployment", env={"MLOPS_DEPLOYMENT": "{}"}), PLAIN, tracking_uri=TRACKING)
+        render(with_target(flights, "deployment", env={"MLOPS_DEPLOYMENT": "{}"}), PLAIN)
+    # the profile's variables are the target's too: a spec cannot point the server at other stores
+    for var in ("MLOPS_ENV", "MLOPS_STORAGE_URI", "MLOPS_REDIS", "MLFLOW_TRACKING_URI"):
+        with pytest.raises(ValueError, match=var):
+            render(with_target(flights, "kserve", env={var: "x"}), PLAIN)
+
+
+# --- the container runs on the platform's profile ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("profile", "cloud", "served_env"),
+    [("aws", None, "aws"), ("gcp", None, "gcp"), ("k8s", "aws", "aws"), ("k8s", "gcp", "gcp")],
+)
+@pytest.mark.parametrize("kind", ["deployment", "kserve"])
+def test_the_container_gets_the_profile_and_secrets_only_by_reference(flights, local_profile, kind, profile, cloud, served_env):
+    """The server in the pod reads and writes the platform's stores: MLOPS_ENV and the store variables,
+    plain values as values, the credential-bearing ones as secretKeyRefs; no secret value anywhere."""
+    use_profile(local_profile, profile, cloud)
+    spec = with_target(flights, kind, env={"LOG_LEVEL": "debug"})
+    manifests = render(spec, CANARY, tracking_uri=SECRET_VALUES["MLFLOW_TRACKING_URI"])  # a caller's URI is not written
+    validate(manifests)
+    (c,) = containers_of(manifests)
+    env = env_of(c)
+    plain = PLAIN_VALUES[served_env]
+    assert env["MLOPS_ENV"] == served_env  # the stores' profile: a server needs no k8s executor
+    assert {k: env[k] for k in plain} == plain
+    assert {k: env[k] for k in SECRET_VALUES} == {k: ref(k) for k in SECRET_VALUES}
+    assert env["LOG_LEVEL"] == "debug"
+    # nothing else of the platform: no IO bucket, no Dagster database, no whole-Secret envFrom
+    assert set(env) == {"MLOPS_DEPLOYMENT", "MLOPS_ENV", "LOG_LEVEL", *plain, *SECRET_VALUES}
+    assert "envFrom" not in c
+    text = to_yaml(manifests)
+    assert not [p for p in PASSWORDS if p in text]
+    # the Secret is named by MLOPS_K8S_SECRET (as for the k8s profile's run and step pods) or by the caller
+    local_profile.setenv("MLOPS_K8S_SECRET", "ml-prod-secrets")
+    (c,) = containers_of(render(spec, CANARY))
+    assert env_of(c)["MLOPS_REDIS"] == ref("MLOPS_REDIS", "ml-prod-secrets")
+    (c,) = containers_of(render(spec, CANARY, secret="serving-secrets"))
+    assert env_of(c)["MLFLOW_TRACKING_URI"] == ref("MLFLOW_TRACKING_URI", "serving-secrets")
+
+
+def test_a_profile_value_missing_here_is_named_before_anything_is_applied(flights, local_profile):
+    use_profile(local_profile, "aws")
+    local_profile.delenv("MLOPS_LANDING_URI")
+    local_profile.delenv("MLFLOW_ARTIFACT_URI")
+    with pytest.raises(ValueError, match="MLOPS_ENV=aws: the server container needs MLOPS_LANDING_URI, MLFLOW_ARTIFACT_URI"):
+        render(with_target(flights, "deployment"), PLAIN)
+    # secret values are the Secret's business: they need not be set where the manifests are rendered
+    for k in SECRET_VALUES:
+        local_profile.delenv(k)
+    local_profile.setenv("MLOPS_LANDING_URI", "s3://l/i")
+    local_profile.setenv("MLFLOW_ARTIFACT_URI", "s3://a/m")
+    validate(render(with_target(flights, "deployment"), PLAIN))
+
+
+def test_secret_vars_are_the_profiles_credential_bearing_variables():
+    from mlops_assets.environments import CLOUD_VARS
+    from mlops_assets.k8s import SECRET, secret_keys
+    from mlops_assets.serving.kubernetes import SECRET_VARS, secret_name
+
+    assert set(SECRET_VARS) == {CLOUD_VARS.mlflow_tracking, CLOUD_VARS.feast_registry, CLOUD_VARS.redis}
+    assert set(SECRET_VARS) <= set(secret_keys("aws"))  # the k8s profile's Secret holds them
+    assert secret_name() == SECRET[1]  # the same default Secret as the k8s profile's pods
 
 
 def refused(manifests: list[dict[str, Any]]) -> str:
@@ -145,7 +269,7 @@ def refused(manifests: list[dict[str, Any]]) -> str:
 
 
 def test_broken_deployment_is_refused_with_paths(flights):
-    dep, svc = render(with_target(flights, "deployment"), CANARY, tracking_uri=TRACKING)
+    dep, svc = render(with_target(flights, "deployment"), CANARY)
     bad = copy.deepcopy(dep)
     bad["spec"]["replicas"] = "two"
     c = bad["spec"]["template"]["spec"]["containers"][0]
@@ -175,7 +299,7 @@ def test_broken_deployment_is_refused_with_paths(flights):
 
 
 def test_broken_inference_service_is_refused_with_paths(flights):
-    (isvc,) = render(with_target(flights, "kserve"), CANARY, tracking_uri=TRACKING)
+    (isvc,) = render(with_target(flights, "kserve"), CANARY)
     bad = copy.deepcopy(isvc)
     predictor = bad["spec"]["predictor"]
     predictor["canaryTrafficPercent"] = 150
@@ -324,12 +448,13 @@ def kube() -> Iterator[tuple[FakeKube, Any]]:
         thread.join(timeout=5)
 
 
-def test_apply_and_verify_deployment(flights, kube):
+def test_apply_and_verify_deployment(flights, kube, local_profile):
     fake, api_client = kube
+    use_profile(local_profile, "aws")
     spec = with_target(flights, "deployment")
     target = KubernetesTarget(api_client=api_client)
 
-    done = target.apply(render(spec, PLAIN, tracking_uri=TRACKING))
+    done = target.apply(render(spec, PLAIN))
     assert done == ["created Deployment mlops/flight-delays", "created Service mlops/flight-delays"]
     sent = [(m, p, (b or {}).get("kind")) for m, p, b in fake.requests]
     assert sent == [
@@ -340,12 +465,16 @@ def test_apply_and_verify_deployment(flights, kube):
     ]
     posted = fake.requests[1][2]
     assert posted["spec"]["template"]["metadata"]["labels"]["mlops/stable-version"] == "3"
+    # what the client really sent: the profile, and the secrets only as references
+    sent_env = env_of(posted["spec"]["template"]["spec"]["containers"][0])
+    assert sent_env["MLOPS_ENV"] == "aws" and sent_env["MLOPS_STORAGE_URI"] == PLAIN_VALUES["aws"]["MLOPS_STORAGE_URI"]
+    assert sent_env["MLOPS_REDIS"] == ref("MLOPS_REDIS")
     result = target.verify(spec, PLAIN, timeout_s=5, poll_s=0.05)
     assert result["available_replicas"] == result["replicas"] == 2 and result["stable_version"] == "3"
 
     # a canary: both objects are replaced (PUT with the live resourceVersion; the Service keeps its IP)
     fake.requests.clear()
-    done = target.apply(render(spec, CANARY, tracking_uri=TRACKING))
+    done = target.apply(render(spec, CANARY))
     assert done == ["replaced Deployment mlops/flight-delays", "replaced Service mlops/flight-delays"]
     methods = [(m, p) for m, p, _ in fake.requests]
     assert methods == [
@@ -361,6 +490,7 @@ def test_apply_and_verify_deployment(flights, kube):
     assert json.loads(env["MLOPS_DEPLOYMENT"])["canary_percent"] == 12.5
     assert put_svc["spec"]["clusterIP"] == "10.96.0.7"
     assert target.verify(spec, CANARY, timeout_s=5, poll_s=0.05)["canary_version"] == "4"
+    assert not [p for _, _, body in fake.requests for p in PASSWORDS if p in json.dumps(body)]
 
     # the cluster serves the canary deployment, not the plain one: refused at once, not after the timeout
     with pytest.raises(RuntimeError, match="another deployment replaced this one"):
@@ -379,13 +509,13 @@ def test_apply_and_verify_inference_service(flights, kube):
     path = "/apis/serving.kserve.io/v1beta1/namespaces/mlops/inferenceservices"
 
     # KServe's stable side is its previous revision: the stable version goes first, as a plain deploy
-    assert target.apply(render(spec, PLAIN, tracking_uri=TRACKING)) == ["created InferenceService mlops/flight-delays"]
+    assert target.apply(render(spec, PLAIN)) == ["created InferenceService mlops/flight-delays"]
     assert [(m, p) for m, p, _ in fake.requests] == [("GET", f"{path}/flight-delays"), ("POST", path)]
     assert fake.requests[1][2]["kind"] == "InferenceService"
     assert target.verify(spec, PLAIN, timeout_s=5, poll_s=0.05)["traffic"][0]["percent"] == 100
 
     fake.requests.clear()
-    assert target.apply(render(spec, CANARY, tracking_uri=TRACKING)) == ["replaced InferenceService mlops/flight-delays"]
+    assert target.apply(render(spec, CANARY)) == ["replaced InferenceService mlops/flight-delays"]
     (method, sent_path, body) = fake.requests[1]
     assert (method, sent_path) == ("PUT", f"{path}/flight-delays")
     assert body["spec"]["predictor"]["canaryTrafficPercent"] == 13
@@ -396,7 +526,7 @@ def test_apply_and_verify_inference_service(flights, kube):
 
     # promotion: a plain deploy of the canary version drops canaryTrafficPercent (replace, not merge)
     promoted = Deployment(stable="4")
-    target.apply(render(spec, promoted, tracking_uri=TRACKING))
+    target.apply(render(spec, promoted))
     assert "canaryTrafficPercent" not in fake.requests[-1][2]["spec"]["predictor"]
     assert target.verify(spec, promoted, timeout_s=5, poll_s=0.05)["traffic"] == [
         {"revisionName": "flight-delays-predictor-00003", "latestRevision": True, "tag": "latest", "percent": 100}
@@ -427,7 +557,7 @@ def test_kserve_canary_without_a_stable_revision_is_reported(flights, kube):
     _, api_client = kube
     spec = with_target(flights, "kserve")
     target = KubernetesTarget(api_client=api_client)
-    target.apply(render(spec, CANARY, tracking_uri=TRACKING))
+    target.apply(render(spec, CANARY))
     with pytest.raises(
         RuntimeError, match=r"has 100% of the traffic, expected 13% \(KServe's stable side is its previous revision"
     ):

@@ -34,6 +34,16 @@ from mlops_assets.specs import BUNDLED_SPEC_DIR, DeploymentSpec, SageMakerTarget
 BUCKET = "mlops-models-test"
 REGION = "us-east-1"
 NAME_RE = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
+# the aws profile as a deployment configures it where the endpoint asset runs
+AWS_PROFILE = {
+    "MLOPS_STORAGE_URI": "s3://acme-lake/platform",
+    "MLOPS_LANDING_URI": "s3://acme-landing/incoming",
+    "MLFLOW_TRACKING_URI": "postgresql://mlflow:tr4ck-pw@db.internal:5432/mlflow",
+    "MLFLOW_ARTIFACT_URI": "s3://acme-artifacts/mlflow",
+    "FEAST_REGISTRY_URI": "postgresql+psycopg://feast:r3g-pw@db.internal:5432/feast",
+    "MLOPS_REDIS": "redis.internal:6379,password=r3dis-pw,ssl=true",
+}
+PROFILE_VARS = ("MLOPS_ENV", "MLOPS_K8S_CLOUD", "MLOPS_IO_BUCKET", "GOOGLE_CLOUD_PROJECT", *AWS_PROFILE)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +74,8 @@ def fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for key in PROFILE_VARS:  # every test starts on the local profile, whatever the shell exports
+        monkeypatch.delenv(key, raising=False)
 
 
 def _emulate_update_endpoint(target: SageMakerTarget) -> list[dict]:
@@ -164,6 +176,7 @@ def test_first_deploy_stable_only(make_target, tmp_path: Path) -> None:
         "MLOPS_DEPLOYMENT": json.dumps({"stable": "1"}),
         "MLOPS_MODEL_DIR": "/opt/ml/model",  # the server loads what SageMaker unpacked, not the registry
         "MLOPS_SPEC": "first_deploy",
+        "MLOPS_ENV": "local",  # the local profile: nothing of this machine's stores is handed over
     }
     assert model["ExecutionRoleArn"] == target.target.role_arn
     assert _config_variants(target, result["config"]) == {"stable": ("first-deploy-v1", 1.0)}
@@ -181,6 +194,48 @@ def test_first_deploy_stable_only(make_target, tmp_path: Path) -> None:
         target.apply(Deployment(stable="1"), {"1": f"s3://{BUCKET}/elsewhere/model.tar.gz"})
     with pytest.raises(ValueError, match="no model data"):
         target.apply(Deployment(stable="2"), {"1": v1})
+
+
+@pytest.mark.parametrize(("profile", "cloud"), [("aws", None), ("k8s", "aws"), ("gcp", None)])
+def test_the_container_runs_on_the_profile_of_the_process(make_target, tmp_path: Path, monkeypatch, profile, cloud) -> None:
+    """The model's Environment carries MLOPS_ENV and the store variables, values from this process's
+    environment only, so the server's prediction log lands in the profile's object store."""
+    target = make_target(f"profile_{profile}_{cloud or ''}")
+    v1 = target.upload_model("1", _model_dir(tmp_path, "v1"))
+    monkeypatch.setenv("MLOPS_ENV", profile)
+    if cloud:
+        monkeypatch.setenv("MLOPS_K8S_CLOUD", cloud)
+    values = dict(AWS_PROFILE)
+    if (cloud or profile) == "gcp":
+        values |= {k: v.replace("s3://", "gs://") for k, v in values.items() if v.startswith("s3://")}
+        values["GOOGLE_CLOUD_PROJECT"] = "acme-ml"
+    for k, v in values.items():
+        if k != "MLOPS_REDIS":
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MLOPS_IO_BUCKET", "acme-io")  # the platform's, not the server's: not handed over
+
+    # a variable the server needs is missing here: named, and nothing is created
+    with pytest.raises(ValueError, match=r"MLOPS_ENV=(aws|gcp): the SageMaker container needs MLOPS_REDIS"):
+        target.apply(Deployment(stable="1"), {"1": v1})
+    assert target.describe_model("1") is None and target.describe_endpoint() is None
+
+    monkeypatch.setenv("MLOPS_REDIS", values["MLOPS_REDIS"])
+    assert target.apply(Deployment(stable="1"), {"1": v1})["action"] == "created"
+    environment = target.sagemaker.describe_model(ModelName=target.model_name("1"))["PrimaryContainer"]["Environment"]
+    assert environment == {
+        "MLOPS_DEPLOYMENT": json.dumps({"stable": "1"}),
+        "MLOPS_MODEL_DIR": "/opt/ml/model",
+        "MLOPS_SPEC": target.spec.name,
+        "MLOPS_ENV": cloud or profile,  # the stores' profile: a server needs no k8s executor
+        **values,
+    }
+    assert target.apply(Deployment(stable="1"), {"1": v1})["action"] == "unchanged"
+
+    # a rotated password: the immutable model would keep the old one; refused, naming the variable only
+    monkeypatch.setenv("MLOPS_REDIS", "redis.internal:6379,password=n3w-pw,ssl=true")
+    with pytest.raises(RuntimeError, match=r"another container environment \(differs in MLOPS_REDIS from") as info:
+        target.apply(Deployment(stable="1"), {"1": v1})
+    assert "pw" not in str(info.value)
 
 
 def test_canary_share_promotion_and_cleanup(make_target, tmp_path: Path) -> None:

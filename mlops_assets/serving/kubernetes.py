@@ -5,7 +5,7 @@ Why this module exists: the endpoint asset decides a :class:`~mlops_assets.servi
 cluster, and the asset must only report success once the cluster actually serves it. The four steps are
 kept apart so each can be tested without a cluster:
 
-``render``    pure function: spec + deployment -> manifests (plain dicts, deterministic), two flavours:
+``render``    spec + deployment + profile -> manifests (plain dicts, deterministic), two flavours:
 
               * ``kind: deployment`` - an ``apps/v1 Deployment`` and a ``v1 Service`` running the same
                 server image as ``mlops serve``. The container gets the whole Deployment as JSON in
@@ -14,6 +14,26 @@ kept apart so each can be tested without a cluster:
                 container. Here *KServe* splits the traffic: the predictor runs only the newest version
                 and ``canaryTrafficPercent`` sends that share to it, the rest to KServe's previous revision.
 
+              Either way the container gets the platform's profile, so the server in the pod reads and
+              writes the platform's stores (online features from Redis, its prediction log on the
+              object store, where the ``canary`` check reads it): ``MLOPS_ENV`` (the profile's cloud,
+              ``aws`` or ``gcp``, also when the platform runs on ``k8s``: the server needs the stores,
+              not the executor) and the store variables the server reads (``server_vars``). Values
+              without credentials (``MLOPS_STORAGE_URI``, ``MLOPS_LANDING_URI``, ``MLFLOW_ARTIFACT_URI``,
+              ``GOOGLE_CLOUD_PROJECT``) are rendered as plain values, read from this process's
+              environment; the ones that carry credentials (``SECRET_VARS``: ``MLFLOW_TRACKING_URI``,
+              ``FEAST_REGISTRY_URI``, ``MLOPS_REDIS``) only as ``secretKeyRef``s into the Secret named by
+              ``render(secret=...)``, else ``MLOPS_K8S_SECRET``, else ``mlops-secrets``: the same Secret
+              the ``k8s`` profile's run and step pods use (``mlops_assets.k8s``), which holds every
+              cloud variable. No secret value is ever written into a manifest. One key reference per
+              variable, not ``envFrom`` of the whole Secret: the server gets only what it reads (not
+              the Dagster instance's database password), and a missing key stops the pod at start
+              (``CreateContainerConfigError`` naming it) instead of starting a server without its
+              registry. Object-store access itself comes from the pod's identity (IRSA on EKS,
+              Workload Identity on GKE: ``kubernetes.service_account``), not from keys in the pod.
+              On the ``local`` profile the container gets ``MLOPS_ENV=local`` and the tracking URI from
+              the Secret: its stores are then inside the container (a trial, not a platform).
+
 ``validate``  offline: built-in kinds against the official Kubernetes JSON schemas bundled with the
               ``kubernetes-validate`` package; the InferenceService (a CRD, not in those schemas) by its
               structure, with its pod part validated against the bundled ``PodSpec``/``Container``
@@ -21,8 +41,8 @@ kept apart so each can be tested without a cluster:
 ``KubernetesTarget.apply``   create-or-replace each object through the official client.
 ``KubernetesTarget.verify``  wait until the rollout is complete and serves the expected versions.
 
-Plain Python (no Dagster); ``kubernetes`` and ``kubernetes_validate`` are imported inside functions so
-that importing the code location stays cheap.
+Plain Python (no Dagster at import); ``kubernetes``, ``kubernetes_validate`` and the profile's names
+(``environments``) are imported inside functions so that importing the code location stays cheap.
 """
 
 from __future__ import annotations
@@ -55,7 +75,18 @@ KSERVE_VERSION = "v1beta1"
 KSERVE_PLURAL = "inferenceservices"
 KSERVE_API_VERSION = f"{KSERVE_GROUP}/{KSERVE_VERSION}"
 KSERVE_CONTAINER = "kserve-container"  # the name KServe gives (and expects for) a custom predictor container
-RESERVED_ENV = (DEPLOYMENT_ENV, "MLFLOW_TRACKING_URI")
+SECRET_VARS = ("MLFLOW_TRACKING_URI", "FEAST_REGISTRY_URI", "MLOPS_REDIS")  # carry credentials: Secret only
+# every name the target sets; a spec's ``kubernetes.env`` may not set them
+RESERVED_ENV = (
+    DEPLOYMENT_ENV,
+    "MLOPS_ENV",
+    "MLOPS_K8S_CLOUD",
+    "MLOPS_STORAGE_URI",
+    "MLOPS_LANDING_URI",
+    "MLFLOW_ARTIFACT_URI",
+    "GOOGLE_CLOUD_PROJECT",
+    *SECRET_VARS,
+)
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -99,14 +130,68 @@ def _prometheus_annotations() -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(CONTAINER_PORT), "prometheus.io/path": "/metrics"}
 
 
-def _container(spec: ModelSpec, served: Deployment, tracking_uri: str, *, name: str, port_name: str) -> dict[str, Any]:
+# --- the profile the server container runs on -------------------------------------------------
+
+
+def server_vars(env: str | None = None) -> tuple[str, list[str], list[str]]:
+    """What a server container needs to run on profile ``env`` (default: this process's ``MLOPS_ENV``):
+    ``(MLOPS_ENV value, plain variable names, secret variable names)``.
+
+    The server (``environments.runtime``) reads the lake and landing URIs, the Feast registry and Redis,
+    MLflow's tracking URI and artifact root; on gcp also the project. The Dagster IO bucket and the
+    instance's PostgreSQL are the platform's, not the server's. On ``local`` the stores are files on
+    this machine, which no container can reach: only the tracking URI is handed over."""
+    from mlops_assets import environments
+
+    env = env or environments.current_env()
+    if env not in environments.ENVIRONMENTS:
+        raise ValueError(f"{environments.ENV_VAR}={env!r} is unknown; available: {', '.join(environments.ENVIRONMENTS)}")
+    cloud = environments.cloud(env)
+    if cloud is None:
+        return "local", [], ["MLFLOW_TRACKING_URI"]
+    v = environments.CLOUD_VARS
+    names = [v.storage, v.landing, v.mlflow_tracking, v.mlflow_artifacts, v.feast_registry, v.redis]
+    names += [v.gcp_project] if cloud == "gcp" else []
+    return cloud, [n for n in names if n not in SECRET_VARS], [n for n in names if n in SECRET_VARS]
+
+
+def secret_name(secret: str | None = None) -> str:
+    """The Secret the secret variables come from: ``secret`` when given, else ``MLOPS_K8S_SECRET``, else
+    ``mlops-secrets`` (``mlops_assets.k8s.SECRET``: the Secret of the ``k8s`` profile's pods)."""
+    if secret:
+        return secret
+    var, default = ("MLOPS_K8S_SECRET", "mlops-secrets")  # mlops_assets.k8s.SECRET, which imports Dagster
+    return os.environ.get(var) or default
+
+
+def profile_env(env: str | None = None, secret: str | None = None) -> list[dict[str, Any]]:
+    """The container's ``env`` entries of the profile: ``MLOPS_ENV``, the plain store variables with
+    their values from this process's environment, the secret ones as ``secretKeyRef``s. Raises
+    ``ValueError`` naming a plain variable that is not set here (the pod could not start)."""
+    value, plain, secret_vars = server_vars(env)
+    missing = [k for k in plain if not os.environ.get(k)]
+    if missing:
+        raise ValueError(
+            f"MLOPS_ENV={value}: the server container needs {', '.join(missing)}, not set where the manifests are rendered"
+        )
+    name = secret_name(secret)
+    return [
+        {"name": "MLOPS_ENV", "value": value},
+        *({"name": k, "value": os.environ[k]} for k in plain),
+        *({"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}} for k in secret_vars),
+    ]
+
+
+def _container(
+    spec: ModelSpec, served: Deployment, profile: list[dict[str, Any]], *, name: str, port_name: str
+) -> dict[str, Any]:
     k8s = spec.deployment.kubernetes  # type: ignore[union-attr]
     clash = sorted(set(k8s.env) & set(RESERVED_ENV))
     if clash:
         raise ValueError(f"deployment.kubernetes.env must not set {clash}: the Kubernetes target sets them")
     env = [
         {"name": DEPLOYMENT_ENV, "value": json.dumps(served.to_json(), sort_keys=True, separators=(",", ":"))},
-        {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
+        *copy.deepcopy(profile),
         *({"name": k, "value": v} for k, v in sorted(k8s.env.items())),
     ]
     resources = {"cpu": k8s.cpu, "memory": k8s.memory}
@@ -141,13 +226,13 @@ def _pod_security() -> dict[str, Any]:
     return {"runAsNonRoot": True, "runAsUser": SERVER_UID, "runAsGroup": SERVER_UID, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _render_deployment(spec: ModelSpec, deployment: Deployment, tracking_uri: str) -> list[dict[str, Any]]:
+def _render_deployment(spec: ModelSpec, deployment: Deployment, profile: list[dict[str, Any]]) -> list[dict[str, Any]]:
     k8s = spec.deployment.kubernetes  # type: ignore[union-attr]
     name = dns_name(spec.name)
     labels = _labels(spec, name, deployment)
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security(),
-        "containers": [_container(spec, deployment, tracking_uri, name="server", port_name="http")],
+        "containers": [_container(spec, deployment, profile, name="server", port_name="http")],
     }
     if k8s.service_account:
         pod_spec = {"serviceAccountName": k8s.service_account, **pod_spec}
@@ -192,7 +277,7 @@ def kserve_canary_percent(deployment: Deployment) -> int | None:
     return min(max(percent, 1), 99) if share > 0 else 0
 
 
-def _render_kserve(spec: ModelSpec, deployment: Deployment, tracking_uri: str) -> list[dict[str, Any]]:
+def _render_kserve(spec: ModelSpec, deployment: Deployment, profile: list[dict[str, Any]]) -> list[dict[str, Any]]:
     k8s = spec.deployment.kubernetes  # type: ignore[union-attr]
     name = dns_name(spec.name, max_len=45)  # KServe derives longer host names (<name>-predictor-<ns>...)
     labels = _labels(spec, name, deployment)
@@ -209,7 +294,7 @@ def _render_kserve(spec: ModelSpec, deployment: Deployment, tracking_uri: str) -
     if k8s.service_account:
         predictor["serviceAccountName"] = k8s.service_account
     predictor["securityContext"] = _pod_security()
-    predictor["containers"] = [_container(spec, served, tracking_uri, name=KSERVE_CONTAINER, port_name="http1")]
+    predictor["containers"] = [_container(spec, served, profile, name=KSERVE_CONTAINER, port_name="http1")]
     return [
         {
             "apiVersion": KSERVE_API_VERSION,
@@ -220,8 +305,20 @@ def _render_kserve(spec: ModelSpec, deployment: Deployment, tracking_uri: str) -
     ]
 
 
-def render(spec: ModelSpec, deployment: Deployment, *, tracking_uri: str) -> list[dict[str, Any]]:
+def render(
+    spec: ModelSpec,
+    deployment: Deployment,
+    *,
+    tracking_uri: str | None = None,
+    env: str | None = None,
+    secret: str | None = None,
+) -> list[dict[str, Any]]:
     """The manifests that make ``spec``'s endpoint serve ``deployment`` on ``spec.deployment.kubernetes``.
+
+    The container runs on profile ``env`` (default: this process's ``MLOPS_ENV``), its secret variables
+    from the Secret ``secret`` (default ``MLOPS_K8S_SECRET``, else ``mlops-secrets``): see
+    :func:`profile_env`. ``tracking_uri`` is accepted for earlier callers and never written into a
+    manifest (it may hold a password): the container reads ``MLFLOW_TRACKING_URI`` from the Secret.
 
     ``kind: deployment``: a Deployment + Service; the container receives the whole ``deployment`` (stable,
     canary, share) in ``MLOPS_DEPLOYMENT`` and the server splits the traffic itself.
@@ -235,18 +332,20 @@ def render(spec: ModelSpec, deployment: Deployment, *, tracking_uri: str) -> lis
     canary version (the field disappears and the latest revision takes 100 %); rollback is a plain deploy
     of the stable version (a new revision of the old version).
 
-    Same inputs, same dicts (and the same YAML from :func:`to_yaml`).
+    Same inputs and environment, same dicts (and the same YAML from :func:`to_yaml`).
     """
     if spec.deployment is None:
         raise ValueError(f"spec {spec.name!r} has no deployment section")
     if deployment.stable is None:
         raise ValueError(f"{spec.name}: a deployment needs a stable version")
+    del tracking_uri  # the Secret's value is what the container uses
     kind = spec.deployment.kubernetes.kind
+    if kind not in ("deployment", "kserve"):
+        raise ValueError(f"unknown Kubernetes target kind {kind!r}")
+    profile = profile_env(env, secret)
     if kind == "deployment":
-        return _render_deployment(spec, deployment, tracking_uri)
-    if kind == "kserve":
-        return _render_kserve(spec, deployment, tracking_uri)
-    raise ValueError(f"unknown Kubernetes target kind {kind!r}")
+        return _render_deployment(spec, deployment, profile)
+    return _render_kserve(spec, deployment, profile)
 
 
 def to_yaml(manifests: Iterable[dict[str, Any]]) -> str:
@@ -611,7 +710,7 @@ class KubernetesTarget:
         if spec.deployment is None:
             raise ValueError(f"spec {spec.name!r} has no deployment section")
         k8s = spec.deployment.kubernetes
-        manifest = render(spec, deployment, tracking_uri="")[0]
+        manifest = render(spec, deployment, env="local")[0]  # names and labels only: no profile needed
         kind, name, namespace = manifest["kind"], manifest["metadata"]["name"], k8s.namespace
         check = self._deployment_state if kind == "Deployment" else self._kserve_state
         started = time.monotonic()

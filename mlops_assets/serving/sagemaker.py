@@ -16,6 +16,25 @@ Why it looks the way it does:
   difference, so the asset's health check does not trust the calls that were made.
 - The model artifact is a deterministic ``model.tar.gz`` (sorted entries, zeroed times and owners), so
   uploading the same MLflow model twice is detected by its MD5 and skipped.
+- The container runs on the platform's profile, so its prediction log lands in the profile's object
+  store (where the ``canary`` check reads it) and online features come from the profile's Redis:
+  the model's ``Environment`` carries ``MLOPS_ENV`` (the profile's cloud) and the store variables the
+  server reads (``kubernetes.server_vars``), their values taken only from the environment of the
+  process that creates the model (``profile_environment``), never from a spec or a resource config.
+  A variable missing there is named before anything is created. On the ``local`` profile only
+  ``MLOPS_ENV=local`` is passed: the model comes from ``/opt/ml/model`` and the log stays in the
+  container.
+
+  **Where the secret values then live.** SageMaker has no secret references for container
+  environment variables (unlike Kubernetes' ``secretKeyRef``): ``MLFLOW_TRACKING_URI``,
+  ``FEAST_REGISTRY_URI`` and ``MLOPS_REDIS``, with the passwords inside them, are stored in plain text
+  in the SageMaker model definition: anyone allowed ``sagemaker:DescribeModel`` on the model reads
+  them, and a rotated password needs new models (models are immutable; ``ensure_model`` refuses a
+  model whose environment differs, naming the variables, not the values). For production, give the
+  variants an execution role (``role_arn``) that grants the object store, so no storage keys are
+  passed at all, and have the container fetch the three connection strings from AWS Secrets Manager
+  at start (the role allowed ``secretsmanager:GetSecretValue`` on that one secret), passing only the
+  secret's ARN here. That lookup is not built.
 
 Plain Python, no dagster import; boto3 is imported inside the methods so importing this module is free.
 """
@@ -25,6 +44,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import tarfile
 import tempfile
@@ -43,6 +63,22 @@ MAX_NAME = 63  # SageMaker names: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
 TRANSITIONAL = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
 _VERSION_RE = re.compile(r"^[A-Za-z0-9]+$")
 _SHARE_TOLERANCE = 0.01  # percentage points
+
+
+def profile_environment(env: str | None = None) -> dict[str, str]:
+    """The container's profile variables with their values from this process's environment (see the
+    module docstring: on SageMaker the values, secrets included, are stored in the model definition).
+    Raises ``ValueError`` naming any variable the server needs that is not set here."""
+    from mlops_assets.serving.kubernetes import server_vars
+
+    value, plain, secret = server_vars(env)
+    if value == "local":  # the variant's model is unpacked beside the server: no registry, no stores to share
+        return {"MLOPS_ENV": "local"}
+    names = plain + secret
+    missing = [k for k in names if not os.environ.get(k)]
+    if missing:
+        raise ValueError(f"MLOPS_ENV={value}: the SageMaker container needs {', '.join(missing)}, not set in this process")
+    return {"MLOPS_ENV": value, **{k: os.environ[k] for k in names}}
 
 
 def _fit(name: str, limit: int) -> str:
@@ -227,10 +263,23 @@ class SageMakerTarget:
                 raise
             return None
 
+    def container_environment(self, version: str) -> dict[str, str]:
+        """The ``Environment`` of a version's container: what it serves and the profile it runs on."""
+        return {
+            # SageMaker unpacks ModelDataUrl into /opt/ml/model: the server loads the version from
+            # there (MODEL_DIR_ENV), not from the registry, and serves the spec named here
+            DEPLOYMENT_ENV: json.dumps({"stable": version}),
+            MODEL_DIR_ENV: SAGEMAKER_MODEL_DIR,
+            SPEC_ENV: self.spec.name,
+            **profile_environment(),
+        }
+
     def ensure_model(self, version: str, model_data_url: str) -> bool:
         """Create the SageMaker model of a version unless it exists; True if it was created. An existing
-        model with another image or artifact is an error: models are immutable and named by version."""
+        model with another image, artifact or environment is an error: models are immutable and named by
+        version (the message names the variables that differ, never their values)."""
         name = self.model_name(version)
+        environment = self.container_environment(version)
         existing = self.describe_model(version)
         if existing is not None:
             container = existing.get("PrimaryContainer", {})
@@ -240,6 +289,13 @@ class SageMakerTarget:
                     f"SageMaker model {name} exists with image {found[0]!r} and data {found[1]!r}, not "
                     f"{self.target.image_uri!r} and {model_data_url!r}; models are immutable: delete it to recreate it"
                 )
+            had = container.get("Environment") or {}
+            differ = sorted(k for k in set(had) | set(environment) if had.get(k) != environment.get(k))
+            if differ:
+                raise RuntimeError(
+                    f"SageMaker model {name} exists with another container environment (differs in {', '.join(differ)} "
+                    "from this process's profile); models are immutable: delete it to recreate it"
+                )
             return False
         self.sagemaker.create_model(
             ModelName=name,
@@ -247,13 +303,7 @@ class SageMakerTarget:
             PrimaryContainer={
                 "Image": self.target.image_uri,
                 "ModelDataUrl": model_data_url,
-                # SageMaker unpacks ModelDataUrl into /opt/ml/model: the server loads the version from
-                # there (MODEL_DIR_ENV), not from the registry, and serves the spec named here
-                "Environment": {
-                    DEPLOYMENT_ENV: json.dumps({"stable": version}),
-                    MODEL_DIR_ENV: SAGEMAKER_MODEL_DIR,
-                    SPEC_ENV: self.spec.name,
-                },
+                "Environment": environment,
             },
             Tags=[{"Key": "mlops:spec", "Value": self.spec.name}, {"Key": "mlops:version", "Value": version}],
         )
