@@ -35,7 +35,8 @@ class EndpointDeployer(dg.ConfigurableResource):
         if kind == "local":
             from mlops_assets.serving.local import LocalTarget
 
-            return LocalTarget(spec, lake, mlflow.tracking_uri, self.local_run_dir(spec.name))
+            run_dir = self.local_run_dir(spec.name)
+            return LocalTarget(spec, lake, mlflow.tracking_uri, run_dir, env={"MLOPS_HOME": self.home})
         if kind == "kubernetes":
             return _Kubernetes(spec, mlflow, self.kube_config, self.kube_context)
         return _SageMaker(spec, mlflow, self.aws_endpoint_url)

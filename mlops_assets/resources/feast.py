@@ -50,8 +50,8 @@ class FeastFeatureStore(dg.ConfigurableResource):
         None, description="Redis connection string, host:port[,password=…][,ssl=true] (redis; a secret: use dg.EnvVar)."
     )
     offline_store: str = Field("duckdb", description="Feast offline store type.")
-    object_store: Literal["s3", "gs"] | None = Field(
-        None, description="Protocol of the offline sources when they live on an object store (read through fsspec)."
+    object_store: str | None = Field(
+        None, description="Protocol (s3, gs) of the offline sources when they live on an object store (read through fsspec)."
     )
 
     def online_config(self) -> tuple[tuple[str, str], ...]:

@@ -48,13 +48,21 @@ def _http(method: str, url: str, body: dict | None = None, timeout: float = 10.0
 
 class LocalTarget:
     def __init__(
-        self, spec: ModelSpec, lake: LakeStorage, tracking_uri: str, run_dir: str | Path, *, start_timeout_s: float = 120.0
+        self,
+        spec: ModelSpec,
+        lake: LakeStorage,
+        tracking_uri: str,
+        run_dir: str | Path,
+        *,
+        env: dict[str, str] | None = None,
+        start_timeout_s: float = 120.0,
     ):
         if spec.deployment is None:
             raise ValueError(f"spec {spec.name!r} has no deployment section")
         self.spec = spec
         self.run_dir = Path(run_dir)
         self.tracking_uri = tracking_uri
+        self.env = env or {}  # what the server needs beyond this process's environment (its profile's home)
         self.state = EndpointState(lake.endpoint_dir(spec.name))
         self.base_url = f"http://{spec.deployment.host}:{spec.deployment.port}"
         self.start_timeout_s = start_timeout_s
@@ -80,7 +88,7 @@ class LocalTarget:
         folder.mkdir(parents=True, exist_ok=True)
         spec_file = folder / "spec.yaml"
         spec_file.write_text(yaml.safe_dump(self.spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False))
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
+        env = {**os.environ, **self.env, "MLFLOW_TRACKING_URI": self.tracking_uri}
         d = self.spec.deployment
         cmd = [
             sys.executable,
