@@ -45,7 +45,7 @@ def land(spec_ref, start: date, days: int = 1) -> list[str]:
 
 def demo(spec_name: str, start: date, days: int) -> int:
     """Land, ingest, register, train, gate and score a window of days on the embedded home."""
-    from mlops_assets.environments import ensure_dagster_home, mlops_home
+    from mlops_assets.environments import ensure_dagster_home, mlflow_tracking_uri, mlops_home
 
     home = mlops_home()
     os.environ.setdefault("DAGSTER_HOME", str(ensure_dagster_home(home)))
@@ -102,7 +102,7 @@ def demo(spec_name: str, start: date, days: int) -> int:
         + os.environ["DAGSTER_HOME"]
         + " .venv/bin/dagster dev -w workspace.yaml)"
     )
-    print(f"Open the MLflow UI:   make mlflow-ui (or: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow/mlflow.db)")
+    print(f"Open the MLflow UI:   make mlflow-ui (or: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri(home)})")
     return 0
 
 

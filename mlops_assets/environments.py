@@ -109,6 +109,11 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
     return path
 
 
+def replay_home(spec: str, policy: str) -> Path:
+    """Where ``mlops replay`` builds the fresh home of a spec and policy (wiped at the start)."""
+    return mlops_home() / "replays" / f"{spec}-{policy.replace(':', '')}"
+
+
 def mlflow_tracking_uri(home: Path | None = None) -> str:
     return f"sqlite:///{(home or mlops_home()) / 'mlflow' / 'mlflow.db'}"
 

@@ -433,10 +433,10 @@ def replay(
     keep_instance: bool = False,
 ) -> dict:
     """Replay a spec under a policy and return the report (see the module docstring)."""
-    from mlops_assets.environments import mlops_home
+    from mlops_assets.environments import replay_home
     from mlops_assets.specs import ModelSpec, find_spec
 
     spec = spec_ref if isinstance(spec_ref, ModelSpec) else find_spec(spec_ref)
     spec = apply_policy(spec, policy)
-    home = home or mlops_home() / "replays" / f"{spec.name}-{policy.replace(':', '')}"
+    home = home or replay_home(spec.name, policy)
     return Replay(spec, Path(home), start, days, progress, keep_instance).run(policy)
