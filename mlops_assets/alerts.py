@@ -7,7 +7,7 @@ in the tracking UI forever: this sensor closes such runs as FAILED once Dagster 
 """
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -29,7 +29,7 @@ def close_mlflow_runs_and_record_alerts(context: dg.RunFailureSensorContext, mlf
     run = context.dagster_run
     closed = mlflow.close_orphaned_runs(run.run_id)
     alert = {
-        "time": datetime.now(timezone.utc).isoformat(),
+        "time": datetime.now(UTC).isoformat(),
         "run_id": run.run_id,
         "job": run.job_name,
         "partition": run.tags.get("dagster/partition"),
@@ -37,6 +37,6 @@ def close_mlflow_runs_and_record_alerts(context: dg.RunFailureSensorContext, mlf
         "error": context.failure_event.message,
         "mlflow_runs_closed": closed,
     }
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     files.write_text(files.join(lake.alerts_dir(), f"{now:%Y%m%dT%H%M%S%f}-{run.run_id}.json"), json.dumps(alert))
     context.log.warning(f"alert: run {run.run_id} of {run.job_name} failed; {len(closed)} MLflow run(s) closed")
