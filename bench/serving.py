@@ -26,8 +26,26 @@ What it does, in a temporary home:
    errors, and the CPU (in cores) the server's processes, the load generator and everything else on
    the machine used in the window (the last should be ~0: a warning says when it was not).
 
+6. a spec with entities, online store SQLite against Redis: the bundled flight_delays spec, whose
+   requests carry the flight (carrier, origin, dest, tailnum, distance, event_timestamp) and whose
+   delay rates, weather and plane come from the Feast online store on every request. A separate
+   process runs the real pipeline on ``--flights-days`` days of January 2013 in the same home (local
+   profile: land, register, ingest with Feast's SQLite online store, train: the champion), then
+   materializes the same days, with the same Feast registry, into Feast's Redis online store on a
+   throwaway ``redis-server`` (``mlops_assets_tests.services.redis_server``). Two servers serve that
+   champion: ``mlops serve --spec flight_delays`` (the local profile, SQLite) and the same ``serve()``
+   with the profile's resources but Feast's online store on Redis. Requests are real flights of the
+   last ingested days, the same rows to both (``{"inputs": {field: [...]}}``); before any load both
+   must answer every request with the same scores (the rows each flags with an unknown entity are
+   counted per store: Feast's Redis store answers a key it has no row for, e.g. a plane missing from
+   the planes table, as present with null values, where SQLite says NOT_FOUND). Cells: each of
+   ``--flights-batches`` x both stores, in the same rounds as the Elec2 cells, order alternating;
+   reported per store as pred/s, p50/p99, and the ratio Redis/SQLite of pred/s (fields
+   ``flights_batch_<n>``). The Redis cells' server CPU includes the redis-server process.
+
     MLOPS_DATA_DIR=../shared/data .venv/bin/python bench/serving.py [--duration 10] [--warmup 2]
         [--concurrency 8] [--repeats 3] [--batches 1,100,1000] [--omp-threads N] [--keep-home]
+        [--flights-batches 1,100] [--flights-days 6]
 
 Prints per-cell lines (stderr), a table, then one JSON object as the last line.
 """
@@ -62,6 +80,9 @@ HOST = "127.0.0.1"
 TRAIN_DAYS = 28
 POOL_ROWS = 1000  # evaluation rows every batch size draws its requests from
 OURS, MLFLOW = "ours", "mlflow"
+FLIGHTS = "flight_delays"  # the spec with entities: every request looks its features up online
+SQLITE, REDIS = "sqlite", "redis"  # the two online stores of the flight_delays cells
+FLIGHTS_START = "2013-01-01"
 READY_TIMEOUT_S = 180.0
 CHECK_TIMEOUT_S = 300.0  # per server and batch size; the checks take ~10 s on an idle machine
 CELL_GRACE_S = 60.0  # a cell may run this much past its window (the answers in flight) before it is an error
@@ -124,6 +145,99 @@ def tracking_uri(home: Path) -> str:
     return f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
 
 
+def prepare_flights(home: Path, redis_connection: str, days: int) -> dict[str, Any]:
+    """The flight_delays pipeline on ``days`` days in ``home`` (local profile: SQLite instance, MLflow,
+    Feast registry file and SQLite online store), then the same days materialized into Feast's Redis
+    online store through the same registry. Run in a process of its own (``--prepare-flights``), so
+    the load generator does not carry Dagster, Feast and the pipeline. Returns the champion, the
+    online row counts and the request pool (real flights of the last days, JSON-ready columns)."""
+    import logging
+    import warnings
+    from datetime import date, timedelta
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    import dagster as dg
+    import pandas as pd
+
+    from mlops_assets.cli import land
+    from mlops_assets.core.sources import day_start_utc
+    from mlops_assets.environments import ensure_dagster_home, runtime
+    from mlops_assets.factory import build_definitions
+    from mlops_assets.jobs import job_name
+    from mlops_assets.resources import FeastFeatureStore
+    from mlops_assets.specs import find_spec
+
+    spec = find_spec(FLIGHTS)
+    start = date.fromisoformat(FLIGHTS_START)
+    keys = [(start + timedelta(days=i)).isoformat() for i in range(days)]
+    instance = dg.DagsterInstance.from_config(str(ensure_dagster_home(home)))
+    defs = build_definitions([spec])
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+    def run(kind: str, partition: str | None = None) -> dg.ExecuteInProcessResult:
+        result = defs.resolve_job_def(job_name(kind, spec)).execute_in_process(
+            instance=instance, partition_key=partition, raise_on_error=False, run_config=quiet
+        )
+        if not result.success:
+            raise SystemExit(f"{FLIGHTS}: {kind} {partition or ''} failed: {[e.message for e in result.all_events if e.is_failure][:3]}")
+        return result
+
+    land(spec, start, days)
+    run("register")
+    for k in keys:
+        run("ingest", k)
+    run("train")
+    champion = instance.get_latest_materialization_event(dg.AssetKey(f"champion_{FLIGHTS}"))
+    version = str(champion.asset_materialization.metadata["champion_version"].value)
+    instance.dispose()
+
+    resources = runtime()
+    sqlite_store = resources["feast"]
+    redis_store = FeastFeatureStore(
+        registry=sqlite_store.registry, online_store_type="redis", redis_connection=redis_connection
+    ).process_config_and_initialize()
+    tz = spec.source.timestamp.timezone
+    for k in keys:  # day by day, oldest first, the windows of the online_features asset
+        day = date.fromisoformat(k)
+        end = day_start_utc(day + timedelta(days=1), tz) - pd.Timedelta(microseconds=1)
+        redis_store.materialize(spec, day_start_utc(day, tz).to_pydatetime(), end.to_pydatetime())
+    counts = {SQLITE: sqlite_store.online_row_count(spec), REDIS: redis_store.online_row_count(spec)}
+    if counts[SQLITE] != counts[REDIS] or not counts[SQLITE]:
+        raise SystemExit(f"the online stores differ after materializing the same days: {counts}")
+
+    lake = resources["lake"]
+    frames = []
+    for k in reversed(keys):  # the latest days first
+        frames.append(lake.read(lake.partition_path("dataset", FLIGHTS, k)))
+        if sum(len(f) for f in frames) >= POOL_ROWS:
+            break
+    rows = pd.concat(frames[::-1], ignore_index=True).dropna(subset=list(spec.entities)).tail(POOL_ROWS)
+    pool = {e: rows[e].astype(str).tolist() for e in spec.entities}
+    pool["distance"] = rows["distance"].astype("float64").tolist()
+    pool["event_timestamp"] = [t.isoformat() for t in rows["event_timestamp"]]
+    return {"version": version, "online_rows": counts, "days": keys, "pool": pool}
+
+
+# The Redis-backed flights server: the same ``serve()`` as ``mlops serve`` on the profile's resources,
+# except Feast's online store (the same registry, Redis). argv: spec host port redis-connection.
+SERVE_ON_REDIS = """
+import sys
+from mlops_assets.environments import runtime
+from mlops_assets.resources import FeastFeatureStore
+from mlops_assets.serving import serve
+from mlops_assets.specs import find_spec
+
+spec, host, port, redis = find_spec(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+resources = runtime()
+resources["feast"] = FeastFeatureStore(
+    registry=resources["feast"].registry, online_store_type="redis", redis_connection=redis
+).process_config_and_initialize()
+print(f"serving {spec.name} on http://{host}:{port} with Feast's online store on redis {redis}", flush=True)
+serve(spec, host, port, resources)
+"""
+
+
 # --- requests --------------------------------------------------------------------------------------
 
 
@@ -150,6 +264,15 @@ def bodies(rows: Any, spec: Any, batch: int) -> tuple[list[bytes], list[bytes]]:
         data = [list(r) for r in zip(*(cols[c] for c in names))]
         theirs.append(json.dumps({"dataframe_split": {"columns": names, "data": data}}, separators=(",", ":")).encode())
     return ours, theirs
+
+
+def flights_bodies(pool: dict[str, list], batch: int) -> list[bytes]:
+    """flight_delays request bodies (columns), the pool cut into batches; the same for both stores."""
+    n = len(pool["event_timestamp"])
+    return [
+        json.dumps({"inputs": {c: v[start : start + batch] for c, v in pool.items()}}, separators=(",", ":")).encode()
+        for start in range(0, n - batch + 1, batch)
+    ]
 
 
 # --- a minimal HTTP/1.1 keep-alive client -----------------------------------------------------------
@@ -437,6 +560,38 @@ def verify(servers: dict[str, Server], requests: dict[str, list[bytes]], expecte
     return n
 
 
+def verify_flights(servers: dict[str, Server], requests: dict[str, list[bytes]], version: str, batch: int) -> dict[str, int]:
+    """Every prepared flights request, to both stores' servers: 200, the champion, and the same scores
+    (the stores hold the same rows). Returns rows checked and, per store, the rows the server flagged
+    with an unknown entity: these may differ, because Feast's Redis store answers a key it has no row
+    for as present with null values (status PRESENT, event time 0) where SQLite answers NOT_FOUND."""
+    got: dict[str, list[dict]] = {}
+    for name, s in servers.items():
+        try:
+            answers = asyncio.run(asyncio.wait_for(fetch_all(s.port, requests[name]), CHECK_TIMEOUT_S))
+        except TimeoutError:
+            raise SystemExit(f"{FLIGHTS} on {name} took over {CHECK_TIMEOUT_S:.0f} s to answer the batch-{batch} check requests")
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise SystemExit(f"{FLIGHTS} on {name} failed a batch-{batch} check request ({type(exc).__name__}: {exc}):\n{tail(s.log, 6)}")
+        for i, (status, body) in enumerate(answers):
+            if status != 200:
+                raise SystemExit(f"{FLIGHTS} on {name} answered {status} to batch-{batch} request {i}: {body[:300]!r}:\n{tail(s.log, 6)}")
+        got[name] = [json.loads(body) for _, body in answers]
+    scores, unknown = {}, {}
+    for name, answers in got.items():
+        versions = {str(a.get("model_version")) for a in answers}
+        if versions != {version}:
+            raise SystemExit(f"{FLIGHTS} on {name} serves versions {versions}, not the champion {version}")
+        scores[name] = np.asarray([x for a in answers for x in a["scores"]], dtype="float64")
+        unknown[name] = [x for a in answers for x in a.get("unknown_entities", [[]] * len(a["scores"]))]
+    if len(scores[SQLITE]) != len(scores[REDIS]) or not np.allclose(scores[SQLITE], scores[REDIS], rtol=0, atol=1e-9):
+        raise SystemExit(f"{FLIGHTS}: the SQLite and Redis online stores give different scores for the same flights")
+    out = {"rows": len(scores[SQLITE])}
+    for name in (SQLITE, REDIS):
+        out[f"rows_with_unknown_entity_{name}"] = sum(1 for u in unknown[name] if u)
+    return out
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 
@@ -445,11 +600,15 @@ def median(cells: list[Cell], metric: str) -> float:
     return float(statistics.median(values))
 
 
-def summarise(cells: list[Cell], batches: list[int]) -> dict[str, Any]:
+def summarise(
+    cells: list[Cell], batches: list[int], names: tuple[str, str] = (OURS, MLFLOW), prefix: str = ""
+) -> dict[str, Any]:
+    """Per batch size (``<prefix>batch_<n>``), per server the medians over rounds; ``ratio`` is the
+    first server's pred/s over the second's."""
     out: dict[str, Any] = {}
     for b in batches:
         row: dict[str, Any] = {}
-        for name in (OURS, MLFLOW):
+        for name in names:
             mine = [c for c in cells if c.server == name and c.batch == b]
             row[f"{name}_req_s"] = round(median(mine, "req_s"), 1)
             row[f"{name}_pred_s"] = round(median(mine, "pred_s"), 1)
@@ -460,18 +619,19 @@ def summarise(cells: list[Cell], batches: list[int]) -> dict[str, Any]:
             row[f"{name}_server_cpu"] = round(median(mine, "server_cpu"), 2)
             row[f"{name}_client_cpu"] = round(median(mine, "client_cpu"), 2)
             row[f"{name}_other_cpu_max"] = round(max(c.other_cpu for c in mine), 2)
-        row["ratio"] = round(row[f"{OURS}_pred_s"] / row[f"{MLFLOW}_pred_s"], 2) if row[f"{MLFLOW}_pred_s"] else None
-        out[f"batch_{b}"] = row
+        first, second = names
+        row["ratio"] = round(row[f"{first}_pred_s"] / row[f"{second}_pred_s"], 2) if row[f"{second}_pred_s"] else None
+        out[f"{prefix}batch_{b}"] = row
     return out
 
 
-def table(summary: dict[str, Any], batches: list[int]) -> str:
+def table(summary: dict[str, Any], batches: list[int], names: tuple[str, str] = (OURS, MLFLOW), prefix: str = "") -> str:
     head = f"{'batch':>6} {'server':<7} {'req/s':>9} {'pred/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'srv cpu':>8} {'ratio':>6}"
     lines = [head, "-" * len(head)]
     for b in batches:
-        row = summary[f"batch_{b}"]
-        for name in (OURS, MLFLOW):
-            ratio = f"{row['ratio']:.2f}x" if name == OURS and row["ratio"] is not None else ""
+        row = summary[f"{prefix}batch_{b}"]
+        for name in names:
+            ratio = f"{row['ratio']:.2f}x" if name == names[0] and row["ratio"] is not None else ""
             lines.append(
                 f"{b:>6} {name:<7} {row[f'{name}_req_s']:>9,.0f} {row[f'{name}_pred_s']:>11,.0f} "
                 f"{row[f'{name}_p50_ms']:>8.2f} {row[f'{name}_p99_ms']:>8.2f} {row[f'{name}_errors_total']:>7} "
@@ -494,14 +654,24 @@ def main() -> int:
         "--omp-threads", type=int, help="OMP_NUM_THREADS for both servers (default: unset, the libraries' own choice)"
     )
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary home (registry, server logs)")
+    parser.add_argument(
+        "--flights-batches", default="1,100", help=f"rows per request of the {FLIGHTS} cells (SQLite vs Redis); '' for none"
+    )
+    parser.add_argument("--flights-days", type=int, default=6, help=f"days of {FLIGHTS} ingested before its model is trained")
+    parser.add_argument("--prepare-flights", metavar="HOME", help=argparse.SUPPRESS)  # the preparation process
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    if max(batches) > POOL_ROWS:
+    flights_batches = [int(b) for b in args.flights_batches.split(",") if b.strip()]
+    if max(batches + flights_batches) > POOL_ROWS:
         parser.error(f"batches above {POOL_ROWS} rows are not prepared")
     os.environ.setdefault("MLOPS_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.path.insert(0, str(ROOT))
+    if args.prepare_flights:
+        print(json.dumps(prepare_flights(Path(args.prepare_flights), args.redis, args.flights_days)))
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the servers are stopped (finally) on SIGTERM too
 
     from mlops_assets.core.training import feature_frame, predict_scores
@@ -511,6 +681,11 @@ def main() -> int:
     spec = find_spec(str(SPEC_FILE))
     home = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     servers: dict[str, Server] = {}
+    flight_servers: dict[str, Server] = {}
+    services = contextlib.ExitStack()
+    flights: dict[str, Any] = {}
+    cells: list[Cell] = []
+    flight_cells: list[Cell] = []
     try:
         train, rest = load_rows(spec)
         pool = rest.head(POOL_ROWS)
@@ -529,7 +704,9 @@ def main() -> int:
         env = {
             **os.environ,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow execs `uvicorn` from PATH
+            "MLOPS_ENV": "local",
             "MLOPS_HOME": str(home),
+            "DAGSTER_HOME": str(home / "dagster"),
             "MLFLOW_TRACKING_URI": tracking_uri(home),
             "TMPDIR": str(home / "tmp"),
         }
@@ -555,10 +732,43 @@ def main() -> int:
             "/ping",
             home / "logs",
         )
+        if flights_batches:
+            from mlops_assets_tests.services import redis_server
+
+            redis = services.enter_context(redis_server())
+            t_prep = time.perf_counter()
+            log(
+                f"{FLIGHTS}: running the pipeline on {args.flights_days} days (SQLite online store), "
+                f"then materializing them into Redis {redis.connection_string} ..."
+            )
+            prep = subprocess.run(
+                [sys.executable, __file__, "--prepare-flights", str(home), "--redis", redis.connection_string]
+                + ["--flights-days", str(args.flights_days)],
+                cwd=home, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            if prep.returncode != 0:
+                raise SystemExit(f"{FLIGHTS} preparation failed (exit {prep.returncode}):\n{prep.stderr[-4000:]}")
+            flights = json.loads(prep.stdout.strip().splitlines()[-1])
+            flights["prepare_s"] = time.perf_counter() - t_prep
+            log(f"{FLIGHTS}: champion v{flights['version']}, online rows {flights['online_rows']} ({flights['prepare_s']:.0f} s)")
+            route = f"/v1/models/{FLIGHTS}:predict"
+            p_sqlite, p_redis = free_port(), free_port()
+            flight_servers[SQLITE] = start(
+                f"{FLIGHTS}-{SQLITE}",
+                [str(BIN / "mlops"), "serve", "--spec", FLIGHTS, "--host", HOST, "--port", str(p_sqlite)],
+                env, p_sqlite, route, "/readyz", home / "logs",
+            )
+            flight_servers[REDIS] = start(
+                f"{FLIGHTS}-{REDIS}",
+                [sys.executable, "-c", SERVE_ON_REDIS, FLIGHTS, HOST, str(p_redis), redis.connection_string],
+                {**env, "PYTHONPATH": str(ROOT)}, p_redis, route, "/readyz", home / "logs",
+            )
         t_ready = time.perf_counter()
-        wait_ready(list(servers.values()), READY_TIMEOUT_S)
-        pids = {n: s.pids for n, s in servers.items()}
-        log(f"both servers ready in {time.perf_counter() - t_ready:.1f} s; processes {pids}")
+        wait_ready([*servers.values(), *flight_servers.values()], READY_TIMEOUT_S)
+        if flights_batches:
+            flight_servers[REDIS].pids.append(redis.pid)  # the store's CPU is the Redis cells' serving CPU too
+        pids = {n: s.pids for n, s in [*servers.items(), *flight_servers.items()]}
+        log(f"servers ready in {time.perf_counter() - t_ready:.1f} s; processes {pids}")
 
         requests: dict[int, dict[str, list[bytes]]] = {}
         for b in batches:
@@ -569,6 +779,15 @@ def main() -> int:
             }
         checked = {b: verify(servers, requests[b], expected, b) for b in batches}
         log(f"same predictions from both servers: {checked} rows per batch size")
+        flight_requests: dict[int, dict[str, list[bytes]]] = {}
+        for b in flights_batches:
+            flight_requests[b] = {
+                n: [http_request("POST", s.port, s.path, x) for x in flights_bodies(flights["pool"], b)]
+                for n, s in flight_servers.items()
+            }
+        flights["checked"] = {b: verify_flights(flight_servers, flight_requests[b], flights["version"], b) for b in flights_batches}
+        if flights_batches:
+            log(f"{FLIGHTS}: the same scores from SQLite and Redis: {flights['checked']}")
 
         try:
             import uvloop
@@ -578,7 +797,6 @@ def main() -> int:
             loop_factory = None
         gc.collect()
         gc.freeze()  # the loaded libraries' objects are not scanned again during the cells
-        cells: list[Cell] = []
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             for r in range(args.repeats):
                 order = [OURS, MLFLOW] if r % 2 == 0 else [MLFLOW, OURS]
@@ -596,10 +814,26 @@ def main() -> int:
                             f"p50 {cell.ms(50):6.2f} ms p99 {cell.ms(99):6.2f} ms errors {cell.errors or 0} "
                             f"cpu: server {cell.server_cpu:.2f} client {cell.client_cpu:.2f} other {cell.other_cpu:.2f}"
                         )
+                order = [SQLITE, REDIS] if r % 2 == 0 else [REDIS, SQLITE]
+                for b in flights_batches:
+                    for name in order:
+                        s = flight_servers[name]
+                        if s.proc.poll() is not None:
+                            raise SystemExit(f"{FLIGHTS} {name} server died (exit {s.proc.returncode}):\n{tail(s.log)}")
+                        cell = runner.run(
+                            run_cell(name, s.port, s.pids, flight_requests[b][name], b, args.concurrency, args.warmup, args.duration)
+                        )
+                        flight_cells.append(cell)
+                        log(
+                            f"round {r + 1} {FLIGHTS} batch {b:>4} {name:<6}: {cell.req_s:>8,.0f} req/s {cell.pred_s:>10,.0f} pred/s "
+                            f"p50 {cell.ms(50):6.2f} ms p99 {cell.ms(99):6.2f} ms errors {cell.errors or 0} "
+                            f"cpu: server {cell.server_cpu:.2f} client {cell.client_cpu:.2f} other {cell.other_cpu:.2f}"
+                        )
     finally:
-        for s in servers.values():
+        for s in [*servers.values(), *flight_servers.values()]:
             stop(s)
-        server_logs = {n: s.log.read_text(errors="replace") for n, s in servers.items() if s.log.exists()}
+        services.close()  # the Redis server, stopped by process id
+        server_logs = {s.name: s.log.read_text(errors="replace") for s in [*servers.values(), *flight_servers.values()] if s.log.exists()}
         if args.keep_home:
             log(f"kept {home}")
         else:
@@ -612,16 +846,25 @@ def main() -> int:
         "single_row_p99_le_10ms": summary["batch_1"][f"{OURS}_p99_ms"] <= 10 if 1 in batches else None,
         "batch_1000_ge_100k_pred_s": summary["batch_1000"][f"{OURS}_pred_s"] >= 100_000 if 1000 in batches else None,
     }
+    flights_summary = summarise(flight_cells, flights_batches, (REDIS, SQLITE), prefix="flights_") if flight_cells else {}
     errors = sum(c.error_count for c in cells)
+    flights_errors = sum(c.error_count for c in flight_cells)
     tracebacks = {n: text.count("Traceback") for n, text in server_logs.items()}
     warnings = []
-    if errors:
-        warnings.append(f"{errors} failed requests: {sorted({k for c in cells for k in c.errors})}")
+    if errors + flights_errors:
+        warnings.append(f"{errors + flights_errors} failed requests: {sorted({k for c in cells + flight_cells for k in c.errors})}")
     if any(tracebacks.values()):
         warnings.append(f"tracebacks in the server logs: {tracebacks}")
-    if (busy := max(c.other_cpu for c in cells)) > 0.25:
+    if (busy := max(c.other_cpu for c in cells + flight_cells)) > 0.25:
         warnings.append(f"the machine was not quiet: other processes used up to {busy:.2f} cores during a cell")
-    if (client := max(c.client_cpu for c in cells)) > 0.9:
+    for b, checked in flights.get("checked", {}).items():
+        if checked[f"rows_with_unknown_entity_{SQLITE}"] != checked[f"rows_with_unknown_entity_{REDIS}"]:
+            warnings.append(
+                f"{FLIGHTS} batch {b}: the server flagged {checked[f'rows_with_unknown_entity_{SQLITE}']} of {checked['rows']} rows "
+                f"with an unknown entity on SQLite and {checked[f'rows_with_unknown_entity_{REDIS}']} on Redis (same scores): "
+                "Feast's Redis store answers a missing key as present with null values"
+            )
+    if (client := max(c.client_cpu for c in cells + flight_cells)) > 0.9:
         warnings.append(f"the load generator used up to {client:.2f} cores: it may have limited a cell")
     result = {
         "bench": "serving",
@@ -639,16 +882,32 @@ def main() -> int:
         "wall_s": round(time.perf_counter() - t_start, 1),
         "goals": goals,
     }
+    if flight_cells:
+        result.update(
+            {
+                "flights_model": f"{FLIGHTS} v{flights['version']} (online features from Feast: SQLite vs Redis)",
+                "flights_days": f"{flights['days'][0]}..{flights['days'][-1]}",
+                "flights_online_rows": flights["online_rows"][SQLITE],
+                "flights_checked": flights["checked"],
+                "flights_prepare_s": round(flights["prepare_s"], 1),
+                **flights_summary,
+                "flights_ratio_redis_sqlite": {f"batch_{b}": flights_summary[f"flights_batch_{b}"]["ratio"] for b in flights_batches},
+                "flights_errors_total": flights_errors,
+            }
+        )
     print(
         f"\n{spec.name} v1 on 127.0.0.1, one worker process per server, {args.concurrency} keep-alive connections, "
         f"{args.duration:g} s per cell after {args.warmup:g} s warm-up, median of {args.repeats} rounds\n"
     )
     print(table(summary, batches))
+    if flight_cells:
+        print(f"\n{FLIGHTS} v{flights['version']}, every request looks its flights up in the online store (ratio: Redis / SQLite)\n")
+        print(table(flights_summary, flights_batches, (REDIS, SQLITE), prefix="flights_"))
     print(f"\ngoals: {goals}")
     for w in warnings:
         print(f"WARNING: {w}")
     print(json.dumps(result))
-    return 0 if not errors else 1
+    return 0 if not errors + flights_errors else 1
 
 
 def log(msg: str) -> None:
