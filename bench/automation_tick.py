@@ -24,9 +24,11 @@ The last line printed is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--storage", choices=("sqlite", "postgres"), default="sqlite", help="the Dagster instance's storage")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="mlops_tick_"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)  # also when the setup fails
     os.environ.update({"MLOPS_ENV": "local", "MLOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")})
 
     import dagster as dg
