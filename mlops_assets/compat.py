@@ -17,13 +17,14 @@ def register_object_store_with_duckdb(protocol: str) -> bool:
     """Register the fsspec filesystem of ``protocol`` (``s3`` or ``gs``) with ibis's default DuckDB
     connection, once per process. No connection is made here: fsspec filesystems connect on first
     use. Returns False when the default backend is not DuckDB."""
-    import fsspec
     import ibis
+
+    from mlops_assets import files
 
     backend = ibis.get_backend()
     if backend.name != "duckdb":
         return False
-    backend.register_filesystem(fsspec.filesystem(protocol))
+    backend.register_filesystem(files.filesystem(f"{protocol}://")[0])  # the platform's own object
     if not getattr(backend, "_mlops_fsspec", False):
         load = backend._load_extensions  # private: ibis 12's hook that installs httpfs for s3:// paths
 

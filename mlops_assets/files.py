@@ -18,6 +18,12 @@ What object stores lack, and how this layer keeps the guarantees the local layou
   lease: a lock older than ``lease_s`` was left by a process that died and is broken.
 - **Appends.** An object cannot be appended to: logs (audit history, alerts, the prediction log)
   are one new object per entry or batch, read back by listing.
+- **Other writers.** Many processes share a store (run workers, the code server's sensors, the
+  model server). fsspec's listing cache is per process and never expires, and s3fs/gcsfs answer
+  ``info``, ``exists`` and reads from the last listing of the parent folder: after a listing, an
+  object another process wrote since is "missing" (``exists`` False, a read FileNotFoundError) and
+  opening one it rewrote fails on the listed ETag. So object-store filesystems are opened without
+  a listing cache (``REMOTE_OPTIONS``); ``listing`` asks the store every time anyway.
 """
 
 from __future__ import annotations
@@ -51,12 +57,15 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+REMOTE_OPTIONS = {"use_listings_cache": False}  # see "Other writers" above
+
+
 def filesystem(uri: str):
     """The fsspec filesystem and path of a URI (fsspec caches one filesystem object per protocol
-    and options, so this is cheap after the first call)."""
+    and options, so this is cheap after the first call, and every caller gets the same object)."""
     from fsspec.core import url_to_fs
 
-    return url_to_fs(uri)
+    return url_to_fs(uri, **(REMOTE_OPTIONS if is_remote(uri) else {}))
 
 
 def exists(uri: str) -> bool:
