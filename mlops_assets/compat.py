@@ -1,16 +1,24 @@
-"""The one place that leans on another library's internals, each with a test (``test_storage``).
+"""The one place that leans on another library's internals, each with a test.
 
-Feast's DuckDB offline store reads a ``FileSource`` with ``ibis.read_parquet``, on ibis's default
-DuckDB connection. For an ``s3://`` path ibis first installs DuckDB's httpfs extension, a download
-this platform cannot rely on (air-gapped clusters, CI without internet), and httpfs would need its
-own copy of the credentials. DuckDB can instead read any path through a registered fsspec
-filesystem: the same s3fs/gcsfs objects the rest of the platform writes with. So the default
-connection gets those filesystems, and ibis's httpfs step is skipped for the protocols they serve.
+``register_object_store_with_duckdb`` (ibis, tested in ``test_storage``): Feast's DuckDB offline
+store reads a ``FileSource`` with ``ibis.read_parquet``, on ibis's default DuckDB connection. For an
+``s3://`` path ibis first installs DuckDB's httpfs extension, a download this platform cannot rely
+on (air-gapped clusters, CI without internet), and httpfs would need its own copy of the
+credentials. DuckDB can instead read any path through a registered fsspec filesystem: the same
+s3fs/gcsfs objects the rest of the platform writes with. So the default connection gets those
+filesystems, and ibis's httpfs step is skipped for the protocols they serve.
+
+``process_executor_config`` (Dagster, tested in ``test_k8s_profile``): the ``k8s`` profile's executor
+imports dagster-k8s only when a run creates it, and then hands dagster-k8s's executor the config
+Dagster itself would have made of the profile's config: env references read, defaults filled in.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from typing import Any
+
 
 @functools.cache
 def register_object_store_with_duckdb(protocol: str) -> bool:
@@ -36,3 +44,20 @@ def register_object_store_with_duckdb(protocol: str) -> bool:
         backend._load_extensions = load_extensions
         backend._mlops_fsspec = True
     return True
+
+
+def process_executor_config(executor_def: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` checked against ``executor_def``'s config schema and processed as Dagster processes
+    an executor's run config: ``{"env": VAR}`` values read from the environment now, defaults filled
+    in. The same processing as ``executor_def.configured(config)`` gets when a run resolves its config
+    (``ConfiguredDefinitionConfigSchema.resolve_config``). Raises ``DagsterInvalidConfigError``
+    when the config does not fit the schema (e.g. a referenced variable is unset)."""
+    from dagster._config import process_config  # private: Dagster's own config processing
+    from dagster._core.errors import DagsterInvalidConfigError
+
+    result = process_config(executor_def.config_schema.config_type, config)
+    if not result.success:
+        raise DagsterInvalidConfigError(
+            f"Invalid configuration provided for executor '{executor_def.name}'", result.errors, config
+        )
+    return dict(result.value)

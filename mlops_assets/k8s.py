@@ -44,8 +44,9 @@ Node groups Terraform must create to match (constants below):
 - GPU: taint ``nvidia.com/gpu:NoSchedule`` (what EKS and GKE put on GPU nodes) and label
   ``mlops/gpu=true``. Steps with ``gpu: N`` limit ``nvidia.com/gpu: N``, tolerate it, select the label.
 
-dagster-k8s (and with it the kubernetes client) is imported inside ``step_executor`` only: the
-``local``, ``aws`` and ``gcp`` profiles never import it, and ``op_tags`` builds plain dicts.
+Loading the definitions never imports dagster-k8s (and with it the kubernetes client), on ``k8s``
+either: the executor ``step_executor`` returns imports it when a run creates it (in the run worker),
+the instance when its dagster.yaml names the ``K8sRunLauncher``; ``op_tags`` builds plain dicts.
 """
 
 from __future__ import annotations
@@ -130,11 +131,37 @@ def executor_config() -> dict[str, Any]:
 
 
 def step_executor() -> dg.ExecutorDefinition:
-    """dagster-k8s's ``k8s_job_executor`` configured from the profile: every step is a Kubernetes Job
-    in the run's image and namespace, sized by its asset's ``dagster-k8s/config`` tag (``op_tags``)."""
-    from dagster_k8s import k8s_job_executor
+    """dagster-k8s's ``k8s_job_executor`` with the profile's config: every step is a Kubernetes Job
+    in the run's image and namespace, sized by its asset's ``dagster-k8s/config`` tag (``op_tags``).
 
-    return k8s_job_executor.configured(executor_config(), name="k8s")
+    The same executor as ``k8s_job_executor.configured(executor_config(), name="k8s")``, but lazy:
+    dagster-k8s and the kubernetes client are imported when a run creates its executor, not when the
+    code location loads (the UI, the daemon and every run and step pod load it). The config is taken
+    now, as ``configured`` takes it; its env references are read and dagster-k8s's defaults filled in
+    when the run creates the executor, as Dagster does for a configured executor
+    (``compat.process_executor_config``). Like the configured one, it ignores any run config given it.
+    """
+    import dagster as dg
+
+    config = executor_config()
+
+    @dg.executor(name="k8s", requirements=dg.multiple_process_executor_requirements())
+    def k8s_executor(init_context: dg.InitExecutorContext):
+        """dagster-k8s's executor for this run, created by dagster-k8s from the profile's config."""
+        from dagster_k8s import k8s_job_executor
+
+        from mlops_assets.compat import process_executor_config
+
+        return k8s_job_executor.executor_creation_fn(
+            dg.InitExecutorContext(
+                job=init_context.job,
+                executor_def=k8s_job_executor,
+                executor_config=process_executor_config(k8s_job_executor, config),
+                instance=init_context.instance,
+            )
+        )
+
+    return k8s_executor
 
 
 # --- the run launcher: every run its own Job ------------------------------------------------------

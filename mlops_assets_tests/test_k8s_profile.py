@@ -6,11 +6,16 @@ create a Job is captured instead, and any other Kubernetes API call fails the te
 by dagster-k8s 0.29.27's own code (``K8sRunLauncher.launch_run`` and ``K8sStepHandler.launch_step``
 of the executor built from the profile's config), then validated strictly against the Kubernetes
 schemas of the version the endpoint manifests are checked with (``serving.kubernetes.validate``).
+
+The profile's executor (``k8s.step_executor``) imports dagster-k8s only when a run creates it; the
+step Jobs it builds are compared with those of ``k8s_job_executor.configured(executor_config())``,
+the eager executor it replaces, and loading the definitions is checked not to import dagster-k8s.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -133,22 +138,32 @@ def _launch_run_job(instance, job_name: str):
     return run
 
 
-def _launch_step_job(instance, defs: dg.Definitions, job_name: str, asset_name: str, run):
-    """The step Job the profile's k8s_job_executor builds for ``asset_name``'s step: the executor is
-    created by dagster-k8s from the executor config Dagster resolves for the job, and its step handler
-    launches the step with the op's tags, as in a run."""
+def _create_executor(instance, defs: dg.Definitions, job_name: str, executor_def: dg.ExecutorDefinition | None = None):
+    """The executor a run of ``job_name`` creates, as Dagster creates it (``create_executor``): the
+    executor config Dagster resolves for the job handed to the executor's creation function. The job's
+    own executor (the profile's ``step_executor()``) unless ``executor_def`` is given."""
     from dagster._core.definitions.job_base import InMemoryJob
-    from dagster._core.executor.init import InitExecutorContext
-    from dagster._grpc.types import ExecuteStepArgs
 
     job = defs.resolve_job_def(job_name)
-    resolved = job.executor_def.apply_config_mapping({"config": {}})
+    executor_def = executor_def or job.executor_def
+    resolved = executor_def.apply_config_mapping({"config": {}})
     assert resolved.success, resolved.errors
-    executor = job.executor_def.executor_creation_fn(
-        InitExecutorContext(
-            job=InMemoryJob(job), executor_def=job.executor_def, executor_config=resolved.value["config"], instance=instance
+    return executor_def.executor_creation_fn(
+        dg.InitExecutorContext(
+            job=InMemoryJob(job), executor_def=executor_def, executor_config=resolved.value["config"], instance=instance
         )
     )
+
+
+def _launch_step_job(
+    instance, defs: dg.Definitions, job_name: str, asset_name: str, run, executor_def: dg.ExecutorDefinition | None = None
+):
+    """The step Job the profile's executor builds for ``asset_name``'s step: the executor is created
+    for the job (``_create_executor``: dagster-k8s's executor, created by dagster-k8s), and its step
+    handler launches the step with the op's tags, as in a run."""
+    from dagster._grpc.types import ExecuteStepArgs
+
+    executor = _create_executor(instance, defs, job_name, executor_def)
     handler = executor._step_handler  # K8sStepHandler
     op = defs.get_assets_def(asset_name).op
     context = types.SimpleNamespace(
@@ -188,13 +203,14 @@ def test_definitions_load_on_k8s_with_no_cloud_variable(k8s_env, monkeypatch):
         assert k8s.K8S_CONFIG_TAG in defs.get_assets_def(spec.key).op.tags, spec.key
 
 
-def test_dagster_validates_the_k8s_code_location_in_a_bare_environment(tmp_path):
-    (tmp_path / "dagster").mkdir()
+def _bare_k8s_env(tmp_path: Path) -> dict[str, str]:
+    """A process environment with MLOPS_ENV=k8s and nothing a deployment sets (no cloud variable)."""
+    (tmp_path / "dagster").mkdir(exist_ok=True)
     (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     keep = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT"}
     env = {k: v for k, v in os.environ.items() if k in keep}
     bin_dir = os.path.dirname(sys.executable)
-    env |= {
+    return env | {
         "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         "MLOPS_ENV": "k8s",
         "MLOPS_HOME": str(tmp_path / "home"),
@@ -202,6 +218,34 @@ def test_dagster_validates_the_k8s_code_location_in_a_bare_environment(tmp_path)
         "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
         "DO_NOT_TRACK": "1",
     }
+
+
+def test_loading_the_k8s_definitions_does_not_import_dagster_k8s(tmp_path):
+    """The UI, the daemon and every run and step pod load the code location: dagster-k8s and the
+    kubernetes client are imported only when a run creates its executor."""
+    code = (
+        "import json, sys, mlops_assets.definitions as d; "
+        "job = d.defs.resolve_job_def('train_flight_delays'); "
+        "print(json.dumps({'executor': job.executor_def.name, "
+        "'imported': sorted(m for m in sys.modules if m.split('.')[0] in ('dagster_k8s', 'kubernetes'))}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=_bare_k8s_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded == {"executor": "k8s", "imported": []}
+
+
+def test_dagster_validates_the_k8s_code_location_in_a_bare_environment(tmp_path):
+    env = _bare_k8s_env(tmp_path)
+    bin_dir = os.path.dirname(sys.executable)
     proc = subprocess.run(
         [os.path.join(bin_dir, "dagster"), "definitions", "validate", "-m", "mlops_assets.definitions"],
         cwd=REPO,
@@ -230,9 +274,43 @@ def test_executor_config_defaults_when_no_variable_is_set(k8s_env):
     }
     assert "job_image" not in config  # a step runs in its run's image
     executor = k8s.step_executor()
-    resolved = executor.apply_config_mapping({"config": {}})
+    assert executor.name == "k8s"
+    assert executor.get_requirements({}) == dg.multiple_process_executor_requirements()
+    resolved = executor.apply_config_mapping({"config": {}})  # like the configured executor: no run config
     assert resolved.success, resolved.errors
-    assert resolved.value["config"]["job_namespace"] == "mlops"
+
+
+def test_process_executor_config_is_what_dagster_makes_of_the_configured_executor(k8s_env, monkeypatch):
+    """``compat.process_executor_config`` (private ``dagster._config.process_config``) gives
+    dagster-k8s the config a run of ``k8s_job_executor.configured(executor_config())`` resolves:
+    env references read, every default of dagster-k8s's schema filled in (``retries`` is indexed)."""
+    from dagster_k8s import k8s_job_executor
+
+    from mlops_assets.compat import process_executor_config
+
+    def configured(config):
+        resolved = k8s_job_executor.configured(config, name="k8s").apply_config_mapping({"config": {}})
+        assert resolved.success, resolved.errors
+        return resolved.value["config"]
+
+    config = k8s.executor_config()
+    processed = process_executor_config(k8s_job_executor, config)
+    assert processed == configured(config)
+    assert processed["job_namespace"] == "mlops"
+    assert processed["retries"] == {"enabled": {}}
+    assert (processed["per_step_k8s_config"], processed["enable_owner_references"]) == ({}, False)
+
+    monkeypatch.setenv("MLOPS_K8S_NAMESPACE", "ml-prod")
+    config = k8s.executor_config()  # {"env": "MLOPS_K8S_NAMESPACE"}
+    assert process_executor_config(k8s_job_executor, config) == configured(config)
+    assert process_executor_config(k8s_job_executor, config)["job_namespace"] == "ml-prod"
+    monkeypatch.setenv("MLOPS_K8S_NAMESPACE", "ml-staging")  # read when processed, not when written
+    assert process_executor_config(k8s_job_executor, config)["job_namespace"] == "ml-staging"
+    monkeypatch.delenv("MLOPS_K8S_NAMESPACE")
+    with pytest.raises(dg.DagsterInvalidConfigError, match="MLOPS_K8S_NAMESPACE"):
+        process_executor_config(k8s_job_executor, config)
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        process_executor_config(k8s_job_executor, {"job_namespace": "x", "no_such_key": 1})
 
 
 def test_executor_config_reads_the_names_from_the_environment(k8s_env, monkeypatch):
@@ -250,15 +328,39 @@ def test_executor_config_reads_the_names_from_the_environment(k8s_env, monkeypat
     assert config["job_namespace"] == {"env": "MLOPS_K8S_NAMESPACE"}  # read again where the run runs
     assert config["env_secrets"] == [{"env": "MLOPS_K8S_SECRET"}]
     assert config["env_vars"] == ["MLOPS_ENV=k8s", "MLOPS_K8S_CLOUD=gcp"]
-    resolved = k8s.step_executor().apply_config_mapping({"config": {}})
-    assert resolved.success, resolved.errors
-    value = resolved.value["config"]
-    assert (value["job_namespace"], value["service_account_name"], value["image_pull_policy"]) == (
-        "ml-prod",
-        "ml-runner",
-        "Always",
-    )
-    assert (value["env_secrets"], value["env_config_maps"]) == (["ml-prod-secrets"], ["ml-prod-config"])
+
+
+def test_the_executor_reads_the_names_when_a_run_creates_it(k8s_env, monkeypatch, flight_spec, no_cluster):
+    """The env references are read where the run creates its executor (as for a configured executor),
+    not where the definitions load: the step Job has the values set there."""
+    from mlops_assets.factory import build_definitions
+
+    names = {
+        "MLOPS_K8S_NAMESPACE": "ml-prod",
+        "MLOPS_K8S_SERVICE_ACCOUNT": "ml-runner",
+        "MLOPS_K8S_SECRET": "ml-prod-secrets",
+        "MLOPS_K8S_CONFIG_MAP": "ml-prod-config",
+        "MLOPS_K8S_IMAGE_PULL_POLICY": "Always",
+    }
+    for var in names:
+        monkeypatch.setenv(var, "set-where-the-definitions-load")
+    defs = build_definitions([flight_spec])  # the executor config: env references
+    for var in names:
+        monkeypatch.delenv(var)
+    with _instance_with_k8s_launcher() as instance:  # the run launcher with the defaults
+        for var, value in names.items():
+            monkeypatch.setenv(var, value)
+        run = _launch_run_job(instance, "train_flight_delays")
+        _launch_step_job(instance, defs, "train_flight_delays", "model_flight_delays", run)
+    (run_ns, _), (step_ns, step_job) = no_cluster
+    assert (run_ns, step_ns) == ("mlops", "ml-prod")
+    manifest = as_dict(step_job)
+    assert_valid_k8s(manifest)
+    assert manifest["spec"]["template"]["spec"]["serviceAccountName"] == "ml-runner"
+    container = _container(manifest)
+    assert container["imagePullPolicy"] == "Always"
+    assert {"secretRef": {"name": "ml-prod-secrets"}} in container["envFrom"]
+    assert {"configMapRef": {"name": "ml-prod-config"}} in container["envFrom"]
 
 
 def test_secret_holds_the_cloud_profile_variables(k8s_env):
@@ -397,6 +499,34 @@ def test_training_and_ingest_step_jobs_are_valid_and_sized_by_the_spec(flight_de
         "limits": {"cpu": "500m", "memory": "1Gi"},
     }
     assert "tolerations" not in raw_pod and "affinity" not in raw_pod
+
+
+@pytest.mark.parametrize("names", [{}, {"MLOPS_K8S_NAMESPACE": "ml-prod", "MLOPS_K8S_CONFIG_MAP": "ml-prod-config"}])
+def test_the_lazy_executor_builds_the_step_jobs_of_the_configured_one(k8s_env, monkeypatch, flight_spec, no_cluster, names):
+    """The step Jobs of ``step_executor()`` are those of the eager executor it replaces,
+    ``k8s_job_executor.configured(executor_config(), name="k8s")``, for the same run and step."""
+    from dagster_k8s import k8s_job_executor
+
+    from mlops_assets.factory import build_definitions
+
+    for var, value in names.items():
+        monkeypatch.setenv(var, value)
+    defs = build_definitions([flight_spec])
+    eager = k8s_job_executor.configured(k8s.executor_config(), name="k8s")
+    with _instance_with_k8s_launcher() as instance:
+        for job_name, asset_name in (
+            ("train_flight_delays", "model_flight_delays"),
+            ("ingest_flight_delays", "raw_flight_delays"),
+        ):
+            run = _launch_run_job(instance, job_name)
+            _launch_step_job(instance, defs, job_name, asset_name, run)
+            _launch_step_job(instance, defs, job_name, asset_name, run, executor_def=eager)
+    _, lazy_model, eager_model, _, lazy_raw, eager_raw = no_cluster  # run, lazy step, eager step per job
+    for (lazy_ns, lazy_job), (eager_ns, eager_job) in ((lazy_model, eager_model), (lazy_raw, eager_raw)):
+        lazy, eager_manifest = as_dict(lazy_job), as_dict(eager_job)
+        assert_valid_k8s(lazy)
+        assert (lazy_ns, lazy) == (eager_ns, eager_manifest)
+        assert lazy_ns == names.get("MLOPS_K8S_NAMESPACE", "mlops")
 
 
 def test_a_gpu_training_step_gets_the_gpu_and_its_node_group(k8s_env, flight_spec, no_cluster):
