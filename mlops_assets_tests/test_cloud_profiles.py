@@ -192,16 +192,18 @@ def test_the_endpoint_serves_online_features_from_redis_and_logs_to_the_object_s
     known = events.dropna(subset=["tailnum"]).iloc[0]
     row = {k: str(known[k]) for k in ("carrier", "origin", "dest", "tailnum")}
     row.update(distance=float(known["distance"]), event_id="cloud-1", event_timestamp=known["event_timestamp"].isoformat())
+    unknown = {**row, "tailnum": "N0NE", "dest": "XXX", "event_id": "cloud-2"}
     d = cloud.spec.deployment
     req = urllib.request.Request(
         f"http://{d.host}:{d.port}/v1/models/{SPEC}:predict",
-        data=json.dumps({"instances": [row]}).encode(),
+        data=json.dumps({"instances": [row, unknown]}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
         out = json.loads(resp.read())
-    assert resp.status == 200 and len(out["scores"]) == 1
-    assert not out.get("unknown_entities"), out  # every entity of a landed day is in Redis
+    assert resp.status == 200 and len(out["scores"]) == 2
+    # the landed day's entities are in Redis; a plane and a route it never saw are flagged
+    assert out["unknown_entities"] == [[], ["origin+dest", "tailnum"]], out
     import time
 
     deadline = time.monotonic() + 20  # the server flushes its log every second

@@ -136,3 +136,15 @@ def test_deployment_plan_follows_the_champion_and_the_verdict():
     assert (direct.action, direct.deployment) == ("deploy", Deployment("2"))
     with pytest.raises(ValueError, match="canary share needs a canary version"):
         Deployment("1", None, 10)
+
+
+def test_an_unknown_entity_is_told_apart_on_both_online_stores():
+    """SQLite says NOT_FOUND; Redis answers present with event time 0, which no stored row has
+    (static lookup rows are stamped one second after the epoch)."""
+    from mlops_assets.core.features import STATIC_TIMESTAMP
+    from mlops_assets.core.serving import FEAST_NOT_FOUND, feast_unknown_mask
+
+    present, null_value = 1, 2
+    assert feast_unknown_mask([present, FEAST_NOT_FOUND, null_value]).tolist() == [False, True, False]
+    redis = feast_unknown_mask([present, present, present], timestamps=[1357016400, 0, int(STATIC_TIMESTAMP.timestamp())])
+    assert redis.tolist() == [False, True, False]

@@ -21,7 +21,10 @@ from mlops_assets.core.sources import DataError, day_start_utc, event_timestamps
 from mlops_assets.core.validation import EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.specs import ColumnFeature, LookupTableSpec, ModelSpec, PastRateFeature, TimePartFeature
 
-STATIC_TIMESTAMP = pd.Timestamp("1970-01-01", tz="UTC")
+# The event time of every row of a static lookup table (no timestamp column): valid from the start.
+# One second after the epoch, not the epoch: Feast's Redis store answers an unknown key with event
+# time 0, which must not look like a known plane (core.serving.feast_unknown_mask).
+STATIC_TIMESTAMP = pd.Timestamp("1970-01-01 00:00:01", tz="UTC")
 
 
 def _time_part(ts_local: pd.Series, part: str) -> pd.Series:

@@ -331,9 +331,17 @@ def _as_model_dtype(values: Any, categorical: bool):
 FEAST_NOT_FOUND = 3  # feast.protos FieldStatus.NOT_FOUND: the online store has no row for the key
 
 
-def feast_unknown_mask(statuses: Sequence[int]) -> np.ndarray:
-    """Rows whose entity key the online store has never seen, from Feast's per-value field statuses."""
-    return np.fromiter((s == FEAST_NOT_FOUND for s in statuses), dtype=bool, count=len(statuses))
+def feast_unknown_mask(statuses: Sequence[int], timestamps: Sequence[int] | None = None) -> np.ndarray:
+    """Rows whose entity key the online store has never seen, from Feast's per-value field statuses.
+
+    Feast's Redis store answers a key it has no row for as present, with empty values and event
+    time 0 (its SQLite store says NOT_FOUND); every row it does hold has a later time (static
+    lookup rows are stamped one second after the epoch for this reason). So with ``timestamps``
+    (epoch seconds of each value's event time) time 0 also means unknown."""
+    unknown = np.fromiter((s == FEAST_NOT_FOUND for s in statuses), dtype=bool, count=len(statuses))
+    if timestamps is not None:
+        unknown |= np.fromiter((t == 0 for t in timestamps), dtype=bool, count=len(statuses))
+    return unknown
 
 
 @dataclass(frozen=True)

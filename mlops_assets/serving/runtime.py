@@ -61,6 +61,7 @@ def feast_online_lookup(spec: ModelSpec, feast) -> OnlineLookup | None:
     if not refs:
         return None
     store = feast.store(spec)  # ``feast``: a FeastFeatureStore; Feast itself is imported on first use
+    by_time = feast.online_store_type == "redis"  # Redis marks an unknown key by event time 0 only
     features = [r[1] for r in refs]
     entity_names = list(spec.entities)
 
@@ -73,11 +74,12 @@ def feast_online_lookup(spec: ModelSpec, feast) -> OnlineLookup | None:
         # whose value is null (NULL_VALUE, e.g. a missing wind gust) is a known entity
         names = list(response.proto.metadata.feature_names.val)
         statuses = {n: response.proto.results[i].statuses for i, n in enumerate(names)}
+        times = {n: [t.seconds for t in response.proto.results[i].event_timestamps] for i, n in enumerate(names)} if by_time else {}
         values: dict[str, np.ndarray] = {}
         unknown: dict[str, np.ndarray] = {}
         for name, _, column, flag in refs:
             values[name] = np.array([np.nan if v is None else v for v in got[column]], dtype="float64")
-            missing = feast_unknown_mask(statuses[column])
+            missing = feast_unknown_mask(statuses[column], times[column] if by_time else None)
             key = "+".join(flag)
             unknown[key] = unknown[key] | missing if key in unknown else missing
         return values, unknown
