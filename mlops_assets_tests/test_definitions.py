@@ -112,3 +112,14 @@ def test_every_cloud_profile_loads_without_its_services_or_variables(tmp_path, e
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_mlflow_links_in_metadata_never_carry_credentials():
+    """A tracking URI may hold a password (basic auth, a database URL); the UI links built from it
+    for asset metadata must not."""
+    from mlops_assets.resources import MlflowTracking
+
+    server = MlflowTracking(tracking_uri="https://ci:s3cret@mlflow.example.org/")
+    assert server.run_url("1", "abc") == "https://mlflow.example.org/#/experiments/1/runs/abc"
+    database = MlflowTracking(tracking_uri="postgresql://mlflow:s3cret@db:5432/mlflow")
+    assert "s3cret" not in database.model_version_url("m", 3)

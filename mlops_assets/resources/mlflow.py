@@ -132,9 +132,15 @@ class MlflowTracking(dg.ConfigurableResource):
     # --- links -------------------------------------------------------------------------------
 
     def _ui(self) -> str:
+        """The UI's address for links in metadata: never with the credentials a tracking URI may carry."""
+        from urllib.parse import urlsplit, urlunsplit
+
         if self.ui_url:
             return self.ui_url.rstrip("/")
-        return self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return "http://127.0.0.1:5000"
+        parts = urlsplit(self.tracking_uri)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self._ui()}/#/experiments/{experiment_id}/runs/{run_id}"
