@@ -126,3 +126,30 @@ def test_duckdb_reads_the_object_store_through_fsspec_without_httpfs(protocol, r
     assert sorted(table["event_id"]) == ["a", "b"]
     loaded = ibis.get_backend().raw_sql("select loaded from duckdb_extensions() where extension_name = 'httpfs'").fetchall()
     assert loaded == [(False,)]
+
+
+def test_a_failed_prediction_log_flush_writes_every_row_exactly_once_later(root, monkeypatch):
+    """The prediction log writes a file per table and day; when the store fails on the second file
+    of a flush, the next flush writes what was not written, and nothing twice."""
+    from mlops_assets.serving.log import REQUESTS, PredictionLog, read_day
+
+    log = PredictionLog(root, "spec", "UTC", flush_seconds=3600)
+    day1, day2 = pd.Timestamp("2013-01-01T12:00Z").value, pd.Timestamp("2013-01-02T12:00Z").value
+    for i, at in enumerate((day1, day1, day2, day2, day2)):
+        log.append(REQUESTS, {"request_id": [f"r{i}"], "received_at_ns": [at], "status": [200]})
+    real, calls = files.write_bytes, []
+
+    def failing_second(uri, data):
+        calls.append(uri)
+        if len(calls) == 2:
+            raise OSError("store unreachable")
+        return real(uri, data)
+
+    monkeypatch.setattr(files, "write_bytes", failing_second)
+    with pytest.raises(OSError):
+        log.flush()
+    monkeypatch.setattr(files, "write_bytes", real)
+    log.append(REQUESTS, {"request_id": ["r5"], "received_at_ns": [day2], "status": [200]})
+    log.close()
+    assert sorted(read_day(root, REQUESTS, "spec", "2013-01-01")["request_id"]) == ["r0", "r1"]
+    assert sorted(read_day(root, REQUESTS, "spec", "2013-01-02")["request_id"]) == ["r2", "r3", "r4", "r5"]

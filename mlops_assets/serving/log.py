@@ -91,6 +91,7 @@ class PredictionLog:
         self.root, self.spec, self.timezone = root, spec, timezone
         self.flush_seconds = flush_seconds
         self._buffers: dict[str, list[dict[str, Any]]] = {REQUESTS: [], SERVED: []}
+        self._unwritten: list[tuple[str, str, pd.DataFrame]] = []  # (table, day, rows) a failed flush kept
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._stop = threading.Event()
@@ -110,31 +111,30 @@ class PredictionLog:
                 logging.getLogger(__name__).exception("prediction log: flush to %s failed; retrying", self.root)
 
     def flush(self) -> list[str]:
+        """Write what is queued, one file per table and day. A write that fails (the store is
+        unreachable) keeps its part, and every part after it, for the next flush: each row is
+        written exactly once, whichever file failed."""
         with self._lock:
             pending = {t: b for t, b in self._buffers.items() if b}
             self._buffers = {REQUESTS: [], SERVED: []}
-        try:
-            return self._write(pending)
-        except Exception:
-            with self._lock:  # put them back in front of what arrived meanwhile: nothing answered is lost
-                for table, blocks in pending.items():
-                    self._buffers[table][:0] = blocks
-            raise
-
-    def _write(self, pending: dict[str, list[dict[str, Any]]]) -> list[str]:
-        written = []
+            parts, self._unwritten = self._unwritten, []
         for table, blocks in pending.items():
             frame = _frame(blocks)
             # local calendar day of each row, vectorised (strftime on every row cost half the flush)
             filed_by = "event_timestamp" if table == SERVED else "received_at"
             days = frame[filed_by].dt.tz_convert(self.timezone).dt.tz_localize(None).to_numpy().astype("datetime64[D]")
-            for day, part in frame.groupby(days, sort=True):
-                folder = day_dir(self.root, table, self.spec, pd.Timestamp(day).strftime("%Y-%m-%d"))
-                name = f"{time.time_ns()}-{os.getpid()}-{next(self._seq)}.parquet"
-                buffer = io.BytesIO()
-                part.reset_index(drop=True).to_parquet(buffer, index=False)
-                written.append(files.write_bytes(files.join(folder, name), buffer.getvalue()))
-            pending[table] = []  # written: a failure on the next table does not queue these again
+            parts += [(table, pd.Timestamp(day).strftime("%Y-%m-%d"), part) for day, part in frame.groupby(days, sort=True)]
+        written = []
+        for i, (table, day, part) in enumerate(parts):
+            name = f"{time.time_ns()}-{os.getpid()}-{next(self._seq)}.parquet"
+            buffer = io.BytesIO()
+            part.reset_index(drop=True).to_parquet(buffer, index=False)
+            try:
+                written.append(files.write_bytes(files.join(day_dir(self.root, table, self.spec, day), name), buffer.getvalue()))
+            except Exception:
+                with self._lock:  # nothing answered is lost: these go first at the next flush
+                    self._unwritten = parts[i:] + self._unwritten
+                raise
         return written
 
     def close(self) -> None:
