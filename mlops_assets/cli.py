@@ -252,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--port", type=int, help="port (default: the spec's deployment.port, else 8787)")
     p_serve.add_argument("--stop", action="store_true", help="stop the local endpoint the deploy job started, and exit")
     args = parser.parse_args(argv)
+    from mlops_assets.environments import ProfileError
+
+    try:
+        return _run(parser, args)
+    except ProfileError as exc:
+        raise SystemExit(f"mlops {args.command}: {exc}") from None
+
+
+def _run(parser: argparse.ArgumentParser, args) -> int:
     if args.command == "serve":
         if not args.spec:
             parser.error("serve needs --spec (or MLOPS_SPEC)")

@@ -59,6 +59,10 @@ CLOUD_VARS = CloudVars()
 DAGSTER_PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
 
 
+class ProfileError(RuntimeError):
+    """The current profile cannot be used here: a variable it reads is not set."""
+
+
 def current_env() -> str:
     env = os.environ.get(ENV_VAR, "local").strip().lower()
     if env not in ENVIRONMENTS:
@@ -184,9 +188,9 @@ def runtime() -> dict:
     for name, resource in resources().items():
         if isinstance(resource, (LakeStorage, FeastFeatureStore, MlflowTracking, EndpointDeployer)):
             values = [getattr(resource, f) for f in type(resource).model_fields]
-            missing = [str(v) for v in values if isinstance(v, dg.EnvVar) and v.get_value() is None]
+            missing = [v.env_var_name for v in values if isinstance(v, dg.EnvVar) and v.get_value() is None]
             if missing:
-                raise RuntimeError(f"{ENV_VAR}={current_env()}: {name} needs the environment variable(s) {', '.join(missing)}")
+                raise ProfileError(f"{ENV_VAR}={current_env()}: {name} needs the environment variable(s) {', '.join(missing)}")
             out[name] = resource.process_config_and_initialize()
     return out
 

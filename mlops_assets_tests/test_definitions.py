@@ -123,3 +123,18 @@ def test_mlflow_links_in_metadata_never_carry_credentials():
     assert server.run_url("1", "abc") == "https://mlflow.example.org/#/experiments/1/runs/abc"
     database = MlflowTracking(tracking_uri="postgresql://mlflow:s3cret@db:5432/mlflow")
     assert "s3cret" not in database.model_version_url("m", 3)
+
+
+def test_a_cloud_command_without_its_variables_names_them(tmp_path):
+    """`mlops serve` or `mlops land` on a cloud profile whose variables are not set stops with the
+    variables' names, not a traceback."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "mlops"), "land", "--spec", "flight_delays", "--date", "2013-01-01"],
+        cwd=REPO,
+        env=_env(tmp_path, MLOPS_ENV="gcp"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "MLOPS_STORAGE_URI" in proc.stderr and "MLOPS_LANDING_URI" in proc.stderr and "Traceback" not in proc.stderr
