@@ -42,7 +42,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 frame = lookup_frame(tname, table, spec)
             except DataError as exc:
                 raise failure(str(exc)) from exc
-            lake.write(frame, lake.path("features", name, f"{lookup_view_name(tname)}/snapshot.parquet"))
+            lake.write(frame, f"{lake.feature_table_dir(name, lookup_view_name(tname))}/snapshot.parquet")
             rows[tname] = len(frame)
         registered = feast.apply(spec, lake.features_root(name))
         return dg.MaterializeResult(
@@ -83,8 +83,10 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         history_available = 0
         if spec.past_rate_features:
             history_keys = days_before(day, history_days)
-            history = lake.read_partitions("dataset", name, history_keys)
-            history_available = len(set(history_keys) & set(lake.partitions("dataset", name)))
+            present = set(lake.partitions("dataset", name))
+            available = [d for d in history_keys if d in present]
+            history = lake.read_days("dataset", name, available)
+            history_available = len(available)
             if history is None:
                 history = today.iloc[0:0]
             for f in spec.past_rate_features:

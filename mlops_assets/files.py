@@ -145,14 +145,9 @@ class Entry:
 def listing(folder: str, suffix: str = "") -> list[Entry]:
     """The visible files directly in ``folder`` (names starting with ``.`` are work files), sorted by
     name; empty when the folder does not exist."""
-    fs, path = filesystem(folder)
-    try:
-        infos = fs.ls(path, detail=True, refresh=True) if is_remote(folder) else fs.ls(path, detail=True)
-    except FileNotFoundError:
-        return []
     base = folder.rstrip("/")
     out = []
-    for info in infos:
+    for info in _ls(folder):
         if info.get("type") != "file":
             continue
         name = posixpath.basename(info["name"].rstrip("/"))
@@ -164,12 +159,17 @@ def listing(folder: str, suffix: str = "") -> list[Entry]:
 
 def subfolders(folder: str) -> list[str]:
     """Names of the folders directly in ``folder`` (object stores: common prefixes)."""
+    return sorted(posixpath.basename(i["name"].rstrip("/")) for i in _ls(folder) if i.get("type") == "directory")
+
+
+def _ls(folder: str) -> list[dict[str, Any]]:
+    """What is directly in ``folder``, asked of the store every time (no listing cache: see
+    "Other writers"); empty when the folder does not exist."""
     fs, path = filesystem(folder)
     try:
-        infos = fs.ls(path, detail=True, refresh=True) if is_remote(folder) else fs.ls(path, detail=True)
+        return fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
-    return sorted(posixpath.basename(i["name"].rstrip("/")) for i in infos if i.get("type") == "directory")
 
 
 def _stamp(info: dict[str, Any]) -> str:

@@ -75,7 +75,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         window = [(as_of - timedelta(days=i)).isoformat() for i in range(tr.window_days - 1, -1, -1)]
         present = set(lake.partitions("dataset", name))
         usable = [d for d in window if d in featurised and d in present]
-        events = lake.read_partitions("dataset", name, usable)
+        events = lake.read_days("dataset", name, usable)
         if events is None:
             raise failure(f"no featurised day in the window {window[0]}..{window[-1]}")
         joined = feast.historical_features(spec, entity_frame(events, spec))

@@ -187,7 +187,7 @@ class FeastFeatureStore(dg.ConfigurableResource):
         """Entity rows in the online store for this spec's project, over all views (an entity
         known to two views counts twice)."""
         if self.online_store_type == "redis":
-            return redis_row_count(dict(self.online_config())["connection_string"], spec.name)
+            return redis_row_count(self.redis_connection, spec.name)
         import sqlite3
 
         with sqlite3.connect(self.online_store_path) as conn:

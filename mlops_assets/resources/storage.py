@@ -103,10 +103,14 @@ class LakeStorage(dg.ConfigurableResource):
 
     def read_partitions(self, stage: str, spec: str, days: list[str]) -> pd.DataFrame | None:
         """Concatenate the partitions that exist among ``days`` (None when none exists)."""
+        present = set(self.partitions(stage, spec))
+        return self.read_days(stage, spec, [d for d in days if d in present])
+
+    def read_days(self, stage: str, spec: str, days: list[str]) -> pd.DataFrame | None:
+        """Concatenate the partitions of ``days``, which the caller knows exist (None for no day)."""
         import pandas as pd
 
-        present = set(self.partitions(stage, spec))
-        frames = [self.read(self.partition_path(stage, spec, d)) for d in days if d in present]
+        frames = [self.read(self.partition_path(stage, spec, d)) for d in days]
         return pd.concat(frames, ignore_index=True) if frames else None
 
     # --- Feast offline sources ---------------------------------------------------------------
