@@ -180,7 +180,9 @@ def prepare_flights(home: Path, redis_connection: str, days: int) -> dict[str, A
             instance=instance, partition_key=partition, raise_on_error=False, run_config=quiet
         )
         if not result.success:
-            raise SystemExit(f"{FLIGHTS}: {kind} {partition or ''} failed: {[e.message for e in result.all_events if e.is_failure][:3]}")
+            raise SystemExit(
+                f"{FLIGHTS}: {kind} {partition or ''} failed: {[e.message for e in result.all_events if e.is_failure][:3]}"
+            )
         return result
 
     land(spec, start, days)
@@ -223,9 +225,9 @@ def prepare_flights(home: Path, redis_connection: str, days: int) -> dict[str, A
 # except Feast's online store (the same registry, Redis). argv: spec host port redis-connection.
 SERVE_ON_REDIS = """
 import sys
-from mlops_assets.environments import runtime
+from mlops_assets.environments import runtime, server_stores
 from mlops_assets.resources import FeastFeatureStore
-from mlops_assets.serving import serve
+from mlops_assets.server import serve
 from mlops_assets.specs import find_spec
 
 spec, host, port, redis = find_spec(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -234,7 +236,7 @@ resources["feast"] = FeastFeatureStore(
     registry=resources["feast"].registry, online_store_type="redis", redis_connection=redis
 ).process_config_and_initialize()
 print(f"serving {spec.name} on http://{host}:{port} with Feast's online store on redis {redis}", flush=True)
-serve(spec, host, port, resources)
+serve(spec, host, port, server_stores(resources, spec))
 """
 
 
@@ -572,10 +574,14 @@ def verify_flights(servers: dict[str, Server], requests: dict[str, list[bytes]],
         except TimeoutError:
             raise SystemExit(f"{FLIGHTS} on {name} took over {CHECK_TIMEOUT_S:.0f} s to answer the batch-{batch} check requests")
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise SystemExit(f"{FLIGHTS} on {name} failed a batch-{batch} check request ({type(exc).__name__}: {exc}):\n{tail(s.log, 6)}")
+            raise SystemExit(
+                f"{FLIGHTS} on {name} failed a batch-{batch} check request ({type(exc).__name__}: {exc}):\n{tail(s.log, 6)}"
+            )
         for i, (status, body) in enumerate(answers):
             if status != 200:
-                raise SystemExit(f"{FLIGHTS} on {name} answered {status} to batch-{batch} request {i}: {body[:300]!r}:\n{tail(s.log, 6)}")
+                raise SystemExit(
+                    f"{FLIGHTS} on {name} answered {status} to batch-{batch} request {i}: {body[:300]!r}:\n{tail(s.log, 6)}"
+                )
         got[name] = [json.loads(body) for _, body in answers]
     scores, unknown = {}, {}
     for name, answers in got.items():
@@ -600,9 +606,7 @@ def median(cells: list[Cell], metric: str) -> float:
     return float(statistics.median(values))
 
 
-def summarise(
-    cells: list[Cell], batches: list[int], names: tuple[str, str] = (OURS, MLFLOW), prefix: str = ""
-) -> dict[str, Any]:
+def summarise(cells: list[Cell], batches: list[int], names: tuple[str, str] = (OURS, MLFLOW), prefix: str = "") -> dict[str, Any]:
     """Per batch size (``<prefix>batch_<n>``), per server the medians over rounds; ``ratio`` is the
     first server's pred/s over the second's."""
     out: dict[str, Any] = {}
@@ -744,7 +748,11 @@ def main() -> int:
             prep = subprocess.run(
                 [sys.executable, __file__, "--prepare-flights", str(home), "--redis", redis.connection_string]
                 + ["--flights-days", str(args.flights_days)],
-                cwd=home, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=home,
+                env={**env, "PYTHONPATH": str(ROOT)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             if prep.returncode != 0:
                 raise SystemExit(f"{FLIGHTS} preparation failed (exit {prep.returncode}):\n{prep.stderr[-4000:]}")
@@ -756,12 +764,20 @@ def main() -> int:
             flight_servers[SQLITE] = start(
                 f"{FLIGHTS}-{SQLITE}",
                 [str(BIN / "mlops"), "serve", "--spec", FLIGHTS, "--host", HOST, "--port", str(p_sqlite)],
-                env, p_sqlite, route, "/readyz", home / "logs",
+                env,
+                p_sqlite,
+                route,
+                "/readyz",
+                home / "logs",
             )
             flight_servers[REDIS] = start(
                 f"{FLIGHTS}-{REDIS}",
                 [sys.executable, "-c", SERVE_ON_REDIS, FLIGHTS, HOST, str(p_redis), redis.connection_string],
-                {**env, "PYTHONPATH": str(ROOT)}, p_redis, route, "/readyz", home / "logs",
+                {**env, "PYTHONPATH": str(ROOT)},
+                p_redis,
+                route,
+                "/readyz",
+                home / "logs",
             )
         t_ready = time.perf_counter()
         wait_ready([*servers.values(), *flight_servers.values()], READY_TIMEOUT_S)
@@ -785,7 +801,9 @@ def main() -> int:
                 n: [http_request("POST", s.port, s.path, x) for x in flights_bodies(flights["pool"], b)]
                 for n, s in flight_servers.items()
             }
-        flights["checked"] = {b: verify_flights(flight_servers, flight_requests[b], flights["version"], b) for b in flights_batches}
+        flights["checked"] = {
+            b: verify_flights(flight_servers, flight_requests[b], flights["version"], b) for b in flights_batches
+        }
         if flights_batches:
             log(f"{FLIGHTS}: the same scores from SQLite and Redis: {flights['checked']}")
 
@@ -821,7 +839,9 @@ def main() -> int:
                         if s.proc.poll() is not None:
                             raise SystemExit(f"{FLIGHTS} {name} server died (exit {s.proc.returncode}):\n{tail(s.log)}")
                         cell = runner.run(
-                            run_cell(name, s.port, s.pids, flight_requests[b][name], b, args.concurrency, args.warmup, args.duration)
+                            run_cell(
+                                name, s.port, s.pids, flight_requests[b][name], b, args.concurrency, args.warmup, args.duration
+                            )
                         )
                         flight_cells.append(cell)
                         log(
@@ -833,7 +853,9 @@ def main() -> int:
         for s in [*servers.values(), *flight_servers.values()]:
             stop(s)
         services.close()  # the Redis server, stopped by process id
-        server_logs = {s.name: s.log.read_text(errors="replace") for s in [*servers.values(), *flight_servers.values()] if s.log.exists()}
+        server_logs = {
+            s.name: s.log.read_text(errors="replace") for s in [*servers.values(), *flight_servers.values()] if s.log.exists()
+        }
         if args.keep_home:
             log(f"kept {home}")
         else:
@@ -852,7 +874,9 @@ def main() -> int:
     tracebacks = {n: text.count("Traceback") for n, text in server_logs.items()}
     warnings = []
     if errors + flights_errors:
-        warnings.append(f"{errors + flights_errors} failed requests: {sorted({k for c in cells + flight_cells for k in c.errors})}")
+        warnings.append(
+            f"{errors + flights_errors} failed requests: {sorted({k for c in cells + flight_cells for k in c.errors})}"
+        )
     if any(tracebacks.values()):
         warnings.append(f"tracebacks in the server logs: {tracebacks}")
     if (busy := max(c.other_cpu for c in cells + flight_cells)) > 0.25:
@@ -891,7 +915,9 @@ def main() -> int:
                 "flights_checked": flights["checked"],
                 "flights_prepare_s": round(flights["prepare_s"], 1),
                 **flights_summary,
-                "flights_ratio_redis_sqlite": {f"batch_{b}": flights_summary[f"flights_batch_{b}"]["ratio"] for b in flights_batches},
+                "flights_ratio_redis_sqlite": {
+                    f"batch_{b}": flights_summary[f"flights_batch_{b}"]["ratio"] for b in flights_batches
+                },
                 "flights_errors_total": flights_errors,
             }
         )
@@ -901,7 +927,9 @@ def main() -> int:
     )
     print(table(summary, batches))
     if flight_cells:
-        print(f"\n{FLIGHTS} v{flights['version']}, every request looks its flights up in the online store (ratio: Redis / SQLite)\n")
+        print(
+            f"\n{FLIGHTS} v{flights['version']}, every request looks its flights up in the online store (ratio: Redis / SQLite)\n"
+        )
         print(table(flights_summary, flights_batches, (REDIS, SQLITE), prefix="flights_"))
     print(f"\ngoals: {goals}")
     for w in warnings:

@@ -112,7 +112,7 @@ def _curl_example(spec, day: str) -> str:
     import json
 
     from mlops_assets.core.names import EVENT_TS
-    from mlops_assets.core.serving import EVENT_TS_FIELD, request_schema
+    from mlops_assets.core.requests import EVENT_TS_FIELD, request_schema
     from mlops_assets.environments import runtime
     from mlops_assets.specs import ColumnFeature
 
@@ -191,8 +191,8 @@ def run_replay(args) -> int:
 
 def run_serve(args) -> int:
     """The model server in the foreground, on the stores of the current profile (``MLOPS_ENV``)."""
-    from mlops_assets.environments import current_env, runtime
-    from mlops_assets.serving import serve
+    from mlops_assets.environments import current_env, runtime, server_stores
+    from mlops_assets.server import serve
     from mlops_assets.specs import find_spec
 
     spec = find_spec(args.spec)
@@ -202,7 +202,7 @@ def run_serve(args) -> int:
 
         resources["mlflow"] = MlflowTracking(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     if args.stop:
-        from mlops_assets.serving.local import LocalTarget
+        from mlops_assets.rollout.local import LocalTarget
 
         deployer = resources["deployer"]
         target = LocalTarget(spec, resources["lake"], resources["mlflow"].tracking_uri, deployer.local_run_dir(spec.name))
@@ -214,7 +214,7 @@ def run_serve(args) -> int:
     port = args.port or (deployment.port if deployment else 8787)
     where = resources["lake"].root
     print(f"serving {spec.name} on http://{host}:{port}/v1/models/{spec.name}:predict ({current_env()}: {where})", flush=True)
-    serve(spec, host, port, resources)
+    serve(spec, host, port, server_stores(resources, spec))
     return 0
 
 

@@ -29,8 +29,8 @@ HISTORY_ROWS = 30
 
 def canary_verdict(spec: ModelSpec, lake: LakeStorage, current, now: datetime):
     """The canary check's verdict on a running canary, from the prediction store."""
-    from mlops_assets.core.serving import judge_canary
-    from mlops_assets.serving.log import canary_sides
+    from mlops_assets.core.rollout import judge_canary
+    from mlops_assets.prediction_store import canary_sides
 
     def labels(days: list[str]):
         return lake.read_partitions("dataset", spec.name, days)
@@ -101,8 +101,8 @@ def build(spec: ModelSpec) -> list:
     def endpoint(
         context: dg.AssetExecutionContext, deployer: EndpointDeployer, mlflow: MlflowTracking, lake: LakeStorage
     ) -> dg.MaterializeResult:
-        from mlops_assets.core.serving import plan_deployment
-        from mlops_assets.serving.state import EndpointState
+        from mlops_assets.core.rollout import plan_deployment
+        from mlops_assets.endpoint_state import EndpointState
 
         state = EndpointState(lake.endpoint_dir(name))
         current = state.load()
@@ -196,7 +196,7 @@ def canary_sensor(spec: ModelSpec, job) -> dg.SensorDefinition | None:
         description=f"Judges the canary of endpoint_{spec.name} when it is due and runs the endpoint to promote or roll back.",
     )
     def _sensor(context: dg.SensorEvaluationContext, lake: LakeStorage):
-        from mlops_assets.serving.state import EndpointState
+        from mlops_assets.endpoint_state import EndpointState
 
         current = EndpointState(lake.endpoint_dir(spec.name)).load()
         if current is None or current.canary is None:

@@ -26,10 +26,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from mlops_assets.resources import EndpointDeployer, FeastFeatureStore, LakeStorage, MlflowTracking
+
+if TYPE_CHECKING:
+    from mlops_assets.server import ServerStores
 
 ENV_VAR = "MLOPS_ENV"
 HOME_VAR = "MLOPS_HOME"
@@ -217,7 +221,8 @@ def instance_yaml(env: str | None = None, max_concurrent_runs: int = 4) -> str:
     if env == "local":
         return DAGSTER_YAML
     pg = "\n".join(
-        f"      {key}:\n        env: {var}" for key, var in zip(("hostname", "port", "username", "password", "db_name"), DAGSTER_PG_VARS)
+        f"      {key}:\n        env: {var}"
+        for key, var in zip(("hostname", "port", "username", "password", "db_name"), DAGSTER_PG_VARS)
     )
     # dagster-postgres sends NOTIFY with a bound parameter, which psycopg 3 (SQLAlchemy 2.1's default
     # PostgreSQL driver) refuses: name psycopg2 explicitly
@@ -241,3 +246,18 @@ telemetry:
 
         text += run_launcher_yaml()
     return text
+
+
+def server_stores(resources: dict, spec) -> ServerStores:
+    """What a model server of ``spec`` reads and writes, from a profile's resources (``runtime()``)."""
+    from mlops_assets.server import ServerStores
+
+    lake, feast, mlflow = resources["lake"], resources["feast"], resources["mlflow"]
+    return ServerStores(
+        predictions_root=lake.predictions_root(),
+        endpoint_dir=lake.endpoint_dir(spec.name),
+        tracking_uri=mlflow.tracking_uri,
+        registry_uri=mlflow.registry_uri,
+        feature_store=lambda: feast.store(spec),
+        online_store_type=feast.online_store_type,
+    )

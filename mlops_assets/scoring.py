@@ -113,7 +113,7 @@ def performance_window(spec: ModelSpec, day: str, scored, lake: LakeStorage, cha
 
 
 def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_version: int):
-    """What the endpoint served, from its prediction log (``serving.log``, filed by event day), over
+    """What the endpoint served, from its prediction log (``prediction_store``, filed by event day), over
     the same windows as the batch checks: (features of every served prediction and the champion's
     scores over the drift window, its days; the champion's served predictions whose events have
     labels by now, joined to them, over the performance window, its days).
@@ -123,7 +123,7 @@ def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_versio
     offline features, or a traffic mix unlike the day's events, shows here and not there."""
     import pandas as pd
 
-    from mlops_assets.serving.log import SERVED, read_day
+    from mlops_assets.prediction_store import SERVED, read_day
 
     def of_champion(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[frame["model_version"] == champion_version]

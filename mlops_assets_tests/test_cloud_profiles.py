@@ -110,7 +110,7 @@ class CloudPlatform:
 def cloud(request, tmp_path_factory, flight_spec, postgres, redis):
     from mlops_assets.cli import land
     from mlops_assets.resources.feast import cached_feature_store
-    from mlops_assets.serving.local import LocalTarget
+    from mlops_assets.rollout.local import LocalTarget
     from mlops_assets.specs import CanarySpec
 
     which = request.param
@@ -183,11 +183,13 @@ def test_the_pipeline_runs_on_postgres_and_the_object_store(cloud):
 
 
 def test_the_endpoint_serves_online_features_from_redis_and_logs_to_the_object_store(cloud):
-    from mlops_assets.serving.log import SERVED, read_day
+    from mlops_assets.prediction_store import SERVED, read_day
 
     endpoint = cloud.latest(f"endpoint_{SPEC}")
     assert endpoint["action"] == "deploy"
-    assert cloud.resources["feast"].online_store_type == "redis" and cloud.latest(f"online_features_{SPEC}")["online_rows_total"] > 0
+    assert (
+        cloud.resources["feast"].online_store_type == "redis" and cloud.latest(f"online_features_{SPEC}")["online_rows_total"] > 0
+    )
     events = cloud.lake.read(cloud.lake.partition_path("dataset", SPEC, KEYS[-1]))
     known = events.dropna(subset=["tailnum"]).iloc[0]
     row = {k: str(known[k]) for k in ("carrier", "origin", "dest", "tailnum")}

@@ -44,7 +44,7 @@ CLOUD_VAR_NAMES = [getattr(environments.CLOUD_VARS, f) for f in type(environment
 
 
 def _kubernetes_version() -> str:
-    from mlops_assets.serving import kubernetes as serving_k8s
+    from mlops_assets.rollout import kubernetes as serving_k8s
 
     return inspect.signature(serving_k8s.validate).parameters["kubernetes_version"].default
 

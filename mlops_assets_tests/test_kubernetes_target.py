@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mlops_assets.serving.kubernetes import KubernetesTarget, dns_name, render, to_yaml, validate
-from mlops_assets.serving.state import Deployment
+from mlops_assets.endpoint_state import Deployment
+from mlops_assets.rollout.kubernetes import KubernetesTarget, dns_name, render, to_yaml, validate
 from mlops_assets.specs import DeploymentSpec, KubernetesTargetSpec, ModelSpec, find_spec
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -255,7 +255,7 @@ def test_a_profile_value_missing_here_is_named_before_anything_is_applied(flight
 def test_secret_vars_are_the_profiles_credential_bearing_variables():
     from mlops_assets.environments import CLOUD_VARS
     from mlops_assets.k8s import SECRET, secret_keys
-    from mlops_assets.serving.kubernetes import SECRET_VARS, secret_name
+    from mlops_assets.rollout.kubernetes import SECRET_VARS, secret_name
 
     assert set(SECRET_VARS) == {CLOUD_VARS.mlflow_tracking, CLOUD_VARS.feast_registry, CLOUD_VARS.redis}
     assert set(SECRET_VARS) <= set(secret_keys("aws"))  # the k8s profile's Secret holds them
@@ -547,7 +547,7 @@ def test_module_imports_no_kubernetes_at_top():
     import subprocess
     import sys
 
-    code = "import sys, mlops_assets.serving.kubernetes; print(any(m.split('.')[0] in ('kubernetes', 'kubernetes_validate') for m in sys.modules))"
+    code = "import sys, mlops_assets.rollout.kubernetes; print(any(m.split('.')[0] in ('kubernetes', 'kubernetes_validate') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 

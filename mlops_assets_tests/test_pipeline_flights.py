@@ -371,10 +371,11 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     online store by entity key; a plane and a route the store never saw get the spec's documented
     defaults (the rate prior; the plane left to the model's imputation) and are flagged."""
     from mlops_assets.core.features import past_rate
-    from mlops_assets.serving import build_server
+    from mlops_assets.environments import server_stores
+    from mlops_assets.server import build_server
 
     r = flights.resources()
-    server = build_server(flight_spec, r["lake"], r["feast"], r["mlflow"], log_predictions=False)
+    server = build_server(flight_spec, server_stores(r, flight_spec), log_predictions=False)
     server.load_initial()
     assert server.serving is not None, server.load_error
     lake = flights.home / "lake" / "dataset" / "flight_delays"
@@ -393,7 +394,8 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     history = pd.concat([pd.read_parquet(lake / f"{d}.parquet") for d in days[:-1]])
     feature = next(f for f in flight_spec.past_rate_features if f.name == "carrier_delay_rate")
     expected = past_rate(history, day, feature, date.fromisoformat(newest), "America/New_York").set_index("carrier")
-    from mlops_assets.core.serving import build_features, parse_request
+    from mlops_assets.core.requests import parse_request
+    from mlops_assets.core.serving import build_features
 
     parsed = parse_request({"instances": [row, unknown]}, server.schema, flight_spec)
     cols = build_features(parsed, flight_spec, server.lookup).columns
@@ -410,12 +412,13 @@ def test_endpoint_traffic_is_monitored_in_its_events_daily_partition(flights, fl
     import dagster as dg
 
     from mlops_assets.core.training import evaluate
-    from mlops_assets.serving import build_server
+    from mlops_assets.environments import server_stores
+    from mlops_assets.server import build_server
 
     day = KEYS[-2]
     events = pd.read_parquet(flights.home / "lake" / "dataset" / "flight_delays" / f"{day}.parquet")
     r = flights.resources()
-    server = build_server(flight_spec, r["lake"], r["feast"], r["mlflow"])
+    server = build_server(flight_spec, server_stores(r, flight_spec))
     server.load_initial()
     assert server.serving is not None, server.load_error
     fields = ["carrier", "origin", "dest", "tailnum", "distance"]

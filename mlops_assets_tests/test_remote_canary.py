@@ -66,9 +66,9 @@ def container_env(spec, platform_env: dict[str, str], version: str) -> dict[str,
     """The environment a pod of the Kubernetes target gets: the rendered container's variables, the
     ``secretKeyRef`` ones resolved from the Secret (which holds the profile's variables, as
     ``mlops_assets.k8s.secret_keys`` says), nothing else of the platform."""
+    from mlops_assets.endpoint_state import Deployment
     from mlops_assets.k8s import secret_keys
-    from mlops_assets.serving.kubernetes import render, secret_name
-    from mlops_assets.serving.state import Deployment
+    from mlops_assets.rollout.kubernetes import render, secret_name
     from mlops_assets.specs import DeploymentSpec
 
     on_k8s = spec.model_copy(update={"deployment": DeploymentSpec(target="kubernetes")})
@@ -198,7 +198,7 @@ def s3_keys(s3, uri: str) -> list[str]:
 
 def wait_logged(lake, since: pd.Timestamp, ids: set[str]) -> pd.DataFrame:
     """The served rows of ``ids`` once the server's log holds every one of them (read from S3)."""
-    from mlops_assets.serving.log import SERVED, read_since
+    from mlops_assets.prediction_store import SERVED, read_since
 
     deadline = time.monotonic() + LOG_TIMEOUT
     served = None
@@ -269,7 +269,7 @@ def test_the_container_environment_is_the_aws_profile(remote):
 def test_the_server_logs_its_predictions_to_s3(remote):
     """Predictions answered by the server land as parquet objects under the profile's prediction
     store on S3 (``LakeStorage.predictions_root()``), where the canary check reads them."""
-    from mlops_assets.serving.log import REQUESTS, read_since
+    from mlops_assets.prediction_store import REQUESTS, read_since
 
     lake = remote["resources"]["lake"]
     root = lake.predictions_root()
@@ -296,7 +296,7 @@ def test_the_endpoint_canaries_the_remote_server_rolls_back_and_promotes(remote)
     import dagster as dg
 
     from mlops_assets import files
-    from mlops_assets.serving.state import EndpointState
+    from mlops_assets.endpoint_state import EndpointState
 
     ctx, client = remote, remote["client"]
     v1, v2, v3 = ctx["versions"]

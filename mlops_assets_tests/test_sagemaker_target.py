@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops_assets.serving.sagemaker import MAX_NAME, SageMakerTarget
-from mlops_assets.serving.state import Deployment
+from mlops_assets.endpoint_state import Deployment
+from mlops_assets.rollout.sagemaker import MAX_NAME, SageMakerTarget
 from mlops_assets.specs import BUNDLED_SPEC_DIR, DeploymentSpec, SageMakerTargetSpec, load_spec
 
 BUCKET = "mlops-models-test"

@@ -206,7 +206,7 @@ def test_health_readiness_and_prometheus_metrics(server):
 
 
 def test_every_prediction_is_logged_to_the_prediction_store(server):
-    from mlops_assets.serving.log import REQUESTS, SERVED, read_since
+    from mlops_assets.prediction_store import REQUESTS, SERVED, read_since
 
     since = pd.Timestamp.now(tz="UTC")
     rows = instances(server["rows"].iloc[:7])
@@ -325,8 +325,8 @@ def test_a_request_the_model_cannot_score_fails_alone(registry):
     model gets its 500, with the batch's other requests answered 200 and unchanged."""
     import mlflow.sklearn
 
-    from mlops_assets.core.serving import Deployment
-    from mlops_assets.serving.app import ModelServer, Pending
+    from mlops_assets.core.rollout import Deployment
+    from mlops_assets.server.app import ModelServer, Pending
 
     mlflow.set_tracking_uri(registry["tracking_uri"])
     mlflow.set_registry_uri(registry["tracking_uri"])
@@ -397,7 +397,7 @@ def endpoint_home(registry, tmp_path_factory):
     home = registry["home"]
     yield {"spec": spec, "home": home, "tracking_uri": registry["tracking_uri"], "rows": registry["rows"]}
     from mlops_assets.resources import EndpointDeployer, LakeStorage
-    from mlops_assets.serving.local import LocalTarget
+    from mlops_assets.rollout.local import LocalTarget
 
     run_dir = EndpointDeployer(home=str(home)).local_run_dir(spec.name)
     LocalTarget(spec, LakeStorage(root=str(home)), registry["tracking_uri"], run_dir).stop()
@@ -461,7 +461,7 @@ def test_endpoint_deploys_canaries_rolls_back_and_promotes(endpoint_home):
     import dagster as dg
     from mlflow import MlflowClient
 
-    from mlops_assets.serving.state import EndpointState
+    from mlops_assets.endpoint_state import EndpointState
 
     ctx, client = endpoint_home, MlflowClient(endpoint_home["tracking_uri"])
     client.set_registered_model_alias("elec2", "champion", "1")
@@ -582,8 +582,9 @@ def test_a_sagemaker_container_serves_its_unpacked_model(registry, monkeypatch, 
     import mlflow
     from starlette.testclient import TestClient
 
-    from mlops_assets.serving import build_server
-    from mlops_assets.serving.app import create_app
+    from mlops_assets.environments import server_stores
+    from mlops_assets.server import build_server
+    from mlops_assets.server.app import create_app
 
     mlflow.set_tracking_uri(registry["tracking_uri"])
     mlflow.set_registry_uri(registry["tracking_uri"])
@@ -594,7 +595,11 @@ def test_a_sagemaker_container_serves_its_unpacked_model(registry, monkeypatch, 
 
     feast = FeastFeatureStore(registry=str(tmp_path / "registry.db"), online_store_path=str(tmp_path / "online.db"))
     lake, registry_client = LakeStorage(root=str(tmp_path)), MlflowTracking(tracking_uri="sqlite:///nowhere.db")
-    server = build_server(registry["spec"], lake, feast, registry_client, log_predictions=False)
+    server = build_server(
+        registry["spec"],
+        server_stores({"lake": lake, "feast": feast, "mlflow": registry_client}, registry["spec"]),
+        log_predictions=False,
+    )
     with TestClient(create_app(server)) as c:
         assert c.get("/ping").json()["stable"] == "3"
         out = c.post("/invocations", json={"instances": instances(registry["rows"].iloc[:3])}).json()

@@ -9,16 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_assets.core.serving import (
-    Deployment,
-    Predictor,
-    RequestError,
-    SideStats,
-    judge_canary,
-    parse_request,
-    plan_deployment,
-    request_schema,
-)
+from mlops_assets.core.requests import RequestError, parse_request, request_schema
+from mlops_assets.core.rollout import Deployment, SideStats, judge_canary, plan_deployment
+from mlops_assets.core.serving import Predictor
 from mlops_assets.specs import CanarySpec
 from mlops_assets_tests.conftest import DATA_DIR
 

@@ -130,7 +130,7 @@ def test_duckdb_reads_the_object_store_through_fsspec_without_httpfs(protocol, r
 def test_a_failed_prediction_log_flush_writes_every_row_exactly_once_later(root, monkeypatch):
     """The prediction log writes a file per table and day; when the store fails on the second file
     of a flush, the next flush writes what was not written, and nothing twice."""
-    from mlops_assets.serving.log import REQUESTS, PredictionLog, read_day
+    from mlops_assets.prediction_store import REQUESTS, PredictionLog, read_day
 
     log = PredictionLog(root, "spec", "UTC", flush_seconds=3600)
     day1, day2 = pd.Timestamp("2013-01-01T12:00Z").value, pd.Timestamp("2013-01-02T12:00Z").value

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops_assets.core.names import EVENT_ID, EVENT_TS, LABEL  # noqa: F401  (re-exported)
+from mlops_assets.core.names import EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.core.sources import DataError, event_timestamps, local_dates, require_columns
 from mlops_assets.specs import ColumnFeature, ModelSpec
 

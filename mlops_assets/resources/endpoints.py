@@ -33,7 +33,7 @@ class EndpointDeployer(dg.ConfigurableResource):
             raise ValueError(f"spec {spec.name!r} has no deployment section")
         kind = spec.deployment.target
         if kind == "local":
-            from mlops_assets.serving.local import LocalTarget
+            from mlops_assets.rollout.local import LocalTarget
 
             run_dir = self.local_run_dir(spec.name)
             return LocalTarget(spec, lake, mlflow.tracking_uri, run_dir, env={"MLOPS_HOME": self.home})
@@ -46,13 +46,13 @@ class _Kubernetes:
     """Render the manifests, validate them offline, apply them with the Kubernetes client, verify."""
 
     def __init__(self, spec: ModelSpec, mlflow: MlflowTracking, kube_config: str | None, kube_context: str | None):
-        from mlops_assets.serving.kubernetes import KubernetesTarget
+        from mlops_assets.rollout.kubernetes import KubernetesTarget
 
         self.spec, self.mlflow = spec, mlflow
         self.cluster = KubernetesTarget(kubeconfig=kube_config, context=kube_context)
 
     def apply(self, deployment) -> dict[str, Any]:
-        from mlops_assets.serving.kubernetes import render, validate
+        from mlops_assets.rollout.kubernetes import render, validate
 
         manifests = render(self.spec, deployment, tracking_uri=self.mlflow.tracking_uri)
         validate(manifests)
@@ -66,7 +66,7 @@ class _SageMaker:
     """Copy each served version's MLflow model to S3, point the endpoint's variants at them, verify."""
 
     def __init__(self, spec: ModelSpec, mlflow: MlflowTracking, endpoint_url: str | None):
-        from mlops_assets.serving.sagemaker import SageMakerTarget
+        from mlops_assets.rollout.sagemaker import SageMakerTarget
 
         self.spec, self.mlflow = spec, mlflow
         self.endpoint = SageMakerTarget(spec, endpoint_url=endpoint_url)

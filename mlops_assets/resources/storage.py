@@ -31,7 +31,7 @@ class LakeStorage(dg.ConfigurableResource):
         lake/dataset_rejected/<spec>/…         partitions that failed a blocking check (kept for triage)
         lake/features/<spec>/<table>/<YYYY-MM>.parquet   Feast offline sources: one folder per
                                                feature view, one file per month of daily partitions
-        lake/requests|served/<spec>/<day>/…    the prediction store (``serving.log``)
+        lake/requests|served/<spec>/<day>/…    the prediction store (``prediction_store``)
         endpoints/<spec>/deployment.json       what an endpoint should serve, and history/ (audit)
         alerts/<time>-<run>.json               one object per failed run
 
@@ -149,11 +149,11 @@ class LakeStorage(dg.ConfigurableResource):
     # --- serving and operations ----------------------------------------------------------------
 
     def predictions_root(self) -> str:
-        """Root of the prediction store (``serving.log``): requests and served rows per spec and day."""
+        """Root of the prediction store (``prediction_store``): requests and served rows per spec and day."""
         return files.join(self.root, "lake")
 
     def endpoint_dir(self, spec: str) -> str:
-        """An endpoint's desired deployment and audit history (``serving.state``)."""
+        """An endpoint's desired deployment and audit history (``endpoint_state``)."""
         return files.join(self.root, "endpoints", spec)
 
     def alerts_dir(self) -> str:

@@ -40,18 +40,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mlops_assets.core.serving import (
-    Deployment,
-    OnlineLookup,
-    ParsedRequest,
-    Predictor,
-    RequestError,
-    build_features,
-    merge_requests,
-    parse_request,
-    request_schema,
-)
-from mlops_assets.serving.log import FEATURE_PREFIX, REQUESTS, SERVED, PredictionLog
+from mlops_assets.core.requests import ParsedRequest, RequestError, merge_requests, parse_request, request_schema
+from mlops_assets.core.rollout import Deployment
+from mlops_assets.core.serving import OnlineLookup, Predictor, build_features
+from mlops_assets.prediction_store import FEATURE_PREFIX, REQUESTS, SERVED, PredictionLog
 from mlops_assets.specs import ModelSpec
 
 

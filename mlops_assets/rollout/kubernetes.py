@@ -1,6 +1,6 @@
 """The Kubernetes target of the ``endpoint_<model>`` asset: render, validate, apply and verify manifests.
 
-Why this module exists: the endpoint asset decides a :class:`~mlops_assets.serving.state.Deployment`
+Why this module exists: the endpoint asset decides a :class:`~mlops_assets.endpoint_state.Deployment`
 (stable version, optional canary and its share); on Kubernetes that decision has to become objects in a
 cluster, and the asset must only report success once the cluster actually serves it. The four steps are
 kept apart so each can be tested without a cluster:
@@ -58,8 +58,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from mlops_assets.serving import DEPLOYMENT_ENV
-from mlops_assets.serving.state import Deployment
+from mlops_assets.endpoint_state import Deployment
+from mlops_assets.server import DEPLOYMENT_ENV
 from mlops_assets.specs import ModelSpec
 
 CONTAINER_PORT = 8080

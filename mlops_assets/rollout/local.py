@@ -22,15 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mlops_assets.serving.state import Deployment, EndpointState
+from mlops_assets.endpoint_state import Deployment, EndpointState
+from mlops_assets.rollout import EndpointError
 from mlops_assets.specs import ModelSpec
 
 if TYPE_CHECKING:
     from mlops_assets.resources import LakeStorage
-
-
-class EndpointError(RuntimeError):
-    """The endpoint does not serve what was decided; the message says what it serves instead."""
 
 
 def _http(method: str, url: str, body: dict | None = None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from mlops_assets import files
-from mlops_assets.core.serving import Deployment
+from mlops_assets.core.rollout import Deployment
 
 __all__ = ["Deployment", "EndpointState"]
 

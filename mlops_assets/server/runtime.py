@@ -46,7 +46,7 @@ class MlflowVersions:
             return None
 
 
-def feast_online_lookup(spec: ModelSpec, feast) -> OnlineLookup | None:
+def feast_online_lookup(spec: ModelSpec, feature_store, online_store_type: str = "sqlite") -> OnlineLookup | None:
     """A function from entity columns to the spec's online features (past rates and lookup columns),
     read from the Feast online store with ``get_online_features``; None when the spec has none.
 
@@ -60,8 +60,10 @@ def feast_online_lookup(spec: ModelSpec, feast) -> OnlineLookup | None:
         refs.append((f.name, f"{lookup_view_name(f.table)}:{f.source}", f.source, (table.join_entity,)))
     if not refs:
         return None
-    store = feast.store(spec)  # ``feast``: a FeastFeatureStore; Feast itself is imported on first use
-    by_time = feast.online_store_type == "redis"  # Redis marks an unknown key by event time 0 only
+    if feature_store is None:
+        raise ValueError(f"spec {spec.name!r} needs online features but the server has no feature store")
+    store = feature_store()  # Feast itself is imported on first use
+    by_time = online_store_type == "redis"  # Redis marks an unknown key by event time 0 only
     features = [r[1] for r in refs]
     entity_names = list(spec.entities)
 
@@ -74,7 +76,9 @@ def feast_online_lookup(spec: ModelSpec, feast) -> OnlineLookup | None:
         # whose value is null (NULL_VALUE, e.g. a missing wind gust) is a known entity
         names = list(response.proto.metadata.feature_names.val)
         statuses = {n: response.proto.results[i].statuses for i, n in enumerate(names)}
-        times = {n: [t.seconds for t in response.proto.results[i].event_timestamps] for i, n in enumerate(names)} if by_time else {}
+        times = (
+            {n: [t.seconds for t in response.proto.results[i].event_timestamps] for i, n in enumerate(names)} if by_time else {}
+        )
         values: dict[str, np.ndarray] = {}
         unknown: dict[str, np.ndarray] = {}
         for name, _, column, flag in refs:

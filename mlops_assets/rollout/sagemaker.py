@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlops_assets.serving import DEPLOYMENT_ENV, MODEL_DIR_ENV, SAGEMAKER_MODEL_DIR, SPEC_ENV
-from mlops_assets.serving.state import Deployment
+from mlops_assets.endpoint_state import Deployment
+from mlops_assets.server import DEPLOYMENT_ENV, MODEL_DIR_ENV, SAGEMAKER_MODEL_DIR, SPEC_ENV
 from mlops_assets.specs import ModelSpec
 
 STABLE, CANARY = "stable", "canary"
@@ -69,7 +69,7 @@ def profile_environment(env: str | None = None) -> dict[str, str]:
     """The container's profile variables with their values from this process's environment (see the
     module docstring: on SageMaker the values, secrets included, are stored in the model definition).
     Raises ``ValueError`` naming any variable the server needs that is not set here."""
-    from mlops_assets.serving.kubernetes import server_vars
+    from mlops_assets.rollout.kubernetes import server_vars
 
     value, plain, secret = server_vars(env)
     if value == "local":  # the variant's model is unpacked beside the server: no registry, no stores to share

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from mlops_assets.specs import ModelSpec
-
-if TYPE_CHECKING:
-    from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
 
 ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"
 DEPLOYMENT_ENV = "MLOPS_DEPLOYMENT"  # JSON; the Kubernetes and SageMaker targets set it on the container
@@ -25,19 +24,30 @@ MODEL_DIR_ENV = "MLOPS_MODEL_DIR"  # an MLflow model folder to serve instead of 
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks a variant's ModelDataUrl
 
 
-def build_server(
-    spec: ModelSpec, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking, *, log_predictions: bool = True
-):
+@dataclass(frozen=True)
+class ServerStores:
+    """Where one model's server reads and writes, as plain values: the server never imports the
+    platform's Dagster resources (``environments.server_stores`` derives these from a profile)."""
+
+    predictions_root: str  # URI of the prediction store (``prediction_store``)
+    endpoint_dir: str  # URI of the endpoint's deployment and audit history (``endpoint_state``)
+    tracking_uri: str  # MLflow tracking server
+    registry_uri: str | None = None  # MLflow model registry (default: the tracking server)
+    feature_store: Callable[[], Any] | None = None  # the spec's Feast store, built on first use
+    online_store_type: str = "sqlite"  # Feast online store kind (Redis marks unknown keys differently)
+
+
+def build_server(spec: ModelSpec, stores: ServerStores, *, log_predictions: bool = True):
     import json
 
     from mlops_assets.core.names import CHAMPION
-    from mlops_assets.serving.app import ModelServer
-    from mlops_assets.serving.log import PredictionLog
-    from mlops_assets.serving.runtime import MlflowVersions, feast_online_lookup, warm_up
-    from mlops_assets.serving.state import Deployment, EndpointState
+    from mlops_assets.endpoint_state import Deployment, EndpointState
+    from mlops_assets.prediction_store import PredictionLog
+    from mlops_assets.server.app import ModelServer
+    from mlops_assets.server.runtime import MlflowVersions, feast_online_lookup, warm_up
 
-    versions = MlflowVersions(mlflow.tracking_uri, mlflow.registry_uri)
-    state = EndpointState(lake.endpoint_dir(spec.name))
+    versions = MlflowVersions(stores.tracking_uri, stores.registry_uri)
+    state = EndpointState(stores.endpoint_dir)
 
     def initial() -> Deployment | None:
         if os.environ.get(DEPLOYMENT_ENV):
@@ -63,19 +73,19 @@ def build_server(
             return mlflow.sklearn.load_model(model_dir)
 
     warm_up()
-    lookup = feast_online_lookup(spec, feast)
-    log = PredictionLog(lake.predictions_root(), spec.name, spec.source.timestamp.timezone) if log_predictions else None
+    lookup = feast_online_lookup(spec, stores.feature_store, stores.online_store_type)
+    log = PredictionLog(stores.predictions_root, spec.name, spec.source.timestamp.timezone) if log_predictions else None
     return ModelServer(spec, load, online_lookup=lookup, prediction_log=log, initial=initial)
 
 
-def serve(spec: ModelSpec, host: str, port: int, resources: dict) -> None:
+def serve(spec: ModelSpec, host: str, port: int, stores: ServerStores) -> None:
     """Run the server in the foreground (uvicorn, one process; uvloop and httptools when present)
-    on the stores of ``resources`` (the profile's, read from the environment)."""
+    on ``stores`` (the profile's, read from the environment)."""
     import uvicorn
 
-    from mlops_assets.serving.app import create_app
+    from mlops_assets.server.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = build_server(spec, resources["lake"], resources["feast"], resources["mlflow"])
+    server = build_server(spec, stores)
     app = create_app(server, admin_token=os.environ.get(ADMIN_TOKEN_ENV))
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on")

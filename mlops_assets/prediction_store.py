@@ -176,7 +176,7 @@ def canary_sides(
     requests, server errors (5xx), p99 latency and, for predictions whose event has a label by now
     (``labels(days)`` returns ``event_id``/``label`` of those days), the spec's metric."""
     from mlops_assets.core.names import EVENT_ID, LABEL
-    from mlops_assets.core.serving import SideStats, p99
+    from mlops_assets.core.rollout import SideStats, p99
     from mlops_assets.core.training import evaluate
 
     since = pd.Timestamp(deployment.canary_started)
