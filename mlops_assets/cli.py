@@ -149,14 +149,9 @@ def show_home() -> int:
 
 
 def _redacted(uri: str) -> str:
-    """A URL with its password replaced, fit to print."""
-    from urllib.parse import urlsplit, urlunsplit
+    from mlops_assets.endpoint_state import redact_uri
 
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
+    return redact_uri(uri)
 
 
 def show_instance(env: str | None) -> int:

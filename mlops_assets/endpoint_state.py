@@ -47,3 +47,20 @@ class EndpointState:
             events += [json.loads(line) for line in files.read_text(self.legacy_history).splitlines() if line.strip()]
         events += [json.loads(files.read_text(e.uri)) for e in files.listing(self.history_dir, ".json")]
         return events
+
+
+def server_identity(endpoint_dir: str, registry_uri: str) -> dict[str, str]:
+    """What a model server says it serves (``GET /healthz``: ``identity``) and what a deploy expects
+    of the server on its port: the endpoint's state folder (home and spec) and the MLflow registry,
+    with any password removed. Two servers of different homes or registries never match."""
+    return {"endpoint": endpoint_dir, "registry": redact_uri(registry_uri)}
+
+
+def redact_uri(uri: str) -> str:
+    """A URL with its password replaced, fit to print and to compare."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return uri

@@ -117,6 +117,38 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
     return path
 
 
+ADMIN_TOKEN_VAR = "MLOPS_ADMIN_TOKEN"
+
+
+def admin_token(home: Path | None = None) -> str:
+    """The bearer token of the model servers' admin routes (changing what is served).
+
+    ``MLOPS_ADMIN_TOKEN`` when set (the cloud profiles: a secret in the environment). Otherwise the
+    home's own token, generated once into ``<home>/secrets/admin_token`` (mode 0600): a laptop needs
+    no configuration, and only processes that can read the home (its servers, its Dagster runs, the
+    user) can change what is served. Never logged nor put in metadata."""
+    if os.environ.get(ADMIN_TOKEN_VAR):
+        return os.environ[ADMIN_TOKEN_VAR]
+    import secrets
+
+    path = (home or mlops_home()) / "secrets" / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".admin_token.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    try:
+        os.link(tmp, path)  # first writer wins when two processes generate at once
+    except FileExistsError:
+        token = path.read_text().strip()
+    finally:
+        tmp.unlink()
+    return token
+
+
 def replay_home(spec: str, policy: str) -> Path:
     """Where ``mlops replay`` builds the fresh home of a spec and policy (wiped at the start)."""
     return mlops_home() / "replays" / f"{spec}-{policy.replace(':', '')}"

@@ -227,6 +227,11 @@ class ChecksSpec(_Strict):
     max_null_fraction: float = Field(0.5, ge=0, le=1)
     null_fraction: dict[str, float] = Field(default_factory=dict)
     ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    duplicates: Literal["drop", "block"] = Field(
+        "drop",
+        description="Events repeated within a day (the same event id, or identical rows): 'drop' keeps the first "
+        "and reports how many were dropped; 'block' fails the blocking duplicates check.",
+    )
 
 
 RetrainWhen = Literal["newly_failed", "failing", "never"]
@@ -371,6 +376,18 @@ class DeploymentSpec(_Strict):
     host: str = Field("127.0.0.1", description="Local target: interface the server listens on.")
     port: int = Field(8787, ge=1, le=65535, description="Local target: port of the server.")
     max_batch_rows: int = Field(10_000, ge=1, description="Rows one request may carry (413 above).")
+    max_body_mb: float = Field(16.0, gt=0, le=1024, description="Largest request body, in MiB (413 above, before parsing).")
+    event_time_margin_days: int = Field(
+        30,
+        ge=0,
+        description="How far outside the spec's partitions (start - margin .. end or today + margin) an "
+        "event_timestamp may be; anything else is refused 422.",
+    )
+    api_keys: bool = Field(
+        False,
+        description="Predictions need an API key (X-API-Key or Authorization: Bearer) from MLOPS_API_KEYS "
+        "(comma-separated). Off by default: the local endpoint listens on loopback only.",
+    )
     canary: CanarySpec = CanarySpec()
     unknown_entity: UnknownEntitySpec = UnknownEntitySpec()
     kubernetes: KubernetesTargetSpec = KubernetesTargetSpec()
