@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 BUNDLED_SPEC_DIR = Path(__file__).parent
 SPEC_PATHS_ENV = "MLOPS_SPECS"
@@ -35,7 +35,9 @@ class TimestampSpec(_Strict):
     """How to read the moment an event happened.
 
     Either ``column`` (a parseable timestamp; ISO strings with ``Z`` are UTC) or ``parts`` (a mapping
-    of year/month/day/hour/minute to columns, as many public datasets ship them). Naive timestamps
+    of year/month/day/hour/minute to columns, as many public datasets ship them). A ``column`` that
+    holds dates only may take its time of day from ``parts`` with ``hour`` (and ``minute``): hourly
+    data read without its hour would put every event of a day at midnight. Naive timestamps
     are read in ``timezone``; daily partitions are cut in that timezone too, so a flight scheduled at
     23:30 in New York belongs to that New York day.
     """
@@ -46,15 +48,22 @@ class TimestampSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_way(self) -> TimestampSpec:
-        if (self.column is None) == (self.parts is None):
-            raise ValueError("timestamp needs exactly one of 'column' or 'parts'")
-        if self.parts is not None and not {"year", "month", "day"} <= set(self.parts):
+        if self.column is None and self.parts is None:
+            raise ValueError("timestamp needs 'column' or 'parts'")
+        if self.column is not None and self.parts is not None:
+            extra = sorted(set(self.parts) - {"hour", "minute"})
+            if extra or "hour" not in self.parts:
+                raise ValueError(
+                    "timestamp with a date 'column' takes only the time of day from 'parts' (hour, and minute), "
+                    f"not {extra or sorted(self.parts)}"
+                )
+        elif self.parts is not None and not {"year", "month", "day"} <= set(self.parts):
             raise ValueError("timestamp.parts needs at least year, month and day")
         return self
 
     @property
     def source_columns(self) -> list[str]:
-        return [self.column] if self.column else list(self.parts.values())  # type: ignore[union-attr]
+        return [*([self.column] if self.column else []), *(self.parts or {}).values()]
 
 
 class SourceSpec(_Strict):
@@ -483,6 +492,15 @@ class ModelSpec(_Strict):
     partitions: PartitionsSpec
     deployment: DeploymentSpec | None = Field(None, description="Omitted: batch scoring only, no endpoint asset.")
     compute: ComputeSpec = ComputeSpec()
+    # Where the spec was read from, so that a problem found later (a column the data does not have,
+    # an estimator that cannot be imported) names the file a person has to edit. A private
+    # attribute: not part of the spec's content, its hash or its dumps.
+    _file: str | None = PrivateAttr(default=None)
+
+    @property
+    def file(self) -> str:
+        """The spec's file as it was given to ``load_spec``, or ``<spec NAME>`` for a spec built in code."""
+        return self._file or f"<spec {self.name}>"
 
     @field_validator("name")
     @classmethod
@@ -579,11 +597,13 @@ def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
-        return ModelSpec.model_validate(raw)
+        spec = ModelSpec.model_validate(raw)
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"{path}: cannot read spec: {exc}") from exc
     except ValueError as exc:
         raise SpecError(f"{path}: invalid spec: {exc}") from exc
+    spec._file = str(path)
+    return spec
 
 
 def spec_files() -> list[Path]:
