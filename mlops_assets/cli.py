@@ -6,6 +6,7 @@ mlops land --spec flight_delays --date 2013-01-05 [--days 3]
 mlops demo [--spec flight_delays] [--start 2013-01-01] [--days 14]
 mlops replay --spec examples/specs/elec2.yaml --policy default|static|cron:N [--start D] [--days N] --out report.json
 mlops serve --spec flight_delays [--host 127.0.0.1] [--port 8787]
+mlops check --spec examples/specs/elec2.yaml  [--spec ...]   does the spec fit its data? (exit 1 if not)
 """
 
 from __future__ import annotations
@@ -213,6 +214,40 @@ def run_serve(args) -> int:
     return 0
 
 
+def run_check(spec_refs: list[str]) -> int:
+    """Check specs against samples of their own data before anything is ingested: every problem is
+    printed as ``<spec file>: <field>: <why>``, and the exit code is 1 when there is any."""
+    from mlops_assets.core.sources import DataError
+    from mlops_assets.spec_check import check_spec
+    from mlops_assets.specs import SpecError, find_spec, load_specs
+
+    failed = 0
+    specs = []
+    try:
+        specs = [find_spec(ref) for ref in spec_refs] if spec_refs else load_specs()
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for spec in specs:
+        try:
+            problems = check_spec(spec)
+        except DataError as exc:  # a sample that cannot be read at all
+            print(f"{spec.file}: source.path: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for problem in problems:
+            print(problem.render(spec), file=sys.stderr)
+        if problems:
+            failed += 1
+            continue
+        lookups = f", {len(spec.lookups)} lookup table(s)" if spec.lookups else ""
+        print(
+            f"{spec.file}: ok: {spec.name}: {len(spec.required_source_columns)} source columns{lookups}, "
+            f"{len(spec.features)} features, estimator {spec.estimator.cls}"
+        )
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host", help="interface (default: the spec's deployment.host, else 127.0.0.1)")
     p_serve.add_argument("--port", type=int, help="port (default: the spec's deployment.port, else 8787)")
     p_serve.add_argument("--stop", action="store_true", help="stop the local endpoint the deploy job started, and exit")
+    p_check = sub.add_parser(
+        "check", help="check specs against their source and lookup tables and their estimator; exit 1 on problems"
+    )
+    p_check.add_argument("--spec", action="append", default=[], help="spec name or path (repeatable; default: every loaded spec)")
     args = parser.parse_args(argv)
     from mlops_assets.environments import ProfileError
 
@@ -260,6 +299,8 @@ def _run(parser: argparse.ArgumentParser, args) -> int:
         if not args.spec:
             parser.error("serve needs --spec (or MLOPS_SPEC)")
         return run_serve(args)
+    if args.command == "check":
+        return run_check(args.spec)
     if args.command == "replay":
         return run_replay(args)
     if args.command == "home":
