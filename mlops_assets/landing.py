@@ -9,6 +9,13 @@ a file that is misnamed, outside the spec's partitions, unreadable or missing a 
 needs is moved to ``quarantine/<spec>/`` with a ``.reason.txt`` beside it, and the sensor goes on
 with the other files. A file landed again is ingested again only if its content changed: a day
 whose latest ``raw_<spec>`` materialization came from identical bytes (same SHA-256) is skipped.
+
+Before its first file is ingested, the spec itself is checked against what landed
+(``mlops_assets.spec_check``): a column the spec names that none of the new files has, an estimator
+that cannot be imported, a lookup table without the spec's columns or a timestamp that leaves out the
+hour the data has is the spec's fault, not the files'. The sensor then skips, naming the spec file and
+field, and quarantines nothing; once the spec fits (the cursor remembers the spec's hash), a file
+missing a column is the file's fault and goes to quarantine as before.
 """
 
 from __future__ import annotations
@@ -72,20 +79,35 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
         from mlops_assets import files
 
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        spec_ok = seen.pop(SPEC_CHECKED, None) == spec.spec_hash
         landed = lake.landed(name)
         if not landed:
             return dg.SensorResult(skip_reason=f"nothing in {lake.landing_dir(name)} yet", cursor=context.cursor)
-        keys = None
-        requests = []
+        pending = []
         for entry in landed:
-            stamp = entry.stamp
-            if seen.get(entry.name) == stamp:
+            if seen.get(entry.name) == entry.stamp:
                 continue
             day = entry.name.split(".", 1)[0]
             content = files.read_bytes(entry.uri)
             if already_ingested(context.instance, spec, day, hashlib.sha256(content).hexdigest()):
-                seen[entry.name] = stamp  # same bytes as the day's latest raw: nothing to do
+                seen[entry.name] = entry.stamp  # same bytes as the day's latest raw: nothing to do
                 continue
+            pending.append((entry, content))
+        if pending and not spec_ok:
+            problems, spec_ok = spec_problems(spec, [(e.uri, c) for e, c in pending])
+            if problems:
+                message = "; ".join(p.render(spec) for p in problems)
+                context.log.error(f"spec {spec.file} does not fit its landed files; nothing ingested: {message}")
+                return dg.SensorResult(
+                    skip_reason=f"spec does not fit the {len(pending)} landed file(s), nothing ingested or quarantined "
+                    f"(fix the spec): {message}",
+                    cursor=_cursor(seen, spec, False),
+                )
+        keys = None
+        requests = []
+        for entry, content in pending:
+            stamp = entry.stamp
+            day = entry.name.split(".", 1)[0]
             if keys is None:
                 keys = set(daily_partitions(spec).get_partition_keys())
             reason = check_landed_file(spec, entry.uri, content, keys)
@@ -102,6 +124,30 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
                     tags={"mlops/landed_file": entry.name},
                 )
             )
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True))
+        return dg.SensorResult(run_requests=requests, cursor=_cursor(seen, spec, spec_ok))
 
     return landing
+
+
+SPEC_CHECKED = "<spec checked>"  # cursor entry: the hash of the spec last found to fit its files (never a file name)
+
+
+def _cursor(seen: dict[str, str], spec: ModelSpec, spec_ok: bool) -> str:
+    return json.dumps({**seen, **({SPEC_CHECKED: spec.spec_hash} if spec_ok else {})}, sort_keys=True)
+
+
+def spec_problems(spec: ModelSpec, landed: list[tuple[str, bytes]]) -> tuple[list, bool]:
+    """The spec against the files that landed: its problems, and whether it was judged on at least
+    one readable file (only then is it remembered as fitting). Unreadable files are left to
+    ``check_landed_file``, which quarantines them."""
+    from mlops_assets.core.sources import DataError, infer_format, parse_file
+    from mlops_assets.spec_check import landing_problems
+
+    frames = []
+    for uri, content in landed:
+        try:
+            frames.append(parse_file(content, infer_format(uri, None), uri))
+        except DataError:
+            continue
+    problems = landing_problems(spec, frames)
+    return problems, bool(frames) and not problems
