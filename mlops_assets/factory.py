@@ -1,10 +1,18 @@
-"""The asset factory: every spec becomes the same set of assets, checks and jobs."""
+"""The asset factory: every spec becomes the same set of assets, checks and jobs.
+
+Before a spec becomes assets, what can be checked without data or heavy imports is
+(``spec_check.static_problems``: the estimator's module and class located on disk): a misspelled
+estimator fails the code location's load, so ``dagster definitions validate`` names the spec file
+and field instead of the first training run failing days later. What needs data (columns, the
+timestamp's parts) is checked by ``mlops check`` and by the landing sensor before a file is ingested.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from mlops_assets import alerts, endpoints, environments, features, ingest, jobs, landing, policies, promotion, scoring, training
+from mlops_assets.spec_check import raise_for, static_problems
 from mlops_assets.specs import ModelSpec, load_specs
 
 STAGE_MODULES = (ingest, features, training, promotion, scoring, endpoints)
@@ -15,6 +23,8 @@ def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
     assets: list = []
     all_jobs: list = []
     sensors: list = [alerts.close_mlflow_runs_and_record_alerts, policies.automation_sensor()]
+    for spec in specs:
+        raise_for(spec, static_problems(spec))
     for spec in specs:
         for module in STAGE_MODULES:
             assets += module.build(spec)
