@@ -152,7 +152,9 @@ def test_deployment_kind(flights):
     assert env["A"] == "1"
     # the local profile: its stores are files on this machine, only the registry is handed over
     assert env["MLOPS_ENV"] == "local" and env["MLFLOW_TRACKING_URI"] == ref("MLFLOW_TRACKING_URI")
-    assert list(env) == ["MLOPS_DEPLOYMENT", "MLOPS_ENV", "MLFLOW_TRACKING_URI", "A"]
+    assert list(env) == ["MLOPS_DEPLOYMENT", "MLOPS_ENV", "MLFLOW_TRACKING_URI", "MLOPS_ADMIN_TOKEN", "A"]
+    # the admin route's token: an optional key of the same Secret, never a value
+    assert env["MLOPS_ADMIN_TOKEN"] == {"secretKeyRef": {"name": "mlops-secrets", "key": "MLOPS_ADMIN_TOKEN", "optional": True}}
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     # no canary: no canary label; no service account: none set
@@ -215,6 +217,7 @@ def test_the_container_gets_the_profile_and_secrets_only_by_reference(flights, l
     """The server in the pod reads and writes the platform's stores: MLOPS_ENV and the store variables,
     plain values as values, the credential-bearing ones as secretKeyRefs; no secret value anywhere."""
     use_profile(local_profile, profile, cloud)
+    local_profile.setenv("MLOPS_ADMIN_TOKEN", "admin-token-never-rendered")  # where the manifests are rendered
     spec = with_target(flights, kind, env={"LOG_LEVEL": "debug"})
     manifests = render(spec, CANARY, tracking_uri=SECRET_VALUES["MLFLOW_TRACKING_URI"])  # a caller's URI is not written
     validate(manifests)
@@ -226,10 +229,12 @@ def test_the_container_gets_the_profile_and_secrets_only_by_reference(flights, l
     assert {k: env[k] for k in SECRET_VALUES} == {k: ref(k) for k in SECRET_VALUES}
     assert env["LOG_LEVEL"] == "debug"
     # nothing else of the platform: no IO bucket, no Dagster database, no whole-Secret envFrom
-    assert set(env) == {"MLOPS_DEPLOYMENT", "MLOPS_ENV", "LOG_LEVEL", *plain, *SECRET_VALUES}
+    assert set(env) == {"MLOPS_DEPLOYMENT", "MLOPS_ENV", "LOG_LEVEL", "MLOPS_ADMIN_TOKEN", *plain, *SECRET_VALUES}
+    assert env["MLOPS_ADMIN_TOKEN"]["secretKeyRef"] == {"name": "mlops-secrets", "key": "MLOPS_ADMIN_TOKEN", "optional": True}
     assert "envFrom" not in c
     text = to_yaml(manifests)
     assert not [p for p in PASSWORDS if p in text]
+    assert "admin-token-never-rendered" not in text
     # the Secret is named by MLOPS_K8S_SECRET (as for the k8s profile's run and step pods) or by the caller
     local_profile.setenv("MLOPS_K8S_SECRET", "ml-prod-secrets")
     (c,) = containers_of(render(spec, CANARY))

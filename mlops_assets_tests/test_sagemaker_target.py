@@ -220,13 +220,17 @@ def test_the_container_runs_on_the_profile_of_the_process(make_target, tmp_path:
     assert target.describe_model("1") is None and target.describe_endpoint() is None
 
     monkeypatch.setenv("MLOPS_REDIS", values["MLOPS_REDIS"])
-    assert target.apply(Deployment(stable="1"), {"1": v1})["action"] == "created"
+    monkeypatch.setenv("MLOPS_ADMIN_TOKEN", "admin-token-of-the-platform")  # the servers' shared admin token
+    applied = target.apply(Deployment(stable="1"), {"1": v1})
+    assert applied["action"] == "created"
+    assert "admin-token-of-the-platform" not in json.dumps(applied, default=str)  # never in the asset's metadata
     environment = target.sagemaker.describe_model(ModelName=target.model_name("1"))["PrimaryContainer"]["Environment"]
     assert environment == {
         "MLOPS_DEPLOYMENT": json.dumps({"stable": "1"}),
         "MLOPS_MODEL_DIR": "/opt/ml/model",
         "MLOPS_SPEC": target.spec.name,
         "MLOPS_ENV": cloud or profile,  # the stores' profile: a server needs no k8s executor
+        "MLOPS_ADMIN_TOKEN": "admin-token-of-the-platform",
         **values,
     }
     assert target.apply(Deployment(stable="1"), {"1": v1})["action"] == "unchanged"

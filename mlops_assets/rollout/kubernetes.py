@@ -22,7 +22,8 @@ kept apart so each can be tested without a cluster:
               without credentials (``MLOPS_STORAGE_URI``, ``MLOPS_LANDING_URI``, ``MLFLOW_ARTIFACT_URI``,
               ``GOOGLE_CLOUD_PROJECT``) are rendered as plain values, read from this process's
               environment; the ones that carry credentials (``SECRET_VARS``: ``MLFLOW_TRACKING_URI``,
-              ``FEAST_REGISTRY_URI``, ``MLOPS_REDIS``) only as ``secretKeyRef``s into the Secret named by
+              ``FEAST_REGISTRY_URI``, ``MLOPS_REDIS``, and the admin route's ``MLOPS_ADMIN_TOKEN`` as an
+              optional key) only as ``secretKeyRef``s into the Secret named by
               ``render(secret=...)``, else ``MLOPS_K8S_SECRET``, else ``mlops-secrets``: the same Secret
               the ``k8s`` profile's run and step pods use (``mlops_assets.k8s``), which holds every
               cloud variable. No secret value is ever written into a manifest. One key reference per
@@ -76,6 +77,9 @@ KSERVE_PLURAL = "inferenceservices"
 KSERVE_API_VERSION = f"{KSERVE_GROUP}/{KSERVE_VERSION}"
 KSERVE_CONTAINER = "kserve-container"  # the name KServe gives (and expects for) a custom predictor container
 SECRET_VARS = ("MLFLOW_TRACKING_URI", "FEAST_REGISTRY_URI", "MLOPS_REDIS")  # carry credentials: Secret only
+# the bearer token of the server's admin route (environments.ADMIN_TOKEN_VAR): an optional key of the
+# same Secret, on every profile (the pod's server generates an unknown one without it)
+ADMIN_TOKEN_VAR = "MLOPS_ADMIN_TOKEN"
 # every name the target sets; a spec's ``kubernetes.env`` may not set them
 RESERVED_ENV = (
     DEPLOYMENT_ENV,
@@ -86,6 +90,7 @@ RESERVED_ENV = (
     "MLFLOW_ARTIFACT_URI",
     "GOOGLE_CLOUD_PROJECT",
     *SECRET_VARS,
+    ADMIN_TOKEN_VAR,
 )
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -179,7 +184,16 @@ def profile_env(env: str | None = None, secret: str | None = None) -> list[dict[
         {"name": "MLOPS_ENV", "value": value},
         *({"name": k, "value": os.environ[k]} for k in plain),
         *({"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}} for k in secret_vars),
+        admin_token_env(name),
     ]
+
+
+def admin_token_env(secret: str) -> dict[str, Any]:
+    """The container's ``MLOPS_ADMIN_TOKEN``: a reference to the key of that name in the Secret, never
+    a value. ``optional``: a Secret without it still starts the pod, whose server then generates a
+    token nobody knows, so its admin route stays closed (the target itself changes what a pod serves
+    by rolling out manifests, not through that route)."""
+    return {"name": ADMIN_TOKEN_VAR, "valueFrom": {"secretKeyRef": {"name": secret, "key": ADMIN_TOKEN_VAR, "optional": True}}}
 
 
 def _container(

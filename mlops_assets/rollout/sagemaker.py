@@ -34,7 +34,11 @@ Why it looks the way it does:
   variants an execution role (``role_arn``) that grants the object store, so no storage keys are
   passed at all, and have the container fetch the three connection strings from AWS Secrets Manager
   at start (the role allowed ``secretsmanager:GetSecretValue`` on that one secret), passing only the
-  secret's ARN here. That lookup is not built.
+  secret's ARN here. That lookup is not built. ``MLOPS_ADMIN_TOKEN`` (the admin route's bearer token)
+  goes the same way when it is set where the model is created; without it the container's server
+  generates a token nobody knows, which is no loss: SageMaker only routes ``/ping`` and
+  ``/invocations`` to a container, and the target changes what is served by new endpoint configs.
+  No value is ever logged or returned as metadata (errors name variables, not values).
 
 Plain Python, no dagster import; boto3 is imported inside the methods so importing this module is free.
 """
@@ -55,6 +59,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mlops_assets.endpoint_state import Deployment
+from mlops_assets.rollout.kubernetes import ADMIN_TOKEN_VAR
 from mlops_assets.server import DEPLOYMENT_ENV, MODEL_DIR_ENV, SAGEMAKER_MODEL_DIR, SPEC_ENV
 from mlops_assets.specs import ModelSpec
 
@@ -78,7 +83,10 @@ def profile_environment(env: str | None = None) -> dict[str, str]:
     missing = [k for k in names if not os.environ.get(k)]
     if missing:
         raise ValueError(f"MLOPS_ENV={value}: the SageMaker container needs {', '.join(missing)}, not set in this process")
-    return {"MLOPS_ENV": value, **{k: os.environ[k] for k in names}}
+    out = {"MLOPS_ENV": value, **{k: os.environ[k] for k in names}}
+    if os.environ.get(ADMIN_TOKEN_VAR):  # the admin route's token, as the platform's servers share it
+        out[ADMIN_TOKEN_VAR] = os.environ[ADMIN_TOKEN_VAR]
+    return out
 
 
 def _fit(name: str, limit: int) -> str:
