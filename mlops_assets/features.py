@@ -122,12 +122,21 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         tz = spec.source.timestamp.timezone
         start = day_start_utc(day, tz).to_pydatetime()
         end = (day_start_utc(day + timedelta(days=1), tz) - pd.Timedelta(microseconds=1)).to_pydatetime()
-        views = feast.materialize(spec, start, end)
-        if not views:
+        # Monotone per entity: re-running an older day (relanded, or labels that came late) keeps
+        # the newer values the online store holds; its rows not written are counted here.
+        skipped = feast.materialize(spec, start, end)
+        if not skipped:
             context.log.info(f"'{name}' has no entity-keyed features: serving needs nothing from the online store")
+        older = sum(skipped.values())
+        if older:
+            context.log.info(
+                f"{older} online rows of {context.partition_key} kept their newer values (a later day was materialized): "
+                + ", ".join(f"{v}: {n}" for v, n in skipped.items() if n)
+            )
         return dg.MaterializeResult(
             metadata={
-                "feature_views": dg.MetadataValue.json(views),
+                "feature_views": dg.MetadataValue.json(list(skipped)),
+                "rows_kept_newer": older,
                 "window_start_utc": start.isoformat(),
                 "window_end_utc": end.isoformat(),
                 "online_rows_total": feast.online_row_count(spec),

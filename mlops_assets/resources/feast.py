@@ -28,6 +28,14 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 
+# Feast's online stores, made monotone per entity (``online_stores``; a path, so Feast imports the
+# module only when a store is built, not when the code location loads).
+MONOTONE_STORES = {
+    "sqlite": "mlops_assets.resources.online_stores.MonotoneSqliteOnlineStore",
+    "redis": "mlops_assets.resources.online_stores.MonotoneRedisOnlineStore",
+}
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Feast prints coloured progress to stdout and its DuckDB layer warns about an ibis deprecation
@@ -55,14 +63,17 @@ class FeastFeatureStore(dg.ConfigurableResource):
     )
 
     def online_config(self) -> tuple[tuple[str, str], ...]:
-        """Feast's ``online_store`` settings, hashable (one cached store per distinct location)."""
+        """Feast's ``online_store`` settings, hashable (one cached store per distinct location).
+
+        The store types are Feast's SQLite and Redis stores made monotone per entity
+        (``resources.online_stores``): materializing an older day never overwrites newer values."""
         if self.online_store_type == "redis":
             if not self.redis_connection:
                 raise ValueError("the redis online store needs redis_connection (host:port[,password=…])")
-            return (("type", "redis"), ("connection_string", self.redis_connection))
+            return (("type", MONOTONE_STORES["redis"]), ("connection_string", self.redis_connection))
         if not self.online_store_path:
             raise ValueError("the sqlite online store needs online_store_path")
-        return (("type", "sqlite"), ("path", self.online_store_path))
+        return (("type", MONOTONE_STORES["sqlite"]), ("path", self.online_store_path))
 
     def store(self, spec: ModelSpec) -> FeatureStore:
         """The spec's Feast project. One ``FeatureStore`` per project and location per process:
@@ -164,24 +175,31 @@ class FeastFeatureStore(dg.ConfigurableResource):
         renames = {f.source: f.name for f in spec.lookup_features if f.source != f.name}
         return joined.rename(columns=renames)
 
-    def materialize(self, spec: ModelSpec, start: datetime, end: datetime) -> list[str]:
+    def materialize(self, spec: ModelSpec, start: datetime, end: datetime) -> dict[str, int]:
         """Load one window of the feature views serving reads into the online store: those keyed
         by an entity (past rates, lookups). The per-event view is keyed by event id, which no
         request ever looks up (a request brings its own row), so it stays offline: online it would
         only grow by a row per event, forever. Static lookup tables (no timestamp) are loaded from
-        the epoch, so every partition carries them."""
+        the epoch, so every partition carries them.
+
+        The online store is monotone per entity (``online_stores``): a window older than what an
+        entity already holds (a relanded day, a day re-run for late labels) leaves it unchanged.
+        Returns, per view loaded, how many rows were not written for that reason."""
+        from mlops_assets.resources.online_stores import SKIPPED_OLDER
+
         store = self.store(spec)
         views = [v for v in store.list_feature_views() if v.name != EVENTS_VIEW]
         if not views:
-            return []
+            return {}
         timed = [v.name for v in views if v.ttl != timedelta(0)]
         static = [v.name for v in views if v.ttl == timedelta(0)]
+        before = {v: SKIPPED_OLDER[(spec.name, v)] for v in timed + static}
         with _quiet():
             if timed:
                 store.materialize(start, end, feature_views=timed)
             if static:
                 store.materialize(datetime(1970, 1, 1, tzinfo=start.tzinfo), end, feature_views=static)
-        return timed + static
+        return {v: SKIPPED_OLDER[(spec.name, v)] - n for v, n in before.items()}
 
     def online_row_count(self, spec: ModelSpec) -> int:
         """Entity rows in the online store for this spec's project, over all views (an entity
@@ -219,7 +237,12 @@ def redis_row_count(connection_string: str, project: str) -> int:
 def registry_config(registry: str) -> Any:
     """Feast's ``registry`` setting: a SQL registry for a database URL, else a registry file/object."""
     if registry.startswith(("postgresql", "mysql", "sqlite:")):
-        return {"registry_type": "sql", "path": registry, "cache_ttl_seconds": 60, "sqlalchemy_config_kwargs": {"pool_pre_ping": True}}
+        return {
+            "registry_type": "sql",
+            "path": registry,
+            "cache_ttl_seconds": 60,
+            "sqlalchemy_config_kwargs": {"pool_pre_ping": True},
+        }
     return registry
 
 
