@@ -27,10 +27,72 @@ from mlops_assets.specs import ColumnFeature, LookupTableSpec, ModelSpec, PastRa
 STATIC_TIMESTAMP = pd.Timestamp("1970-01-01 00:00:01", tz="UTC")
 
 
-def _time_part(ts_local: pd.Series, part: str) -> pd.Series:
+# --- one recipe per feature: training (row_features, add_derived, core.training.feature_frame) and
+# serving (core.serving.build_features) call these same functions, so what the model sees for an
+# event does not depend on the path it came by (mlops_assets_tests/test_feature_parity.py).
+
+MISSING_CATEGORY = ""
+"""A missing categorical value or entity key, on every path: ingest types text columns with
+``fillna("")`` (core.validation.clean_events), so a request's ``null`` is this too; the model's
+encoder sees it as one more category and the online store keys such rows under it."""
+
+PRIOR_KEY = "<prior>"
+"""The reserved entity key under which each past-rate table carries its prior (the label mean over
+the window), for every column of its ``by``. Training gives a group with no history exactly this
+prior (the shrinkage with count 0); the server looks it up for a key the online store has never
+seen, so an unknown entity gets the value training would have given it. No real key looks like it."""
+
+
+def localize(naive: pd.DatetimeIndex, timezone: str) -> pd.DatetimeIndex:
+    """Naive local times as UTC, with the rule ingest uses (core.sources.event_timestamps): an
+    ambiguous time (the repeated hour when clocks go back) is the first one (DST), a time that does
+    not exist (the skipped hour) moves forward."""
+    return naive.tz_localize(timezone, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward").tz_convert("UTC")
+
+
+def _time_part(ts_local, part: str) -> np.ndarray:
+    if isinstance(ts_local, pd.Series):
+        ts_local = pd.DatetimeIndex(ts_local)
     if part == "minute_of_day":
-        return (ts_local.dt.hour * 60 + ts_local.dt.minute).astype("float64")
-    return getattr(ts_local.dt, part).astype("float64")
+        return (ts_local.hour * 60 + ts_local.minute).to_numpy(dtype="float64")
+    return np.asarray(getattr(ts_local, part), dtype="float64")
+
+
+def time_part(ts_utc, feature: TimePartFeature, timezone: str) -> np.ndarray:
+    """A calendar part of each event time, in the spec's timezone, with the model's dtype: float64,
+    or its text (``"9.0"``) when the spec declares the part categorical."""
+    local = pd.DatetimeIndex(ts_utc).tz_convert(timezone)
+    values = _time_part(local, feature.part)
+    return values.astype(str).astype(object) if feature.type == "categorical" else values
+
+
+def years_since(ts_utc, of_values, timezone: str) -> np.ndarray:
+    """Years between the event's local calendar year and a looked-up year (plane age from the year
+    it was built); missing when the year is."""
+    year = pd.DatetimeIndex(ts_utc).tz_convert(timezone).year.to_numpy(dtype="float64")
+    return year - np.asarray(of_values, dtype="float64")
+
+
+def categorical_column(values) -> np.ndarray:
+    """Text as the model gets it: object strings, a missing value as ``MISSING_CATEGORY`` (the
+    pandas ``string`` conversion training applies, so numbers become their text the same way)."""
+    if isinstance(values, list) and all(type(v) is str for v in values):
+        return np.array(values, dtype=object)
+    return pd.Series(values, dtype="object").astype("string").fillna(MISSING_CATEGORY).to_numpy(dtype=object)
+
+
+def numeric_column(values) -> np.ndarray:
+    """Numbers as the model gets them: float64, a missing value as NaN (the pipeline imputes it)."""
+    return np.asarray(values, dtype="float64")
+
+
+def model_columns(columns, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The model's input columns, spec order and dtypes, from any mapping of feature -> values
+    (a joined training frame or the server's computed columns)."""
+    cats = set(spec.categorical_features)
+    return {
+        name: categorical_column(columns[name]) if name in cats else numeric_column(columns[name]) for name in spec.feature_names
+    }
 
 
 def row_feature_columns(spec: ModelSpec) -> list[str]:
@@ -41,14 +103,12 @@ def row_feature_columns(spec: ModelSpec) -> list[str]:
 
 def row_features(dataset: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     tz = spec.source.timestamp.timezone
-    local = dataset[EVENT_TS].dt.tz_convert(tz)
     out = pd.DataFrame({EVENT_ID: dataset[EVENT_ID], EVENT_TS: dataset[EVENT_TS]})
     for f in spec.row_features:
         if f.name in spec.entities:
             continue
         if isinstance(f, TimePartFeature):
-            values = _time_part(local, f.part)
-            out[f.name] = values.astype(str) if f.type == "categorical" else values
+            out[f.name] = time_part(dataset[EVENT_TS], f, tz)
         elif isinstance(f, ColumnFeature):
             out[f.name] = dataset[f.source]
     return out
@@ -59,7 +119,8 @@ def past_rate(history: pd.DataFrame, today: pd.DataFrame, feature: PastRateFeatu
 
     ``history`` holds labelled events of earlier days (any span; it is cut to the window here);
     ``today`` contributes only its group keys, so groups first seen today still get the prior
-    instead of a missing value. The snapshot is stamped with the start of ``day``.
+    instead of a missing value. The snapshot is stamped with the start of ``day`` and ends with one
+    more row, the prior under ``PRIOR_KEY``: the value of a group the online store never saw.
     """
     start = day_start_utc(day, timezone)
     window_start = start - pd.Timedelta(days=feature.window_days)
@@ -74,8 +135,11 @@ def past_rate(history: pd.DataFrame, today: pd.DataFrame, feature: PastRateFeatu
     else:
         out[feature.name] = (out["sum"] / out["count"].where(out["count"] > 0)).fillna(prior)
     out[f"{feature.name}_count"] = out["count"].astype("float64")
+    # the prior itself, under the reserved key: what the server answers for a group it never saw
+    prior_row = pd.DataFrame({**{c: [PRIOR_KEY] for c in feature.by}, feature.name: [prior], f"{feature.name}_count": [0.0]})
+    out = pd.concat([out[[*feature.by, feature.name, f"{feature.name}_count"]], prior_row], ignore_index=True)
     out[EVENT_TS] = start.as_unit("us")
-    return out.drop(columns=["sum", "count"]).reset_index(drop=True)
+    return out.reset_index(drop=True)
 
 
 def lookup_frame(name: str, table: LookupTableSpec, spec: ModelSpec) -> pd.DataFrame:
@@ -103,6 +167,5 @@ def add_derived(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     """Features computed after the point-in-time join (e.g. plane age from the year it was built)."""
     tz = spec.source.timestamp.timezone
     for f in spec.derived_features:
-        year = frame[EVENT_TS].dt.tz_convert(tz).dt.year.astype("float64")
-        frame[f.name] = year - frame[f.of]
+        frame[f.name] = years_since(frame[EVENT_TS], frame[f.of], tz)
     return frame

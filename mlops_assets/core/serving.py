@@ -40,16 +40,23 @@ class Features:
 
 
 def build_features(parsed: ParsedRequest, spec: ModelSpec, lookup: OnlineLookup | None) -> Features:
-    """The model's input frame (spec order, training dtypes) for a parsed request."""
-    from mlops_assets.core.features import _time_part
+    """The model's input frame (spec order, training dtypes) for a parsed request, each feature by
+    the ``core.features`` recipe training uses: calendar parts and years since of the event time in
+    the spec's timezone, missing text as ``MISSING_CATEGORY``, missing numbers as NaN.
+
+    An entity the online store never saw gets what training gives a group without history: the
+    past rate's prior (the lookup returns it, ``server.runtime.feast_online_lookup``), and a lookup
+    table's values missing (imputed by the model). ``deployment.unknown_entity.defaults`` fill a
+    value only where that still leaves it missing (a store without a prior yet): a fallback, since
+    any value training never gave is skew."""
+    from mlops_assets.core.features import model_columns, time_part, years_since
 
     n = parsed.rows
+    tz = spec.source.timestamp.timezone
     cols: dict[str, Any] = {}
-    local = parsed.timestamps.tz_convert(spec.source.timestamp.timezone) if parsed.timestamps is not None else None
     for f in spec.row_features:
         if isinstance(f, TimePartFeature):
-            values = _time_part(pd.Series(local), f.part).to_numpy()
-            cols[f.name] = values.astype(str).astype(object) if f.type == "categorical" else values
+            cols[f.name] = time_part(parsed.timestamps, f, tz)
         else:
             cols[f.name] = parsed.columns[f.name if f.name in parsed.columns else f.source]
     unknown: dict[str, np.ndarray] = {}
@@ -65,16 +72,8 @@ def build_features(parsed: ParsedRequest, spec: ModelSpec, lookup: OnlineLookup 
                 arr = np.where(np.isnan(arr), float(defaults[name]), arr)
             cols[name] = arr
     for f in spec.derived_features:
-        cols[f.name] = local.year.to_numpy(dtype="float64") - np.asarray(cols[f.of], dtype="float64")
-    cats = set(spec.categorical_features)
-    return Features({name: _as_model_dtype(cols[name], name in cats) for name in spec.feature_names}, unknown)
-
-
-def _as_model_dtype(values: Any, categorical: bool):
-    """The dtypes ``core.training.feature_frame`` gives the model: text as object, numbers as float64."""
-    if categorical:
-        return np.array(["" if v is None else str(v) for v in values], dtype=object)
-    return np.asarray(values, dtype="float64")
+        cols[f.name] = years_since(parsed.timestamps, cols[f.of], tz)
+    return Features(model_columns(cols, spec), unknown)
 
 
 FEAST_NOT_FOUND = 3  # feast.protos FieldStatus.NOT_FOUND: the online store has no row for the key

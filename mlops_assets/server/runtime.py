@@ -51,13 +51,18 @@ def feast_online_lookup(spec: ModelSpec, feature_store, online_store_type: str =
     read from the Feast online store with ``get_online_features``; None when the spec has none.
 
     The response says which entity was unknown: a key the store has no row for comes back ``None``
-    for every feature of its view."""
-    refs: list[tuple[str, str, str, tuple[str, ...]]] = []  # (feature name, feast ref, returned column, flag)
+    for every feature of its view. Such a key gets, for a past rate, the prior its table carries
+    under ``core.features.PRIOR_KEY`` (looked up in the same call, one more entity row): the value
+    training gives a group without history. A lookup table has no prior: its values stay missing,
+    as they are in training for an unknown key."""
+    from mlops_assets.core.features import PRIOR_KEY
+
+    refs: list[tuple[str, str, str, tuple[str, ...], bool]] = []  # (name, feast ref, returned column, flag, has prior)
     for f in spec.past_rate_features:
-        refs.append((f.name, f"{f.name}:{f.name}", f.name, tuple(f.by)))
+        refs.append((f.name, f"{f.name}:{f.name}", f.name, tuple(f.by), True))
     for f in spec.lookup_features:
         table = spec.lookups[f.table]
-        refs.append((f.name, f"{lookup_view_name(f.table)}:{f.source}", f.source, (table.join_entity,)))
+        refs.append((f.name, f"{lookup_view_name(f.table)}:{f.source}", f.source, (table.join_entity,), False))
     if not refs:
         return None
     if feature_store is None:
@@ -66,10 +71,12 @@ def feast_online_lookup(spec: ModelSpec, feature_store, online_store_type: str =
     by_time = online_store_type == "redis"  # Redis marks an unknown key by event time 0 only
     features = [r[1] for r in refs]
     entity_names = list(spec.entities)
+    prior_row = dict.fromkeys(entity_names, PRIOR_KEY)
 
     def lookup(entities: dict[str, list]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         n = len(next(iter(entities.values())))
         rows = [{e: entities[e][i] for e in entity_names} for i in range(n)]
+        rows.append(prior_row)
         response = store.get_online_features(features=features, entity_rows=rows)
         got = response.to_dict()
         # per feature, Feast's field status: NOT_FOUND is a key the store has no row for; a row
@@ -81,9 +88,13 @@ def feast_online_lookup(spec: ModelSpec, feature_store, online_store_type: str =
         )
         values: dict[str, np.ndarray] = {}
         unknown: dict[str, np.ndarray] = {}
-        for name, _, column, flag in refs:
-            values[name] = np.array([np.nan if v is None else v for v in got[column]], dtype="float64")
-            missing = feast_unknown_mask(statuses[column], times[column] if by_time else None)
+        for name, _, column, flag, has_prior in refs:
+            all_values = np.array([np.nan if v is None else v for v in got[column]], dtype="float64")
+            all_missing = feast_unknown_mask(statuses[column], times[column] if by_time else None)
+            arr, missing = all_values[:n], all_missing[:n]
+            if has_prior and not all_missing[n] and missing.any():
+                arr = np.where(missing, all_values[n], arr)
+            values[name] = arr
             key = "+".join(flag)
             unknown[key] = unknown[key] | missing if key in unknown else missing
         return values, unknown
