@@ -18,12 +18,24 @@ from mlops_assets.specs import ModelSpec
 class EndpointDeployer(dg.ConfigurableResource):
     """Deploys model servers. The desired deployment and audit history of each endpoint live in the
     platform's storage (``LakeStorage.endpoint_dir``); ``home`` is a folder on this machine for what
-    only this machine can use: the local target's server log, pid and spec file."""
+    only this machine can use: the local target's server log, pid and spec file.
+
+    The local target deploys through the server's admin route, which always needs a bearer token:
+    ``admin_token`` when configured (the cloud profiles read ``MLOPS_ADMIN_TOKEN`` through
+    ``dg.EnvVar``, so the value is never in the definitions or the UI), else the home's own token. The
+    Kubernetes and SageMaker targets hand the same variable to their containers (a Secret reference,
+    or the deploying process's environment), never a value from here."""
 
     home: str = Field(description="Local folder for the local target's server log and pid (<home>/endpoints/<spec>/).")
     kube_config: str | None = Field(None, description="kubeconfig file for the kubernetes target (default: in-cluster).")
     kube_context: str | None = Field(None, description="kubeconfig context for the kubernetes target.")
     aws_endpoint_url: str | None = Field(None, description="AWS API endpoint override (an emulator in tests).")
+    admin_token: str | None = Field(
+        None,
+        description="Bearer token of the model servers' admin route, which the platform's own deploys send "
+        "(cloud profiles: dg.EnvVar('MLOPS_ADMIN_TOKEN')). None: the home's token (environments.admin_token), "
+        "generated once into <home>/secrets. A secret: never logged nor put in metadata.",
+    )
 
     def local_run_dir(self, spec: str) -> Path:
         return Path(self.home) / "endpoints" / spec
@@ -36,7 +48,15 @@ class EndpointDeployer(dg.ConfigurableResource):
             from mlops_assets.rollout.local import LocalTarget
 
             run_dir = self.local_run_dir(spec.name)
-            return LocalTarget(spec, lake, mlflow.tracking_uri, run_dir, env={"MLOPS_HOME": self.home})
+            return LocalTarget(
+                spec,
+                lake,
+                mlflow.tracking_uri,
+                run_dir,
+                env={"MLOPS_HOME": self.home},
+                admin_token=self.admin_token,
+                registry_uri=mlflow.registry_uri,
+            )
         if kind == "kubernetes":
             return _Kubernetes(spec, mlflow, self.kube_config, self.kube_context)
         return _SageMaker(spec, mlflow, self.aws_endpoint_url)
