@@ -27,7 +27,8 @@ write the same file: on an object store each flush is one new object per table a
 **Write-ahead file.** With ``wal_dir`` (a local folder the server finds again after a restart: the
 local endpoint's run folder, a volume in a container) every appended block is first written to an
 append-only segment file there (``<wal_dir>/<spec>/<segment>.wal``, one ``write`` per block, length-
-and CRC-framed, plain values only: nothing in it is ever unpickled into an object). A flush seals the
+and CRC-framed; plain values only, in ``marshal``'s format: reading it back never builds an object of
+a class or runs code, as unpickling could). A flush seals the
 active segment (a seal record with its time, fsynced), writes its rows to the store under names
 derived from the segment (``<seal ns>-<segment>.parquet``) and only then deletes the segment. A segment
 left behind (the process was killed, or the store was unreachable at shutdown) is adopted by the next
@@ -52,9 +53,9 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import marshal
 import math
 import os
-import pickle
 import secrets
 import struct
 import threading
@@ -366,58 +367,49 @@ def _checked(table: str, columns: dict[str, Any]) -> dict[str, Any]:
         raise LogError(f"unknown prediction log table {table!r} (expected one of {TABLES})")
     if not columns:
         raise LogError(f"an empty {table} block")
-    block: dict[str, Any] = {}
+    block = dict(columns)
     first, n = "", -1
     for name, value in columns.items():
-        if isinstance(value, np.ndarray) and value.dtype.kind in _RAW_KINDS:
-            if value.ndim != 1:
-                raise LogError(f"{table} column {name!r} has {value.ndim} dimensions, not 1")
-        elif isinstance(value, list):
-            pass
+        kind = type(value)
+        if kind is np.ndarray and value.ndim == 1 and value.dtype.kind in _RAW_KINDS:
+            length = value.shape[0]
+        elif kind is list:
+            length = len(value)
         else:
-            value = np.asarray(value)
-            if value.ndim != 1:
-                raise LogError(f"{table} column {name!r} has {value.ndim} dimensions, not 1")
-            if value.dtype.kind not in _RAW_KINDS:
-                value = value.tolist()
-        if n < 0:
-            first, n = name, len(value)
-        elif len(value) != n:
-            raise LogError(f"{table} columns of unequal length: {name!r} has {len(value)} rows, {first!r} has {n}")
-        if name.endswith("_ns"):
+            value = block[name] = _normalised(table, name, value)
+            length = len(value)
+        if length != n:
+            if n >= 0:
+                raise LogError(f"{table} columns of unequal length: {name!r} has {length} rows, {first!r} has {n}")
+            first, n = name, length
+        if name.endswith("_ns") and (type(value) is not np.ndarray or value.dtype != np.int64):
             try:
-                value = np.asarray(value, dtype="int64")
+                block[name] = np.asarray(value, dtype="int64")
             except (TypeError, ValueError, OverflowError) as e:
                 raise LogError(f"{table} column {name!r} is not a time in epoch nanoseconds: {e}") from e
-        block[name] = value
     key = FILED_BY[table]
     if key not in block:
         raise LogError(f"a {table} block without {key!r}: its rows cannot be filed under a day")
     times = block[key]
-    bad = np.flatnonzero((times < MIN_NS) | (times > MAX_NS))
-    if len(bad):
+    if n == 1:
+        unfiled = not MIN_NS <= int(times[0]) <= MAX_NS
+    else:
+        unfiled = n > 1 and (times.min() < MIN_NS or times.max() > MAX_NS)
+    if unfiled:
+        row = int(np.flatnonzero((times < MIN_NS) | (times > MAX_NS))[0])
         raise LogError(
-            f"{table} row {int(bad[0])} of {n}: {key[:-3]} is missing or outside the range a day can be computed "
+            f"{table} row {row} of {n}: {key[:-3]} is missing or outside the range a day can be computed "
             f"for ({pd.Timestamp(MIN_NS).date()}..{pd.Timestamp(MAX_NS).date()}); the block cannot be filed"
         )
     return block
 
 
-class _NotPlain(Exception):
-    pass
-
-
-class _PlainPickler(pickle.Pickler):
-    """Pickles plain values only (str, bytes, int, float, bool, None, lists, tuples): anything that
-    would need a class or function to rebuild is refused, so reading a WAL back never runs code."""
-
-    def reducer_override(self, obj):  # not called for the plain types above
-        raise _NotPlain(type(obj).__name__)
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"the prediction log's write-ahead file holds only plain values, not {module}.{name}")
+def _normalised(table: str, name: str, value: Any) -> np.ndarray | list:
+    """Any other sequence (a tuple, a pandas array, a non-numeric array) as a numeric array or a list."""
+    value = np.asarray(value)
+    if value.ndim != 1:
+        raise LogError(f"{table} column {name!r} has {value.ndim} dimensions, not 1")
+    return value if value.dtype.kind in _RAW_KINDS else value.tolist()
 
 
 def _plain(value: Any) -> Any:
@@ -440,20 +432,18 @@ def _encode(table: str, block: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
 
     def dump(b: dict[str, Any]) -> bytes:
         cols = [
-            (k, v.dtype.str, v.tobytes()) if isinstance(v, np.ndarray) else (k, None, v)  # ndarray: numeric (_checked)
+            (k, v.dtype.str, v.tobytes()) if type(v) is np.ndarray else (k, "", v)  # arrays are numeric (_checked)
             for k, v in b.items()
         ]
-        buffer = io.BytesIO()
-        _PlainPickler(buffer, protocol=5).dump((table, cols))
-        return buffer.getvalue()
+        return marshal.dumps((table, cols))
 
     try:
         payload = dump(block)
-    except _NotPlain:
-        block = {k: v if isinstance(v, np.ndarray) else [_plain(x) for x in v] for k, v in block.items()}
+    except ValueError:  # an object marshal does not know: reduce every list to plain values
+        block = {k: v if type(v) is np.ndarray else [_plain(x) for x in v] for k, v in block.items()}
         try:
             payload = dump(block)
-        except (_NotPlain, pickle.PicklingError, RecursionError) as e:
+        except ValueError as e:
             raise LogError(f"a {table} block holds a value the prediction log cannot file: {e}") from e
     return _frame_record(b"B", payload), block
 
@@ -494,8 +484,8 @@ def _read_segment(fd: int) -> tuple[list[tuple[str, dict[str, Any]]], int | None
         if kind == b"S":
             sealed_ns = struct.unpack("<q", payload)[0]
         elif kind == b"B":
-            table, cols = _PlainUnpickler(io.BytesIO(payload)).load()
-            blocks.append((table, {k: np.frombuffer(v, dtype=np.dtype(dt)).copy() if dt is not None else v for k, dt, v in cols}))
+            table, cols = marshal.loads(payload)
+            blocks.append((table, {k: np.frombuffer(v, dtype=np.dtype(dt)).copy() if dt else v for k, dt, v in cols}))
         pos += _HEADER.size + length
     return blocks, sealed_ns, pos, len(data) - pos
 
