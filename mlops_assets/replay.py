@@ -21,6 +21,13 @@ day is computed from the predictions served for it when it arrived and the day's
 The ``window_days + holdout_days`` days before the first scored day are the warm-up: ingested the
 same way, then the first model is trained with the ``train_<spec>`` job (as CI would); prequential
 scoring starts after it.
+
+A spec with a ``local`` deployment gets its endpoint too: the automation materializes it after each
+gate, and the local target starts a model server of the replay's home on the spec's port. A replay
+stops the servers it started when it ends, also when it fails, and stops a server a killed earlier
+replay of the same home left running before it wipes that home: a server left on the port would
+answer the next replay's deploys with this home's identity (the same folders) while serving a
+registry that no longer exists.
 """
 
 from __future__ import annotations
@@ -121,11 +128,12 @@ class Replay:
 
     # -- the platform -------------------------------------------------------------------------
     def _setup_platform(self) -> None:
-        if self.home.exists():
-            shutil.rmtree(self.home)  # a replay always starts from nothing
-        self.home.mkdir(parents=True)
         os.environ["MLOPS_HOME"] = str(self.home)
         os.environ["MLOPS_ENV"] = "local"  # a replay is a simulation on this machine, whatever the deployment
+        if self.home.exists():
+            self.stop_endpoints()  # a server an earlier replay of this home left running (killed replay)
+            shutil.rmtree(self.home)  # a replay always starts from nothing
+        self.home.mkdir(parents=True)
         from mlops_assets.environments import ensure_dagster_home, resources
 
         dagster_home = ensure_dagster_home(self.home)
@@ -219,6 +227,19 @@ class Replay:
                 runs.setdefault(partition, []).append(r.key)
         return sorted(runs.items(), key=lambda item: item[0] is None)  # partitioned (scoring) first
 
+    def stop_endpoints(self) -> list[str]:
+        """Stop the local model servers of this replay's home (started by its endpoint assets);
+        the specs whose server was stopped. Only a process that is still such a server is signalled
+        (``LocalTarget.stop``)."""
+        d = self.spec.deployment
+        if d is None or d.target != "local":
+            return []
+        from mlops_assets.environments import resources
+
+        res = resources()  # the replay's home (MLOPS_HOME)
+        target = res["deployer"].target(self.spec, res["mlflow"], res["lake"])
+        return [self.spec.name] if target.stop() else []
+
     # -- one day --------------------------------------------------------------------------------
     def day(self, day: date, scored: bool) -> DayRow | None:
         delay = self.spec.target.label_delay_days
@@ -306,26 +327,10 @@ class Replay:
         from mlops_assets.core.training import evaluate
 
         t0 = time.perf_counter()
-        for day in self.warmup:
-            self.day(day, scored=False)
-        bootstrap = self._execute(self.train_job, self._arrival(self.warmup[-1]) + timedelta(minutes=2))
-        if not bootstrap.success:
-            raise RuntimeError(f"the first model of '{self.spec.name}' could not be trained (run {bootstrap.run_id})")
-        days = [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]
-        days = [d for d in days if d in self.source_days]
-        # What is alive now (the libraries, the definitions, the instance) lives for the whole
-        # replay: frozen, Python's full collections stop re-scanning its ~650k objects. They took
-        # 6 % of 200 replayed Elec2 days (28 collections of 0.35 s); frozen, 58 ms each.
-        gc.collect()
-        gc.freeze()
         try:
-            for i, day in enumerate(days, 1):
-                row = self.day(day, scored=True)
-                self.rows.append(row)
-                if self.progress:
-                    self._progress(i, len(days), time.perf_counter() - t0)
+            self._play(t0)
         finally:
-            gc.unfreeze()  # a replay inside a longer-lived process (tests, notebooks) leaves no trace
+            stopped = self.stop_endpoints()  # never leave a server for the next replay to deploy into
         if self.progress:
             print(file=sys.stderr)
         pooled = pd.concat(self.truth, ignore_index=True) if self.truth else None
@@ -348,8 +353,32 @@ class Replay:
             "label_delay_days": self.spec.target.label_delay_days,
             "seconds": round(time.perf_counter() - t0, 1),
             "home": str(self.home),
+            "endpoints_stopped": stopped,
             "rows": [asdict(r) for r in self.rows],
         }
+
+    def _play(self, t0: float) -> None:
+        """The warm-up, the first model, then every replayed day."""
+        for day in self.warmup:
+            self.day(day, scored=False)
+        bootstrap = self._execute(self.train_job, self._arrival(self.warmup[-1]) + timedelta(minutes=2))
+        if not bootstrap.success:
+            raise RuntimeError(f"the first model of '{self.spec.name}' could not be trained (run {bootstrap.run_id})")
+        days = [self.start + timedelta(days=i) for i in range((self.end - self.start).days + 1)]
+        days = [d for d in days if d in self.source_days]
+        # What is alive now (the libraries, the definitions, the instance) lives for the whole
+        # replay: frozen, Python's full collections stop re-scanning its ~650k objects. They took
+        # 6 % of 200 replayed Elec2 days (28 collections of 0.35 s); frozen, 58 ms each.
+        gc.collect()
+        gc.freeze()
+        try:
+            for i, day in enumerate(days, 1):
+                row = self.day(day, scored=True)
+                self.rows.append(row)
+                if self.progress:
+                    self._progress(i, len(days), time.perf_counter() - t0)
+        finally:
+            gc.unfreeze()  # a replay inside a longer-lived process (tests, notebooks) leaves no trace
 
     def _progress(self, i: int, n: int, elapsed: float) -> None:
         done = [r.metric for r in self.rows if r.metric is not None]

@@ -152,3 +152,64 @@ def test_policy_names_are_validated(elec2_spec):
     for bad in ("cron:0", "weekly", "cron:x"):
         with pytest.raises(ValidationError, match="retrain"):
             apply_policy(elec2_spec, bad)
+
+
+def test_freshness_retrains_promotions_and_the_endpoint_a_replay_started_is_stopped(short_elec2, replay_env):
+    """A model older than ``freshness.model_days`` retrains (the only trigger left on), each retrain
+    reports ``freshness`` as its cause, the report's ``promotions`` are the retrains whose challenger
+    serves from the next day on, and the local endpoint the replay's automation deployed (a real
+    server on its port) is stopped when the replay ends."""
+    import urllib.error
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    from mlops_assets.endpoint_state import EndpointState
+    from mlops_assets.replay import replay
+    from mlops_assets.resources import LakeStorage
+    from mlops_assets.specs import DeploymentSpec
+    from mlops_assets_tests.conftest import free_port
+
+    p = short_elec2.policies
+    policies = p.model_copy(
+        update={
+            "performance": p.performance.model_copy(update={"retrain_when": "never"}),
+            "drift": p.drift.model_copy(update={"retrain_when": "never"}),
+            "freshness": p.freshness.model_copy(update={"model_days": 2}),
+            "cooldown_days": 1.0,
+        }
+    )
+    port = free_port()
+    spec = short_elec2.model_copy(update={"policies": policies, "deployment": DeploymentSpec(port=port)})
+    home = replay_env / "fresh"
+    report = replay(spec, "default", start=START, days=5, home=home, progress=False)
+
+    rows = report["rows"]
+    retrained = [r for r in rows if r["retrained"]]
+    assert len(retrained) >= 2, rows  # a 2-day-old model on 5 days: retrained at least twice
+    assert all(r["causes"] == ["freshness"] for r in retrained), retrained
+    assert report["retrain_causes"] == {"freshness": len(retrained)} and report["retrains"] == len(retrained)
+    # promotions: a promoted challenger serves the next day, a rejected one leaves the champion serving
+    assert all(r["promoted"] is not None for r in retrained)
+    for today, tomorrow in itertools.pairwise(rows):
+        if today["retrained"]:
+            assert (tomorrow["model_version"] > today["model_version"]) == today["promoted"], (today, tomorrow)
+        else:
+            assert tomorrow["model_version"] == today["model_version"]
+    assert report["promotions"] == sum(r["promoted"] for r in retrained)
+    tracking = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    assert len(client.search_model_versions("name='elec2'")) == 1 + len(retrained)  # bootstrap + challengers
+    champion = client.get_model_version_by_alias("elec2", "champion").version
+
+    # the endpoint followed the gate: deployed at the start, redeployed at each promotion...
+    state = EndpointState(LakeStorage(root=str(home)).endpoint_dir("elec2"))
+    assert state.load().stable == str(champion)
+    deploys = [e for e in state.history() if e.get("dagster_run_id")]  # the endpoint asset's entries
+    assert [e["stable"] for e in deploys][-1] == str(champion) and len(deploys) == 1 + report["promotions"]
+    assert (home / "endpoints" / "elec2" / "server.log").exists()  # ...by a server the replay started
+    # ...which the replay stopped: nothing answers on the port, no pid file is left
+    assert report["endpoints_stopped"] == ["elec2"]
+    assert not (home / "endpoints" / "elec2" / "server.pid").exists()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
