@@ -7,6 +7,13 @@ before telling the running server. ``history/`` is the audit trail: one file per
 start, promotion and rollback (an object store cannot append, so each entry is its own object, named
 by its time), also written to the model versions' MLflow tags. The folder is a local path or an
 object-store URI (``LakeStorage.endpoint_dir``), so a server in a container reads the same state.
+
+Two writers share the history, told apart by ``action``: the endpoint asset records its decisions
+(``deploy``, ``canary_started``, ``rolled_back``, ``promoted``, ...) and the model server records
+every change of what it actually serves (``server_start``, ``server_swap``: ``SERVER_ACTIONS``),
+whoever asked for it, *before* the change takes effect, with its ``source`` and ``client``. A swap
+made by hand on the admin route is therefore in the trail even though no asset decided it, and the
+deployment it leaves is saved, so a restarted server serves it again.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from typing import Any
 from mlops_assets import files
 from mlops_assets.core.rollout import Deployment
 
-__all__ = ["Deployment", "EndpointState"]
+__all__ = ["SERVER_ACTIONS", "Deployment", "EndpointState"]
+
+SERVER_ACTIONS = ("server_start", "server_swap")  # history entries the model server writes itself
 
 
 class EndpointState:
@@ -37,15 +46,20 @@ class EndpointState:
     def save(self, deployment: Deployment) -> None:
         files.write_text(self.deployment_file, json.dumps(deployment.to_json(), indent=1))
 
-    def record(self, event: dict[str, Any]) -> None:
+    def record(self, event: dict[str, Any]) -> str:
+        """Write one history entry (its own file, named by time and process); returns its URI."""
         name = f"{time.time_ns():020d}-{os.getpid()}.json"
-        files.write_text(files.join(self.history_dir, name), json.dumps(event))
+        return files.write_text(files.join(self.history_dir, name), json.dumps(event))
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self, *, decisions_only: bool = False) -> list[dict[str, Any]]:
+        """Every entry, oldest first; ``decisions_only`` leaves out what the server recorded itself
+        (``SERVER_ACTIONS``), keeping the endpoint asset's decisions."""
         events = []
         if files.exists(self.legacy_history):
             events += [json.loads(line) for line in files.read_text(self.legacy_history).splitlines() if line.strip()]
         events += [json.loads(files.read_text(e.uri)) for e in files.listing(self.history_dir, ".json")]
+        if decisions_only:
+            events = [e for e in events if e.get("action") not in SERVER_ACTIONS]
         return events
 
 

@@ -101,12 +101,15 @@ class Client:
 
 @pytest.fixture(scope="module")
 def server(registry):
-    """``mlops serve`` in its own process group, serving the champion (v1)."""
+    """``mlops serve`` in its own process group, serving the champion (v1). Its home (lake, endpoint
+    state, admin token) is its own: the swaps it records stay out of the endpoint asset's tests."""
     spec = registry["spec"]
     port = spec.deployment.port
-    env = {**os.environ, "MLOPS_HOME": str(registry["home"]), "MLFLOW_TRACKING_URI": registry["tracking_uri"]}
+    home = registry["home"] / "served"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "MLOPS_HOME": str(home), "MLFLOW_TRACKING_URI": registry["tracking_uri"]}
     cmd = [sys.executable, "-m", "mlops_assets.cli", "serve", "--spec", str(registry["spec_file"]), "--port", str(port)]
-    log = registry["home"] / "server.log"
+    log = home / "server.log"
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
@@ -120,9 +123,17 @@ def server(registry):
             time.sleep(0.2)
         else:
             pytest.fail("the server did not become ready")
-        yield {"port": port, "proc": proc, "log": log, **registry}
+        yield {**registry, "port": port, "proc": proc, "log": log, "home": home, "admin": admin_headers(home)}
     finally:
         stop_process_group(proc)
+
+
+def admin_headers(home: Path) -> dict[str, str]:
+    """What the deployment route needs: the home's admin token (the one ``mlops serve`` generated or
+    found in ``<home>/secrets``), as a bearer token."""
+    from mlops_assets.environments import admin_token
+
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {admin_token(home)}"}
 
 
 def instances(rows: pd.DataFrame) -> list[dict]:
@@ -193,7 +204,9 @@ def test_wrong_model_method_and_garbage_never_give_500(server):
 
 def test_health_readiness_and_prometheus_metrics(server):
     c = Client(server["port"])
-    assert c.call("GET", "/healthz") == (200, {"status": "ok"})
+    status, health = c.call("GET", "/healthz")
+    assert status == 200 and health["status"] == "ok" and health["model"] == "elec2"
+    assert health["pid"] == server["proc"].pid and health["identity"]["registry"] == server["tracking_uri"]
     status, ready = c.call("GET", "/readyz")
     assert status == 200 and ready["ready"] and ready["stable"] == "1"
     c.call("POST", "/v1/models/elec2:predict", {"instances": instances(server["rows"].iloc[:50])})
@@ -249,7 +262,7 @@ def test_version_swap_under_load_fails_no_request(server):
         time.sleep(0.5)
         for step in steps:
             before = len(seen)
-            status, out = admin.call("PUT", "/v1/models/elec2/deployment", step)
+            status, out = admin.call("PUT", "/v1/models/elec2/deployment", step, server["admin"])
             assert status == 200, out
             time.sleep(1.0)
             assert len(seen) > before  # traffic kept flowing across the swap
@@ -261,7 +274,7 @@ def test_version_swap_under_load_fails_no_request(server):
     assert codes == {200}, f"{len(seen)} requests, statuses {codes}"
     assert {"1", "3"} <= {v for _, v in seen}
     assert len(seen) > 100
-    assert admin.call("PUT", "/v1/models/elec2/deployment", {"stable": "99"})[0] == 409  # unknown version: refused...
+    assert admin.call("PUT", "/v1/models/elec2/deployment", {"stable": "99"}, server["admin"])[0] == 409  # unknown: refused...
     assert admin.call("GET", "/readyz")[1]["stable"] == "1"  # ...and the served one stays
 
 
@@ -337,14 +350,14 @@ def test_a_request_the_model_cannot_score_fails_alone(registry):
     real_scores = predictor.scores
 
     def fragile_scores(columns):  # a model that breaks on one input value
-        if (np.asarray(columns["nswprice"]) == 12345.0).any():
-            raise FloatingPointError("cannot score nswprice 12345")
+        if (np.asarray(columns["nswprice"]) == 0.12345).any():
+            raise FloatingPointError("cannot score nswprice 0.12345")
         return real_scores(columns)
 
     rows = registry["rows"].iloc[:9]
     payloads = [{"instances": instances(rows.iloc[i : i + 3])} for i in (0, 3, 6)]
     alone = [server.predict(p)[1]["scores"] for p in payloads]
-    payloads[1]["instances"][0]["nswprice"] = 12345.0
+    payloads[1]["instances"][0]["nswprice"] = 0.12345  # within checks.ranges: the parser admits it
     admitted = [server.admit(p) for p in payloads]
     assert all(isinstance(a, Pending) for a in admitted)
     predictor.scores = fragile_scores
@@ -496,7 +509,7 @@ def test_endpoint_deploys_canaries_rolls_back_and_promotes(endpoint_home):
 
     from mlops_assets.resources import LakeStorage
 
-    history = EndpointState(LakeStorage(root=str(ctx["home"])).endpoint_dir("elec2")).history()
+    history = EndpointState(LakeStorage(root=str(ctx["home"])).endpoint_dir("elec2")).history(decisions_only=True)
     assert [e["action"] for e in history] == ["deploy", "canary_started", "rolled_back", "canary_started", "promoted"]
     assert "| rolled_back | 1 |" in meta["history"]
 
@@ -600,7 +613,7 @@ def test_a_sagemaker_container_serves_its_unpacked_model(registry, monkeypatch, 
         server_stores({"lake": lake, "feast": feast, "mlflow": registry_client}, registry["spec"]),
         log_predictions=False,
     )
-    with TestClient(create_app(server)) as c:
+    with TestClient(create_app(server, admin_token="sagemaker-test-token")) as c:
         assert c.get("/ping").json()["stable"] == "3"
         out = c.post("/invocations", json={"instances": instances(registry["rows"].iloc[:3])}).json()
     assert out["model_version"] == "3" and len(out["scores"]) == 3

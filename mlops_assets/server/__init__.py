@@ -17,11 +17,13 @@ from typing import Any
 
 from mlops_assets.specs import ModelSpec
 
-ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"
+ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"  # read by ``environments.admin_token`` (else the home's generated token)
+API_KEYS_ENV = "MLOPS_API_KEYS"  # comma-separated keys of the predict routes, when the spec sets deployment.api_keys
 DEPLOYMENT_ENV = "MLOPS_DEPLOYMENT"  # JSON; the Kubernetes and SageMaker targets set it on the container
 SPEC_ENV = "MLOPS_SPEC"  # the spec a container serves when `mlops serve` gets no --spec
 MODEL_DIR_ENV = "MLOPS_MODEL_DIR"  # an MLflow model folder to serve instead of the registry's version
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks a variant's ModelDataUrl
+WAL_DIR_ENV = "MLOPS_WAL_DIR"  # local folder of the prediction log's write-ahead file (a volume in a container)
 
 
 @dataclass(frozen=True)
@@ -35,28 +37,33 @@ class ServerStores:
     registry_uri: str | None = None  # MLflow model registry (default: the tracking server)
     feature_store: Callable[[], Any] | None = None  # the spec's Feast store, built on first use
     online_store_type: str = "sqlite"  # Feast online store kind (Redis marks unknown keys differently)
+    wal_dir: str | None = None  # local folder of the prediction log's write-ahead file (else MLOPS_WAL_DIR)
 
 
 def build_server(spec: ModelSpec, stores: ServerStores, *, log_predictions: bool = True):
+    """The ``ModelServer`` of ``spec`` on ``stores``. It starts with, in this order: the deployment
+    its container is pinned to (``MLOPS_DEPLOYMENT``), the endpoint's saved deployment (what was
+    last recorded, also by a swap on the admin route), else the registry's ``champion``. Every
+    change it serves goes to the endpoint's audit history; ``/healthz`` reports its identity."""
     import json
 
     from mlops_assets.core.names import CHAMPION
-    from mlops_assets.endpoint_state import Deployment, EndpointState
+    from mlops_assets.endpoint_state import Deployment, EndpointState, server_identity
     from mlops_assets.prediction_store import PredictionLog
-    from mlops_assets.server.app import ModelServer
+    from mlops_assets.server.app import CHAMPION_SOURCE, ModelServer
     from mlops_assets.server.runtime import MlflowVersions, feast_online_lookup, warm_up
 
     versions = MlflowVersions(stores.tracking_uri, stores.registry_uri)
     state = EndpointState(stores.endpoint_dir)
 
-    def initial() -> Deployment | None:
+    def initial() -> tuple[Deployment, str] | None:
         if os.environ.get(DEPLOYMENT_ENV):
-            return Deployment.from_json(json.loads(os.environ[DEPLOYMENT_ENV]))
+            return Deployment.from_json(json.loads(os.environ[DEPLOYMENT_ENV])), DEPLOYMENT_ENV
         saved = state.load()
         if saved is not None:
-            return saved
+            return saved, "deployment.json"
         champion = versions.alias(spec.name, CHAMPION)
-        return Deployment(stable=champion) if champion else None
+        return (Deployment(stable=champion), CHAMPION_SOURCE) if champion else None
 
     def load(version: str):
         return versions.load(spec.name, version)
@@ -67,25 +74,56 @@ def build_server(spec: ModelSpec, stores: ServerStores, *, log_predictions: bool
         def load(version: str):  # replaces the registry loader
             import mlflow.sklearn
 
-            pinned = initial()
+            pinned = (initial() or (None, None))[0]
             if pinned is None or version != pinned.stable:
                 raise ValueError(f"{MODEL_DIR_ENV}={model_dir} holds version {pinned and pinned.stable}, not {version}")
             return mlflow.sklearn.load_model(model_dir)
 
     warm_up()
     lookup = feast_online_lookup(spec, stores.feature_store, stores.online_store_type)
-    log = PredictionLog(stores.predictions_root, spec.name, spec.source.timestamp.timezone) if log_predictions else None
-    return ModelServer(spec, load, online_lookup=lookup, prediction_log=log, initial=initial)
+    wal_dir = stores.wal_dir or os.environ.get(WAL_DIR_ENV) or None  # none: a SIGKILL loses up to a flush interval
+    log = (
+        PredictionLog(stores.predictions_root, spec.name, spec.source.timestamp.timezone, wal_dir=wal_dir)
+        if log_predictions
+        else None
+    )
+    return ModelServer(
+        spec,
+        load,
+        online_lookup=lookup,
+        prediction_log=log,
+        initial=initial,
+        state=state,
+        identity=server_identity(stores.endpoint_dir, stores.registry_uri or stores.tracking_uri),
+    )
 
 
-def serve(spec: ModelSpec, host: str, port: int, stores: ServerStores) -> None:
+def api_keys(spec: ModelSpec) -> list[str] | None:
+    """The keys the predict routes accept (``MLOPS_API_KEYS``), or None when the spec does not ask
+    for keys. A spec that asks for keys with none configured is refused (``ValueError`` naming the
+    variable), so a server never silently runs open."""
+    if spec.deployment is None or not spec.deployment.api_keys:
+        return None
+    keys = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    if not keys:
+        raise ValueError(f"spec {spec.name!r} sets deployment.api_keys but {API_KEYS_ENV} holds no key (comma-separated)")
+    return keys
+
+
+def serve(spec: ModelSpec, host: str, port: int, stores: ServerStores, *, admin_token: str | None = None) -> None:
     """Run the server in the foreground (uvicorn, one process; uvloop and httptools when present)
-    on ``stores`` (the profile's, read from the environment)."""
+    on ``stores`` (the profile's, read from the environment). The admin token is
+    ``environments.admin_token()`` unless given: ``MLOPS_ADMIN_TOKEN``, else the home's own."""
     import uvicorn
 
     from mlops_assets.server.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if admin_token is None:
+        from mlops_assets.environments import admin_token as home_admin_token
+
+        admin_token = home_admin_token()
+    keys = api_keys(spec)
     server = build_server(spec, stores)
-    app = create_app(server, admin_token=os.environ.get(ADMIN_TOKEN_ENV))
+    app = create_app(server, admin_token=admin_token, api_keys=keys)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on")
