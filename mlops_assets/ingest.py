@@ -1,8 +1,15 @@
 """Ingest stage: the landed file becomes ``raw_<spec>``, then the typed ``dataset_<spec>``.
 
 Raw keeps the file as it arrived (every column, as text) so any later change to typing or cleaning
-can be replayed from it. The dataset is typed and labelled, and four blocking checks (schema, nulls,
-ranges, row count) stop everything downstream of a bad partition in the same run.
+can be replayed from it. The dataset is typed and labelled, and five blocking checks (schema, nulls,
+ranges, row count, duplicates) stop everything downstream of a bad partition in the same run.
+
+A file the ingest refuses (unreadable, truncated, missing a column, a value that is not a number or a
+time, rows of another day) is moved to ``quarantine/<spec>/`` with its reason, like the files the
+landing sensor refuses, and nothing of it enters the lake: the raw step types the whole file before
+writing anything, so the refusal names the file's own rows, and a day ingested earlier keeps its
+partitions. A partition that parses but breaks a rule of the spec is different: it is kept under
+``lake/dataset_rejected/`` for triage, and blocks downstream through its checks.
 """
 
 import hashlib
@@ -19,6 +26,8 @@ CHECKS = {
     "nulls": "Share of missing values per column within the spec's limits.",
     "ranges": "Numeric columns within the spec's declared ranges.",
     "row_count": "Enough labelled rows in the partition.",
+    "duplicates": "No event twice in the day (same event id, or identical rows): dropped or blocking, as the spec's "
+    "checks.duplicates says.",
 }
 
 
@@ -39,6 +48,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     def raw(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
         from mlops_assets import files
         from mlops_assets.core.sources import DataError, infer_format, parse_file, require_columns
+        from mlops_assets.core.validation import clean_events
 
         day = context.partition_key
         file = lake.landing_file(name, day)
@@ -51,8 +61,11 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         try:
             df = parse_file(content, infer_format(file, None), file)
             require_columns(df, spec.required_source_columns, file, name)
+            # Typed here once before anything is written (the dataset step types it again): a file
+            # refused for a value names the file's own row and column, and never enters the lake.
+            clean_events(df, spec, day_of(day), where=file)
         except DataError as exc:
-            raise failure(str(exc), file=file) from exc
+            raise refuse(context, lake, file, str(exc)) from exc
         out = lake.write(df, lake.partition_path("raw", name, day))
         return dg.MaterializeResult(
             metadata={
@@ -84,15 +97,31 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     )
     def dataset(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
         from mlops_assets.core.sources import DataError
-        from mlops_assets.core.validation import clean_events, dataset_checks
+        from mlops_assets.core.validation import (
+            clean_events,
+            dataset_checks,
+            duplicates_check,
+            find_duplicates,
+            without_duplicates,
+        )
 
         day = context.partition_key
         raw_path = lake.partition_path("raw", name, day)
+        raw_rows = lake.read(raw_path)
+        duplicates = find_duplicates(raw_rows)
+        if duplicates.count and spec.checks.duplicates == "drop":
+            raw_rows = without_duplicates(raw_rows, duplicates)  # each event once; the check reports the drop
         try:
-            df = clean_events(lake.read(raw_path), spec, day_of(day), where=f"{raw_path} (landed {day})")
+            df = clean_events(raw_rows, spec, day_of(day), where=f"{raw_path} (landed {day})")
         except DataError as exc:
-            raise failure(str(exc), raw=raw_path) from exc
-        outcomes = dataset_checks(df, spec)
+            # The raw step typed this file already, so only a change of the rules since gets here: the raw
+            # partition (always the day's latest landed file) goes, and the file if still landed.
+            lake.delete(raw_path)
+            file = lake.landing_file(name, day)
+            if file is None:
+                raise failure(f"{exc}; the raw partition {raw_path} was removed from the lake", raw=raw_path) from exc
+            raise refuse(context, lake, file, str(exc)) from exc
+        outcomes = [*dataset_checks(df, spec), duplicates_check(duplicates, spec, f"the file landed for {day}")]
         accepted = all(o.passed for o in outcomes)
         # Only validated partitions enter the lake that features and training read; a rejected one
         # is kept aside for triage and never replaces a partition validated earlier.
@@ -111,7 +140,24 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 "path": dg.MetadataValue.path(out),
                 "preview": md_table(df.head(10)),
             },
-            check_results=[check_result(o, dg.AssetCheckSeverity.ERROR) for o in outcomes],
+            check_results=[
+                check_result(
+                    o, dg.AssetCheckSeverity.WARN if o.name == "duplicates" and o.passed else dg.AssetCheckSeverity.ERROR
+                )
+                for o in outcomes
+            ],
+        )
+
+    def refuse(context: dg.AssetExecutionContext, lake: LakeStorage, file: str, reason: str) -> dg.Failure:
+        """Quarantine a landed file the ingest refuses, with its reason beside it (as the landing
+        sensor does), and the run failure that says so. A partition the day had before is kept:
+        nothing already ingested is lost."""
+        target = lake.quarantine(name, file, reason)
+        context.log.warning(f"quarantined {file} -> {target}: {reason}")
+        return failure(
+            f"{reason}\nThe file was moved to {target} (reason in {target}.reason.txt); nothing of it entered the lake.",
+            file=file,
+            quarantined=target,
         )
 
     return [raw, dataset]

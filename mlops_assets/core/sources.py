@@ -33,7 +33,7 @@ def resolve_path(path: str) -> str:
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
             raise DataError(f"{path}: package {package!r} is not installed")
-        expanded = str(Path(list(found.submodule_search_locations)[0]) / rel)
+        expanded = str(Path(next(iter(found.submodule_search_locations))) / rel)
     return expanded
 
 
@@ -78,7 +78,7 @@ def parse_file(source, fmt: str, where: str) -> pd.DataFrame:
         if fmt == "parquet":
             return pd.read_parquet(path)
         # Everything as text: typing is the dataset stage's job, with errors that name the column.
-        return pd.read_csv(
+        df = pd.read_csv(
             path, dtype=str, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null"], compression=compression
         )
     except pd.errors.ParserError as exc:
@@ -87,6 +87,25 @@ def parse_file(source, fmt: str, where: str) -> pd.DataFrame:
         raise DataError(f"{where}: file is empty") from exc
     except (UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
         raise DataError(f"{where}: cannot read as {fmt}: {exc}") from exc
+    if isinstance(path, io.BytesIO) and compression is None:
+        truncated_csv(path.getvalue(), len(df.columns), where)
+    return df
+
+
+def truncated_csv(content: bytes, columns: int, where: str) -> None:
+    """Raise ``DataError`` when a CSV stops in the middle of a row: its last line has no line end
+    and fewer fields than the header. pandas reads such a line as a row whose last columns are
+    missing, so a file cut short by an interrupted copy would otherwise be ingested as a short day
+    with one odd row (or fail later on an unrelated-looking column)."""
+    import csv
+
+    if not content or content.endswith((b"\n", b"\r")):
+        return
+    last = content.rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+    fields = len(next(csv.reader([last]), []))
+    if fields < columns:
+        line = content.count(b"\n") + 1
+        raise DataError(f"{where}: line {line}: truncated: {fields} of {columns} fields and no line end (the file stops mid-row)")
 
 
 def require_columns(df: pd.DataFrame, required: list[str], where: str, spec_name: str) -> None:

@@ -17,6 +17,8 @@ from mlops_assets.core.names import EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.core.sources import DataError, event_timestamps, local_dates, require_columns
 from mlops_assets.specs import ColumnFeature, ModelSpec
 
+MAX_ROWS_NAMED = 10  # rows listed by number in a refusal or a check (the count says how many in all)
+
 
 def numeric_columns(spec: ModelSpec) -> list[str]:
     cols = [f.source for f in spec.row_features if isinstance(f, ColumnFeature) and f.type == "numeric"]
@@ -59,10 +61,17 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
     require_columns(raw, spec.required_source_columns, where, spec.name)
     ts_spec = spec.source.timestamp
     ts = event_timestamps(raw, ts_spec.column, ts_spec.parts, ts_spec.timezone, where)
-    wrong_day = (local_dates(ts, ts_spec.timezone) != day).to_numpy()
+    local = local_dates(ts, ts_spec.timezone)
+    wrong_day = (local != day).to_numpy()
     if wrong_day.any():
-        i = int(wrong_day.nonzero()[0][0])
-        raise DataError(f"{where}: row {i + 1}: event at {ts.iloc[i]} is not on {day} ({wrong_day.sum()} such rows)")
+        rows = wrong_day.nonzero()[0]
+        i = int(rows[0])
+        listed = ", ".join(f"{int(r) + 1} ({local.iloc[r]})" for r in rows[:MAX_ROWS_NAMED])
+        more = f", … {len(rows) - MAX_ROWS_NAMED} more" if len(rows) > MAX_ROWS_NAMED else ""
+        raise DataError(
+            f"{where}: row {i + 1}: event at {ts.iloc[i]} is not on {day} ({len(rows)} such rows); rows of other days "
+            f"(local day in {ts_spec.timezone}): {listed}{more}. A file holds the events of the one day its name says."
+        )
 
     out = pd.DataFrame(index=raw.index)
     for col in numeric_columns(spec):
@@ -154,3 +163,61 @@ def dataset_checks(df: pd.DataFrame, spec: ModelSpec) -> list[CheckOutcome]:
         {"rows": len(df), "min_rows": c.min_rows},
     )
     return [schema, nulls, ranges, rows]
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Rows of a landed day that repeat an earlier row of the same file: the same event id, when
+    the file carries an ``event_id`` column, else the same values in every column. A file exported
+    twice into one (or a retried upload appended) would otherwise count every event twice, and
+    pass every other check."""
+
+    repeated: np.ndarray  # one bool per row: True for a row repeating an earlier one
+    rule: str
+
+    @property
+    def count(self) -> int:
+        return int(self.repeated.sum())
+
+    def rows(self) -> list[int]:
+        """The 1-based row numbers (after the header) of the first repeated rows."""
+        return [int(i) + 1 for i in self.repeated.nonzero()[0][:MAX_ROWS_NAMED]]
+
+
+def find_duplicates(raw: pd.DataFrame) -> Duplicates:
+    """Which rows of one landed day repeat an earlier one (the first occurrence is not counted)."""
+    if EVENT_ID in raw.columns:
+        ids = raw[EVENT_ID]
+        return Duplicates((ids.duplicated(keep="first") & ids.notna()).to_numpy(), f"the same '{EVENT_ID}'")
+    return Duplicates(raw.duplicated(keep="first").to_numpy(), "identical in every column")
+
+
+def without_duplicates(raw: pd.DataFrame, found: Duplicates) -> pd.DataFrame:
+    """The rows of ``raw`` that repeat no earlier row, renumbered: ``clean_events`` then gives them the
+    event ids a file without the repeats would get."""
+    return raw[~found.repeated].reset_index(drop=True)
+
+
+def duplicates_check(found: Duplicates, spec: ModelSpec, where: str) -> CheckOutcome:
+    """The ``duplicates`` rule under the spec's policy (``checks.duplicates``): ``drop`` passes and
+    reports what was dropped (the dataset keeps each event once); ``block`` fails the partition."""
+    policy = spec.checks.duplicates
+    n, rows = found.count, found.rows()
+    metadata = {
+        "duplicate_rows": n,
+        "policy": policy,
+        "rule": found.rule,
+        "rows": ", ".join(map(str, rows)) + (" …" if n > len(rows) else "") if n else "none",
+        "dropped": n if policy == "drop" else 0,
+    }
+    if not n:
+        return CheckOutcome("duplicates", True, f"No event appears twice in {where} ({found.rule}).", metadata)
+    listed = ", ".join(map(str, rows)) + (f" and {n - len(rows)} more" if n > len(rows) else "")
+    if policy == "drop":
+        text = (
+            f"Warning: {n} rows of {where} repeat an earlier row ({found.rule}), rows {listed}: dropped, "
+            "the first occurrence kept (spec checks.duplicates: drop)."
+        )
+        return CheckOutcome("duplicates", True, text, metadata)
+    text = f"{n} rows of {where} repeat an earlier row ({found.rule}), rows {listed} (spec checks.duplicates: block)."
+    return CheckOutcome("duplicates", False, text, metadata)
