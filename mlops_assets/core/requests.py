@@ -351,7 +351,7 @@ def _timestamps(values: list, shape: str, errors: list, schema: RequestSchema, n
     for i, v in enumerate(values):
         if v is None or v is MISSING:
             if not lo <= now <= hi:
-                refuse(i, f"required: now ({now.isoformat()}) is outside {horizon}")
+                refuse(i, f"field required for this spec: now ({now.isoformat()}), the default, is outside {horizon}")
             else:
                 utc[i] = np.datetime64(now.astimezone(UTC).replace(tzinfo=None), "us")
             continue
