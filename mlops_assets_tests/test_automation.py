@@ -219,3 +219,38 @@ def test_every_monitoring_check_has_a_retrain_policy():
     from mlops_assets.scoring import MONITORING_CHECKS
 
     assert set(CHECK_POLICY) == set(MONITORING_CHECKS)
+
+
+def _run_event(instance, run, event_type) -> None:
+    """Report a run's lifecycle event the way its run worker does (the instance moves the run's status)."""
+    from dagster._core.events import DagsterEvent
+
+    instance.report_dagster_event(DagsterEvent(event_type.value, job_name=run.job_name), run.run_id)
+
+
+def test_never_retrains_while_a_run_of_the_retrain_chain_is_in_progress(sim):
+    """A real run of training set + model + gate on the instance (created for the real asset job, so
+    its planned materializations are recorded, and started): drift that makes a retrain due requests
+    nothing while that run is in progress, on every tick, and the retrain still owed is requested
+    once the run has ended without materializing."""
+    from dagster._core.events import DagsterEventType
+
+    for n in range(1, 9):
+        sim.day(n)
+    job = sim.defs.resolve_implicit_global_asset_job_def()
+    run = sim.instance.create_run_for_job(job_def=job, asset_selection=frozenset(sim.key(s) for s in RETRAIN))
+    _run_event(sim.instance, run, DagsterEventType.RUN_START)
+    assert sim.instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+    drift_day = sim.day(9, drift=True)  # due: newly failing drift, past the cooldown
+    assert sim.retrains == []
+    for n in range(10, 13):  # still running: the pending trigger waits
+        sim.day(n, drift=True)
+    assert sim.retrains == []
+
+    _run_event(sim.instance, run, DagsterEventType.RUN_FAILURE)  # it ended, nothing retrained
+    assert sim.instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    sim.day(13, drift=True)
+    assert len(sim.retrains) == 1 and sim.retrains[0] > drift_day
+    for n in range(14, 18):
+        sim.day(n, drift=True)
+    assert len(sim.retrains) == 1  # once, not on every tick after
