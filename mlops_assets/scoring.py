@@ -121,8 +121,10 @@ def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_versio
     The batch checks judge the champion on every event of a day; these judge what callers really
     sent and got, with the features the online store really returned, so a skew between online and
     offline features, or a traffic mix unlike the day's events, shows here and not there."""
+    import numpy as np
     import pandas as pd
 
+    from mlops_assets.core.drift import MAX_MAGNITUDE
     from mlops_assets.prediction_store import SERVED, read_day
 
     def of_champion(frame: pd.DataFrame) -> pd.DataFrame:
@@ -146,9 +148,9 @@ def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_versio
     features.columns = list(spec.feature_names)
     for c in spec.categorical_features:  # the batch frame's dtype: text as object
         features[c] = features[c].astype(object)
-    scores = of_champion(window)["score"].to_numpy(dtype="float64")
+    scores = _numbers(of_champion(window)["score"])  # non-finite ones are counted by prediction_drift
 
-    labelled, labelled_days = [], []
+    labelled, labelled_days, unscorable = [], [], 0
     for d in _days_back(day, spec.policies.performance.window_days, offset=spec.target.label_delay_days):
         served = served_on(d)
         events = lake.partition_path("dataset", spec.name, d)
@@ -158,11 +160,26 @@ def served_windows(spec: ModelSpec, day: str, lake: LakeStorage, champion_versio
         labels = lake.read(events)[[EVENT_ID, LABEL]].astype({EVENT_ID: "string"})
         joined = served.astype({"event_id": "string"}).merge(labels, left_on="event_id", right_on=EVENT_ID, how="inner")
         joined = joined[joined[LABEL].notna()]
+        score = _numbers(joined["score"])
+        sound = np.isfinite(score) & (np.abs(score) <= MAX_MAGNITUDE)
+        unscorable += int((~sound).sum())
+        joined = joined.assign(score=score)[sound]
         if len(joined):
             labelled.append(joined[[LABEL, "score"]])
             labelled_days.append(d)
     labelled_frame = pd.concat(labelled, ignore_index=True) if labelled else pd.DataFrame({LABEL: [], "score": []})
+    labelled_frame.attrs["excluded_scores"] = unscorable  # a metric cannot take inf, NaN or text
     return features, scores, drift_days, labelled_frame, labelled_days
+
+
+def _numbers(values):
+    """A column of the served log as float64: NA and text become NaN (the log stores what was served,
+    whatever it was), so statistics count them instead of failing on them."""
+    import numpy as np
+    import pandas as pd
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _span(days: list[str]) -> str:
@@ -344,6 +361,7 @@ def _served_monitoring(spec: ModelSpec, day: str, lake: LakeStorage, reference, 
         for o, w in zip(outcomes, windows, strict=True)
     ]
     meta["served_predictions"] = len(features)
+    meta["served_labelled_scores_excluded"] = int(labelled.attrs.get("excluded_scores", 0))
     if realised is not None:
         meta[f"served_realised_{spec.promotion.metric}"] = realised
     return outcomes, plot

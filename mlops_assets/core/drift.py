@@ -11,7 +11,15 @@ categorical or <= 5 distinct  chi-square p < .05 (Z-test, 2 values)  Jensen-Shan
 ============================  ====================================  ===========================
 
 Distinct values are counted over reference and current together, after dropping missing values
-(NaN, +-inf). Missing values are reported separately, never tested. PSI is available on request.
+(NaN, None). Missing values are reported separately, never tested. PSI is available on request.
+
+**Hostile values.** What a server was sent is not what training saw: a numeric column may hold
++-inf, 1e308, text, or values outside the spec's ``checks.ranges``. Those are left out of the
+statistics and counted per column and side (``*_non_finite``, ``*_out_of_range``, ``*_not_numeric``),
+so a day with a few absurd rows is judged on its sound ones and says how many it left out, instead
+of failing (1e308 turns every variance into inf) or hiding them. A value is out of range beyond the
+spec's range for the column, or beyond ``MAX_MAGNITUDE`` (1e100), where squares and differences of
+float64 would overflow.
 
 **Speed.** For large samples the Wasserstein distance comes from a fine common histogram (O(n)
 instead of sorting). Its error is bounded (two bin widths); when that bound could flip the
@@ -42,6 +50,7 @@ INTEGER_CATEGORY_LIMIT = 10
 FEW_VALUES = 5
 HIST_BINS = 4096
 STD_FLOOR = 0.001
+MAX_MAGNITUDE = 1e100  # beyond it, sums of squares overflow float64: such a value is out of range
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,17 @@ class ColumnDrift:
     reference_missing_share: float
     current_missing_share: float
     constant_reference: bool = False
+    reference_non_finite: int = 0  # +-inf: left out of the statistics
+    current_non_finite: int = 0
+    reference_out_of_range: int = 0  # beyond the spec's range or MAX_MAGNITUDE: left out
+    current_out_of_range: int = 0
+    reference_not_numeric: int = 0  # text in a numeric column: left out
+    current_not_numeric: int = 0
+
+    @property
+    def excluded(self) -> int:
+        """Values of the current data left out of the statistics (non-finite, out of range, text)."""
+        return self.current_non_finite + self.current_out_of_range + self.current_not_numeric
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -89,15 +109,45 @@ def infer_kind(values: pd.Series) -> Literal["numeric", "categorical"]:
     return "numeric"
 
 
-def _clean(values: pd.Series) -> tuple[pd.Series, float]:
-    """Drop NaN and +-inf; return the rest and the share that was missing."""
+@dataclass(frozen=True)
+class Cleaned:
+    """One side's values fit for the statistics, and what was left out of them."""
+
+    values: pd.Series
+    missing_share: float  # NaN / None: reported, never tested
+    non_finite: int = 0
+    out_of_range: int = 0
+    not_numeric: int = 0
+
+
+def _clean(values: pd.Series, kind: str | None = None, value_range: tuple[float | None, float | None] | None = None) -> Cleaned:
+    """Drop missing values, and for a numeric column every value the statistics cannot take (text,
+    +-inf, beyond ``value_range`` or ``MAX_MAGNITUDE``), counting each kind. ``kind`` defaults to
+    the dtype's (numeric dtypes are numeric)."""
     n = len(values)
-    if pd.api.types.is_numeric_dtype(values):
+    numeric_dtype = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    if kind == "categorical" or (kind is None and not numeric_dtype):
+        ok = values.notna().to_numpy()
+        return Cleaned(values[ok].reset_index(drop=True), float(1 - ok.mean()) if n else 0.0)
+    not_numeric = 0
+    if numeric_dtype:
         arr = values.to_numpy(dtype="float64", na_value=np.nan)
-        ok = np.isfinite(arr)
-        return pd.Series(arr[ok]), (1 - ok.mean()) if n else 0.0
-    ok = values.notna().to_numpy()
-    return values[ok].reset_index(drop=True), (1 - ok.mean()) if n else 0.0
+    else:  # text among the numbers (an object column read from the served log): left out, counted
+        missing = values.isna().to_numpy()
+        arr = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        not_numeric = int((np.isnan(arr) & ~missing).sum())
+    nan = np.isnan(arr)
+    infinite = np.isinf(arr)
+    with np.errstate(invalid="ignore"):
+        outside = ~nan & ~infinite & (np.abs(arr) > MAX_MAGNITUDE)
+        lo, hi = value_range or (None, None)
+        if lo is not None:
+            outside |= ~nan & ~infinite & (arr < lo)
+        if hi is not None:
+            outside |= ~nan & ~infinite & (arr > hi)
+    ok = ~nan & ~infinite & ~outside
+    missing_share = float((nan.sum() - not_numeric) / n) if n else 0.0
+    return Cleaned(pd.Series(arr[ok]), missing_share, int(infinite.sum()), int(outside.sum()), not_numeric)
 
 
 def choose_method(reference: pd.Series, current: pd.Series, kind: str) -> str:
@@ -246,12 +296,14 @@ def column_drift(
     kind: Literal["numeric", "categorical"] | None = None,
     method: Method = "auto",
     threshold: float | None = None,
+    value_range: tuple[float | None, float | None] | None = None,
 ) -> ColumnDrift:
-    """Drift of one column. ``kind`` defaults to ``infer_kind(reference)``."""
+    """Drift of one column. ``kind`` defaults to ``infer_kind(reference)``; numeric values outside
+    ``value_range`` (the spec's checks) are left out and counted, like non-finite ones."""
     name = column or str(reference.name)
     kind = kind or infer_kind(reference)
-    ref, ref_missing = _clean(reference)
-    cur, cur_missing = _clean(current)
+    ref_side, cur_side = _clean(reference, kind, value_range), _clean(current, kind, value_range)
+    ref, cur = ref_side.values, cur_side.values
     if ref.empty or cur.empty:
         raise ValueError(f"column '{name}': no non-missing values in the {'reference' if ref.empty else 'current'} data")
     chosen = choose_method(ref, cur, kind) if method == "auto" else method
@@ -285,10 +337,22 @@ def column_drift(
         drifted=bool(drifted),
         reference_rows=len(ref),
         current_rows=len(cur),
-        reference_missing_share=float(ref_missing),
-        current_missing_share=float(cur_missing),
+        reference_missing_share=ref_side.missing_share,
+        current_missing_share=cur_side.missing_share,
         constant_reference=bool(kind == "numeric" and np.ptp(ref.to_numpy(dtype="float64")) == 0),
+        **_excluded(ref_side, cur_side),
     )
+
+
+def _excluded(ref: Cleaned, cur: Cleaned) -> dict[str, int]:
+    return {
+        "reference_non_finite": ref.non_finite,
+        "current_non_finite": cur.non_finite,
+        "reference_out_of_range": ref.out_of_range,
+        "current_out_of_range": cur.out_of_range,
+        "reference_not_numeric": ref.not_numeric,
+        "current_not_numeric": cur.not_numeric,
+    }
 
 
 def dataset_drift(
@@ -299,16 +363,18 @@ def dataset_drift(
     categorical: list[str] | None = None,
     method: Method = "auto",
     drift_share: float = 0.5,
+    ranges: dict[str, tuple[float | None, float | None]] | None = None,
 ) -> DatasetDrift:
-    """Drift of every column, and whether the share of drifted columns reaches ``drift_share``."""
+    """Drift of every column, and whether the share of drifted columns reaches ``drift_share``.
+    ``ranges``: the valid range of some numeric columns (the spec's ``checks.ranges``)."""
     columns = list(reference.columns) if columns is None else columns
     categorical = set(categorical or [])
+    ranges = ranges or {}
     results = []
     for c in columns:
         kind = "categorical" if c in categorical else infer_kind(reference[c])
-        ref, ref_missing = _clean(reference[c])
-        cur, cur_missing = _clean(current[c])
-        if ref.empty or cur.empty:  # e.g. a history-based feature on the very first days
+        ref, cur = _clean(reference[c], kind, ranges.get(c)), _clean(current[c], kind, ranges.get(c))
+        if ref.values.empty or cur.values.empty:  # e.g. a history-based feature on the very first days
             results.append(
                 ColumnDrift(
                     c,
@@ -317,12 +383,13 @@ def dataset_drift(
                     float("nan"),
                     float("nan"),
                     False,
-                    len(ref),
-                    len(cur),
-                    float(ref_missing),
-                    float(cur_missing),
+                    len(ref.values),
+                    len(cur.values),
+                    ref.missing_share,
+                    cur.missing_share,
+                    **_excluded(ref, cur),
                 )
             )
             continue
-        results.append(column_drift(reference[c], current[c], column=c, kind=kind, method=method))
+        results.append(column_drift(reference[c], current[c], column=c, kind=kind, method=method, value_range=ranges.get(c)))
     return DatasetDrift(columns=results, drift_share=drift_share)

@@ -1,5 +1,10 @@
 """Monitoring a scored day against the champion's training reference: feature drift, prediction
 drift and (once labels are known) performance. Each verdict is a ``CheckOutcome``.
+
+Served rows are whatever callers sent: values no statistic can take (+-inf, 1e308, text in a
+numeric column, values outside the spec's ``checks.ranges``) are left out of the statistics and
+counted per column in the verdict's metadata and table (``core.drift``), never a reason for a scoring
+run to fail.
 """
 
 from __future__ import annotations
@@ -7,11 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mlops_assets.core.drift import NOT_TESTED, P_VALUE_TESTS, ColumnDrift, column_drift, dataset_drift
+from mlops_assets.core.drift import MAX_MAGNITUDE, NOT_TESTED, P_VALUE_TESTS, ColumnDrift, column_drift, dataset_drift
 from mlops_assets.core.validation import CheckOutcome
 from mlops_assets.specs import ModelSpec
 
 LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
+TABLE_COLUMNS = ["column", "method", "score", "threshold", "drifted", "current_missing_share", "constant_reference"]
+# the current window's values left out of the statistics, per kind (``core.drift``)
+EXCLUDED_COLUMNS = ["current_non_finite", "current_out_of_range", "current_not_numeric"]
 
 
 def drift_strength(col: ColumnDrift) -> float:
@@ -37,11 +45,13 @@ def feature_drift(reference: pd.DataFrame, today: pd.DataFrame, spec: ModelSpec)
         categorical=spec.categorical_features,
         method=policy.method,
         drift_share=policy.drift_share,
+        ranges={c: r for c, r in spec.checks.ranges.items() if c in spec.feature_names},
     )
-    table = result.table()[["column", "method", "score", "threshold", "drifted", "current_missing_share", "constant_reference"]]
+    table = result.table()[[*TABLE_COLUMNS, *EXCLUDED_COLUMNS]]
     table.insert(4, "strength", [drift_strength(c) for c in result.columns])
     drifted = table.loc[table["drifted"], "column"].tolist()
     untested = table.loc[table["method"] == NOT_TESTED, "column"].tolist()
+    excluded = {c.column: c.excluded for c in result.columns if c.excluded}
     outcome = CheckOutcome(
         "feature_drift",
         not result.drifted,
@@ -53,6 +63,8 @@ def feature_drift(reference: pd.DataFrame, today: pd.DataFrame, spec: ModelSpec)
             "untested_features": ", ".join(untested) or "none",
             "rows": len(today),
             "reference_rows": len(reference),
+            "excluded_values": sum(excluded.values()),
+            "excluded_by_feature": ", ".join(f"{c}: {n}" for c, n in excluded.items()) or "none",
         },
     )
     return outcome, table
@@ -62,9 +74,15 @@ def prediction_drift(reference_scores: np.ndarray, today_scores: np.ndarray, spe
     """Drift of the model's output distribution: the earliest sign that inputs moved in a way that
     matters to this model, available before any label arrives."""
     policy = spec.policies.drift
-    if len(today_scores) < policy.min_rows:
-        return _not_judged("prediction_drift", len(today_scores), policy.min_rows)
+    today_scores = np.asarray(pd.to_numeric(pd.Series(today_scores), errors="coerce"), dtype="float64")
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(today_scores) & (np.abs(today_scores) <= MAX_MAGNITUDE)
+    if finite.sum() < policy.min_rows:
+        outcome = _not_judged("prediction_drift", int(finite.sum()), policy.min_rows, what="finite scores")
+        outcome.metadata["excluded_scores"] = int((~finite).sum())
+        return outcome
     col = column_drift(pd.Series(reference_scores, name="score"), pd.Series(today_scores, name="score"), kind="numeric")
+    today_scores = today_scores[finite]
     return CheckOutcome(
         "prediction_drift",
         not col.drifted,
@@ -75,6 +93,7 @@ def prediction_drift(reference_scores: np.ndarray, today_scores: np.ndarray, spe
             "threshold": col.threshold,
             "mean_score": float(np.mean(today_scores)),
             "reference_mean_score": float(np.mean(reference_scores)),
+            "excluded_scores": int((~finite).sum()),  # non-finite or not numbers: left out
         },
     )
 
