@@ -113,3 +113,17 @@ def test_earlier_partitions_stay_intact_and_the_pipeline_keeps_going(bad):
     assert bad.latest("features_flight_delays")["history_days_available"] == 2
     materialized = bad.instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays"))
     assert materialized == {"2013-01-01", "2013-01-02", "2013-01-06"}
+
+
+def test_refused_files_are_quarantined_with_their_reason(bad):
+    """A file the ingest run refuses leaves the landing zone for quarantine/, its reason beside it,
+    as the landing sensor does with the files it refuses; a file rejected by a check of the spec stays
+    (its partition is kept under dataset_rejected/ for triage)."""
+    quarantine, landing = bad.home / "quarantine" / "flight_delays", bad.home / "landing" / "flight_delays"
+    reasons = {p.name.removesuffix(".reason.txt"): p.read_text() for p in quarantine.glob("*.reason.txt")}
+    assert set(reasons) == {"2013-01-03.csv", "2013-01-04.csv"}
+    assert "malformed CSV" in reasons["2013-01-03.csv"] and "line 8" in reasons["2013-01-03.csv"]
+    assert "missing column 'dep_delay'" in reasons["2013-01-04.csv"]
+    assert (quarantine / "2013-01-03.csv").exists() and not (landing / "2013-01-03.csv").exists()
+    assert "quarantine/flight_delays/2013-01-04.csv" in failure_text(bad.results["2013-01-04"])
+    assert (landing / "2013-01-05.csv").exists()

@@ -57,3 +57,50 @@ def test_landing_sensor_requests_good_days_and_quarantines_bad_files(tmp_path, m
         )
         assert [r.partition_key for r in third.run_requests] == ["2013-01-02"]
         assert third.run_requests[0].run_key != result.run_requests[1].run_key
+
+
+def test_landing_sensor_skips_a_file_relanded_with_bytes_already_ingested(tmp_path, flight_spec):
+    """A file landed again with the same bytes (a retried upload) gets a new stamp, so only the
+    content check (the day's latest raw materialization has the same SHA-256) keeps the sensor from
+    ingesting it twice; different bytes for the day are ingested again."""
+    import json
+    import os
+
+    from mlops_assets_tests.conftest import QUIET, platform
+
+    with platform(tmp_path, [flight_spec]) as p:
+        p.land("flight_delays", date(2013, 1, 1), 1)
+        sensor = p.defs.resolve_sensor_def("landing_flight_delays")
+        lake = p.resources()["lake"]
+
+        def tick(cursor):
+            context = dg.build_sensor_context(instance=p.instance, cursor=cursor, resources={"lake": lake}, definitions=p.defs)
+            return sensor.evaluate_tick(context)
+
+        first = tick(None)
+        assert [r.partition_key for r in first.run_requests] == ["2013-01-01"]
+        # the run the sensor asked for, for real: its raw step records the file's SHA-256
+        job = p.defs.resolve_job_def("ingest_flight_delays")
+        ran = job.execute_in_process(
+            instance=p.instance,
+            partition_key="2013-01-01",
+            asset_selection=[dg.AssetKey("raw_flight_delays")],
+            tags=first.run_requests[0].tags,
+            run_config=QUIET,
+        )
+        assert ran.success
+
+        file = tmp_path / "landing" / "flight_delays" / "2013-01-01.csv"
+        content = file.read_bytes()
+        file.write_bytes(content)  # the same bytes landed again, later
+        later = os.stat(file).st_mtime + 120
+        os.utime(file, (later, later))
+        second = tick(first.cursor)
+        assert json.loads(second.cursor)["2013-01-01.csv"] != json.loads(first.cursor)["2013-01-01.csv"]  # a new stamp...
+        assert second.run_requests == []  # ...but bytes already ingested: no second run
+
+        df = pd.read_csv(file, dtype=str)
+        df.loc[0, "dep_delay"] = "999"  # a corrected file for the day
+        df.to_csv(file, index=False)
+        third = tick(second.cursor)
+        assert [r.partition_key for r in third.run_requests] == ["2013-01-01"]
