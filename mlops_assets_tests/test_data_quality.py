@@ -60,6 +60,38 @@ def quarantine_reason(p, day: str) -> str:
     return (folder / f"{day}.csv.reason.txt").read_text()
 
 
+# --- the core rules, on small frames (milliseconds) ---------------------------------------------
+
+
+def test_find_duplicates_counts_repeats_after_the_first_and_names_their_rows(flight_spec):
+    from mlops_assets.core.validation import duplicates_check, find_duplicates, without_duplicates
+
+    raw = pd.DataFrame({"a": ["1", "2", "1", "3", "2", None, None], "b": ["x", "y", "x", "z", "q", None, None]})
+    found = find_duplicates(raw)
+    assert found.count == 2 and found.rows() == [3, 7] and found.rule == "identical in every column"
+    assert without_duplicates(raw, found)["a"].tolist()[:4] == ["1", "2", "3", "2"]
+
+    dropped = duplicates_check(found, flight_spec, "f.csv")
+    assert dropped.passed and dropped.metadata["dropped"] == 2 and "rows 3, 7" in dropped.description
+    block = flight_spec.model_copy(update={"checks": flight_spec.checks.model_copy(update={"duplicates": "block"})})
+    blocked = duplicates_check(found, block, "f.csv")
+    assert not blocked.passed and blocked.metadata["dropped"] == 0 and "checks.duplicates: block" in blocked.description
+
+    by_id = find_duplicates(pd.DataFrame({"event_id": ["e1", "e2", "e1", None, None], "v": ["1", "2", "9", "3", "3"]}))
+    assert by_id.count == 1 and by_id.rows() == [3] and "event_id" in by_id.rule  # same id, other values: a repeat
+    assert duplicates_check(find_duplicates(raw.iloc[:2]), flight_spec, "f.csv").metadata["duplicate_rows"] == 0
+
+
+def test_a_csv_cut_mid_row_is_refused_naming_the_line():
+    from mlops_assets.core.sources import DataError, parse_file
+
+    whole = b"a,b,c\n1,2,3\n4,5,6\n"
+    assert len(parse_file(whole, "csv", "d.csv")) == 2
+    assert len(parse_file(whole.rstrip(b"\n"), "csv", "d.csv")) == 2  # no final line end, but a whole row
+    with pytest.raises(DataError, match=r"^landing/d.csv: line 3: truncated: 2 of 3 fields"):
+        parse_file(whole[:-3], "csv", "landing/d.csv")
+
+
 # --- duplicates ---------------------------------------------------------------------------------
 
 
