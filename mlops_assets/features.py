@@ -107,7 +107,9 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "online_features",
             spec,
             "Feast materialization of the day into the online store, so serving reads the same feature values "
-            "training used: the views keyed by an entity (past rates, lookups); a request brings its own row.",
+            "training used: the views keyed by an entity (past rates, lookups); a request brings its own row. "
+            "Never goes back in time: an older day re-run (relanded, or labels that came late) leaves the newer "
+            "values of an entity in place (rows_kept_newer counts them).",
             {"feast", "sqlite"},
         ),
         partitions_def=parts,
