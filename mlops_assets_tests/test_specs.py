@@ -246,3 +246,33 @@ def test_unknown_spec_name_lists_known_ones():
     with pytest.raises(SpecError, match="no spec named 'nope'") as err:
         find_spec("nope")
     assert "flight_delays" in str(err.value)
+
+
+# --- the spec's file: named by every later problem, never part of its content -------------------
+
+
+def test_a_loaded_spec_keeps_its_file_outside_its_content(tmp_path, flights_raw):
+    path = write_spec(tmp_path / "a", copy.deepcopy(flights_raw))
+    spec = load_spec(path)
+    assert spec.file == str(path)
+    assert spec.model_copy(update={"description": "x"}).file == str(path)  # copies keep it
+    moved = load_spec(write_spec(tmp_path / "b", copy.deepcopy(flights_raw)))
+    assert moved.spec_hash == spec.spec_hash  # where a spec lives changes no code version
+    assert "_file" not in spec.model_dump() and str(path) not in spec.model_dump_json()
+    assert ModelSpec.model_validate(flights_raw).file == "<spec flight_delays>"
+
+
+def test_a_date_column_may_take_its_time_of_day_from_parts(tmp_path, flights_raw):
+    from mlops_assets.specs import TimestampSpec
+
+    ts = TimestampSpec(column="dteday", parts={"hour": "hr"})
+    assert ts.source_columns == ["dteday", "hr"]
+    with pytest.raises(ValueError, match="takes only the time of day from 'parts'"):
+        TimestampSpec(column="dteday", parts={"year": "yr", "hour": "hr"})
+    with pytest.raises(ValueError, match="takes only the time of day"):
+        TimestampSpec(column="dteday", parts={"minute": "mi"})  # minutes without their hour
+    with pytest.raises(ValueError, match="needs 'column' or 'parts'"):
+        TimestampSpec()
+    flights_raw["source"]["timestamp"] = {"column": "time_hour", "parts": {"hour": "hour"}}
+    spec = load_spec(write_spec(tmp_path / "c", flights_raw))
+    assert spec.required_source_columns[:2] == ["time_hour", "hour"]
