@@ -11,8 +11,10 @@ During a canary the ``canary`` check compares the two sides from the prediction 
 latency, and the metric once labels arrived). A canary that holds up is promoted to 100 %; one that
 regresses is rolled back, and so is the ``champion`` alias, so batch scoring stops using it too, and
 the gate will not promote that version again. Each deploy, canary start, promotion and rollback is
-appended to the audit history: ``history.jsonl`` beside the deployment, a table in the asset's
-metadata, and tags on the MLflow model versions concerned.
+appended to the audit history: one JSON file per entry under ``history/`` beside the deployment, a
+table in the asset's metadata, and tags on the MLflow model versions concerned. On the local target
+the deploy goes only to this home's own server (its ``/healthz`` identity), with the admin token; a
+foreign process on the port fails the materialization, naming it (``rollout.local``).
 """
 
 from datetime import UTC, datetime
