@@ -58,6 +58,8 @@ def demo(spec_name: str, start: date, days: int) -> int:
     from mlops_assets.specs import find_spec
 
     t0 = time.perf_counter()
+    if run_check([spec_name]):  # a spec that does not fit its data stops here, before anything is landed
+        raise SystemExit(f"mlops demo: spec {spec_name!r} does not fit its data (problems above); nothing was landed")
     keys = [(start + timedelta(days=i)).isoformat() for i in range(days)]
     print(f"home: {home}\nlanding {days} days of {spec_name} from {keys[0]} ...")
     land(spec_name, start, days)

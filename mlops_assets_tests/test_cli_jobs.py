@@ -35,7 +35,7 @@ def cli_home(tmp_path_factory):
 
 
 def sh(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(args, check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -74,3 +74,39 @@ def test_dg_launch_runs_a_partition_of_a_named_job(cli_home):
     sh([str(BIN / "dg"), "launch", "--job", "ingest_flight_delays", "--partition", day], env)
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert day in instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays"))
+
+
+def test_mlops_check_and_demo_refuse_a_spec_that_does_not_fit_its_data(tmp_path):
+    """`mlops check` as a person runs it (a subprocess), and `mlops demo` stopping before it lands
+    anything: both name the spec file and the field."""
+    import yaml
+
+    from mlops_assets_tests.conftest import ELEC2_SPEC
+
+    raw = yaml.safe_load(ELEC2_SPEC.read_text())
+    raw["features"][3] = {"kind": "column", "name": "nswdemand", "column": "nswdemmand"}
+    spec = tmp_path / "elec2.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "MLOPS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "home" / "dagster")}
+    problem = f"{spec}: features[3].column: 'nswdemmand' is not a column of the source"
+
+    check = subprocess.run(
+        [str(BIN / "mlops"), "check", "--spec", str(spec)], env=env, cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 1 and check.stderr.startswith(problem), check.stderr
+    good = subprocess.run(
+        [str(BIN / "mlops"), "check", "--spec", str(ELEC2_SPEC)], env=env, cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert good.returncode == 0 and good.stdout.startswith(f"{ELEC2_SPEC}: ok: elec2"), good.stderr
+
+    demo = subprocess.run(
+        [str(BIN / "mlops"), "demo", "--spec", str(spec), "--start", "1996-06-01", "--days", "3"],
+        check=False,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert demo.returncode == 1 and problem in demo.stderr
+    assert "nothing was landed" in demo.stderr
+    assert not (tmp_path / "home" / "landing").exists()
