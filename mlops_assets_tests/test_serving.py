@@ -394,11 +394,14 @@ def test_a_bounded_load_gets_no_5xx(server):
 
 @pytest.fixture(scope="module")
 def endpoint_home(registry, tmp_path_factory):
-    """The endpoint asset of the Elec2 spec with a fast canary (1 % of an hour... of a minute)."""
+    """The endpoint asset of the Elec2 spec with a fast canary (1 % of an hour... of a minute), its
+    partitions open-ended: the labelled requests are today's and yesterday's events, which a server of
+    the 1996-1998 series refuses as outside its horizon (deployment.event_time_margin_days)."""
     from mlops_assets.specs import CanarySpec, DeploymentSpec
 
     spec = registry["spec"].model_copy(
         update={
+            "partitions": registry["spec"].partitions.model_copy(update={"end": None}),
             "deployment": DeploymentSpec(
                 port=free_port(),
                 canary=CanarySpec(
