@@ -76,8 +76,10 @@ def years_since(ts_utc, of_values, timezone: str) -> np.ndarray:
 def categorical_column(values) -> np.ndarray:
     """Text as the model gets it: object strings, a missing value as ``MISSING_CATEGORY`` (the
     pandas ``string`` conversion training applies, so numbers become their text the same way)."""
-    if isinstance(values, list) and all(type(v) is str for v in values):
+    if isinstance(values, list) and all(type(v) is str for v in values):  # the server's common case
         return np.array(values, dtype=object)
+    if isinstance(values, np.ndarray) and values.dtype == object and all(type(v) is str for v in values):
+        return values
     return pd.Series(values, dtype="object").astype("string").fillna(MISSING_CATEGORY).to_numpy(dtype=object)
 
 

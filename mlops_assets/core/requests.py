@@ -26,12 +26,14 @@ never answered and never a server error. What is accepted:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -326,6 +328,11 @@ def _texts(values: list, name: str, shape: str, errors: list, missing: str | Non
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
 def _timestamps(values: list, shape: str, errors: list, schema: RequestSchema, now: datetime) -> pd.DatetimeIndex:
     """Event times (UTC) from ISO 8601 text, naive meaning the spec's timezone (localized with the
     rule ingest uses, ``core.features.localize``); missing is now. Every time must lie within the
@@ -339,6 +346,7 @@ def _timestamps(values: list, shape: str, errors: list, schema: RequestSchema, n
         f"the spec's horizon {lo.isoformat()} .. {hi.isoformat()} (its partitions widened by deployment.event_time_margin_days)"
     )
     n = len(values)
+    zone = _zone(schema.timezone)
     utc = np.empty(n, dtype="datetime64[us]")
     naive_rows: list[int] = []
     naive_values: list[datetime] = []
@@ -373,11 +381,18 @@ def _timestamps(values: list, shape: str, errors: list, schema: RequestSchema, n
             inside = False
         if not inside:
             refuse(i, f"{_describe(v)} is outside {horizon}")
-        elif dt.tzinfo is None:
-            naive_rows.append(i)
-            naive_values.append(dt)
+            continue
+        if dt.tzinfo is None:
+            # fold=0 is the first of a repeated hour, as ingest's ambiguous=True; a time in the
+            # skipped hour does not come back the same and takes the pandas rule below
+            u = dt.replace(tzinfo=zone).astimezone(UTC)
+            if u.astimezone(zone).replace(tzinfo=None) != dt or not lo <= u <= hi:
+                naive_rows.append(i)
+                naive_values.append(dt)
+                continue
         else:
-            utc[i] = np.datetime64(dt.astimezone(UTC).replace(tzinfo=None), "us")
+            u = dt.astimezone(UTC)
+        utc[i] = np.datetime64(u.replace(tzinfo=None), "us")
     if naive_rows:
         local = localize(pd.DatetimeIndex(naive_values), schema.timezone)
         lo64, hi64 = np.datetime64(lo.replace(tzinfo=None), "us"), np.datetime64(hi.replace(tzinfo=None), "us")
