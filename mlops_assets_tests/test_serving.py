@@ -407,7 +407,7 @@ def endpoint_home(registry, tmp_path_factory):
                 canary=CanarySpec(
                     traffic_percent=50, window_minutes=0.01, min_requests=20, min_labelled=100, max_metric_drop=0.05
                 ),
-            )
+            ),
         }
     )
     home = registry["home"]
