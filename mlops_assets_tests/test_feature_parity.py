@@ -38,10 +38,11 @@ def spec(flight_spec):
 
 @pytest.fixture(scope="module")
 def store(spec, tmp_path_factory):
-    """Four days ingested into a lake and registered with Feast; the served day materialized online.
+    """Four days ingested into a lake and registered with Feast, each feature table written as the
+    features asset writes it (past rates by ``past_rate_table``); the served day materialized online.
     The served day carries hand-made missing values: null distances, missing tail numbers and
     carriers, and a route seen for the first time."""
-    from mlops_assets.core.features import lookup_frame, past_rate, row_features
+    from mlops_assets.core.features import lookup_frame, past_rate_table, row_features
     from mlops_assets.core.names import EVENTS_VIEW, lookup_view_name
     from mlops_assets.core.sources import day_start_utc, read_table
     from mlops_assets.core.validation import clean_events
@@ -68,7 +69,7 @@ def store(spec, tmp_path_factory):
         lake.write_feature_day(spec.name, EVENTS_VIEW, key, row_features(today, spec))
         history = pd.concat([datasets[d] for d in DAYS[:i]]) if i else today.iloc[0:0]
         for f in spec.past_rate_features:
-            lake.write_feature_day(spec.name, f.name, key, past_rate(history, today, f, day, tz))
+            lake.write_feature_day(spec.name, f.name, key, past_rate_table(history, today, f, day, tz))
     for name, table in spec.lookups.items():
         lake.write(
             lookup_frame(name, table, spec), f"{lake.feature_table_dir(spec.name, lookup_view_name(name))}/snapshot.parquet"
@@ -139,19 +140,19 @@ def test_an_entity_the_store_never_saw_gets_what_training_gives_one_without_hist
     """A route first seen today is given the past rate's prior by training (shrinkage with no
     history); a route the online store has never seen at all gets that same prior from the store
     (the row under PRIOR_KEY), and is flagged. An unknown plane's values stay missing, as in training."""
-    from mlops_assets.core.features import PRIOR_KEY, past_rate
+    from mlops_assets.core.features import PRIOR_KEY, past_rate_table
 
     trained = training_inputs(spec, store)
     new_route = trained.index[trained["dest"] == "ZZZ"]
     prior = {f.name: trained.loc[new_route[0], f.name] for f in spec.past_rate_features if f.by == ["origin", "dest"]}
-    table = past_rate(store["history"], store["dataset"], spec.past_rate_features[1], SERVED, "America/New_York")
+    table = past_rate_table(store["history"], store["dataset"], spec.past_rate_features[1], SERVED, "America/New_York")
     assert table.iloc[-1]["origin"] == PRIOR_KEY and table.iloc[-1]["route_delay_rate"] == prior["route_delay_rate"]
 
     row = requests_of(store["dataset"].iloc[[0]], spec)[0]
     never_seen = {**row, "dest": "QQQ", "tailnum": "N0NE", "carrier": "Q9"}
     served = serving_inputs(spec, store, [row, never_seen])
     assert served.columns["route_delay_rate"][1] == prior["route_delay_rate"]
-    carrier_prior = past_rate(store["history"], store["dataset"], spec.past_rate_features[0], SERVED, "America/New_York")
+    carrier_prior = past_rate_table(store["history"], store["dataset"], spec.past_rate_features[0], SERVED, "America/New_York")
     assert served.columns["carrier_delay_rate"][1] == carrier_prior.iloc[-1]["carrier_delay_rate"]
     assert np.isnan(served.columns["plane_year"][1]) and np.isnan(served.columns["plane_age"][1])
     assert served.unknown_per_row()[1] == ["carrier", "origin+dest", "tailnum"]

@@ -121,9 +121,15 @@ def past_rate(history: pd.DataFrame, today: pd.DataFrame, feature: PastRateFeatu
 
     ``history`` holds labelled events of earlier days (any span; it is cut to the window here);
     ``today`` contributes only its group keys, so groups first seen today still get the prior
-    instead of a missing value. The snapshot is stamped with the start of ``day`` and ends with one
-    more row, the prior under ``PRIOR_KEY``: the value of a group the online store never saw.
+    instead of a missing value. The snapshot is stamped with the start of ``day``; the prior (the
+    window's label mean, what a group without history gets) is stored as a row by ``past_rate_table``.
     """
+    return _past_rate(history, today, feature, day, timezone)[0]
+
+
+def _past_rate(
+    history: pd.DataFrame, today: pd.DataFrame, feature: PastRateFeature, day: date, timezone: str
+) -> tuple[pd.DataFrame, float]:
     start = day_start_utc(day, timezone)
     window_start = start - pd.Timedelta(days=feature.window_days)
     past = history[(history[EVENT_TS] >= window_start) & (history[EVENT_TS] < start)]
@@ -137,11 +143,23 @@ def past_rate(history: pd.DataFrame, today: pd.DataFrame, feature: PastRateFeatu
     else:
         out[feature.name] = (out["sum"] / out["count"].where(out["count"] > 0)).fillna(prior)
     out[f"{feature.name}_count"] = out["count"].astype("float64")
-    # the prior itself, under the reserved key: what the server answers for a group it never saw
-    prior_row = pd.DataFrame({**{c: [PRIOR_KEY] for c in feature.by}, feature.name: [prior], f"{feature.name}_count": [0.0]})
-    out = pd.concat([out[[*feature.by, feature.name, f"{feature.name}_count"]], prior_row], ignore_index=True)
     out[EVENT_TS] = start.as_unit("us")
-    return out.reset_index(drop=True)
+    return out.drop(columns=["sum", "count"]).reset_index(drop=True), prior
+
+
+def past_rate_table(
+    history: pd.DataFrame, today: pd.DataFrame, feature: PastRateFeature, day: date, timezone: str
+) -> pd.DataFrame:
+    """A day's past-rate feature table as the offline and online stores hold it: ``past_rate``'s
+    rows, then the prior itself under ``PRIOR_KEY`` (count 0, the same day stamp). Training never
+    joins that row (no event has the key); the server reads it for a group it never saw
+    (``server.runtime.feast_online_lookup``), and so gives it what training gives a group without
+    history."""
+    out, prior = _past_rate(history, today, feature, day, timezone)
+    row = {**dict.fromkeys(feature.by, PRIOR_KEY), feature.name: prior, f"{feature.name}_count": 0.0}
+    row[EVENT_TS] = day_start_utc(day, timezone).as_unit("us")
+    prior_frame = pd.DataFrame({c: [row[c]] for c in out.columns}).astype(out.dtypes.to_dict())
+    return pd.concat([out, prior_frame], ignore_index=True)
 
 
 def lookup_frame(name: str, table: LookupTableSpec, spec: ModelSpec) -> pd.DataFrame:
