@@ -258,3 +258,39 @@ def test_an_unknown_entity_is_told_apart_on_both_online_stores():
     assert feast_unknown_mask([present, FEAST_NOT_FOUND, null_value]).tolist() == [False, True, False]
     redis = feast_unknown_mask([present, present, present], timestamps=[1357016400, 0, int(STATIC_TIMESTAMP.timestamp())])
     assert redis.tolist() == [False, True, False]
+
+
+def test_a_past_rate_table_carries_its_prior_under_the_reserved_key():
+    """The prior row is keyed PRIOR_KEY in every column of ``by``, holds the window's label mean
+    (what a group first seen today gets), count 0 and the day's stamp; with no history it is
+    missing, exactly like the rate training gives a group then."""
+    from datetime import date
+
+    from mlops_assets.core.features import PRIOR_KEY, past_rate, past_rate_table
+    from mlops_assets.specs import PastRateFeature
+
+    def events(rows):
+        return pd.DataFrame(
+            {
+                "event_timestamp": pd.to_datetime([r[0] for r in rows]).tz_localize("UTC"),
+                "origin": [r[1] for r in rows],
+                "dest": [r[2] for r in rows],
+                "label": [float(r[3]) for r in rows],
+            }
+        )
+
+    feature = PastRateFeature(kind="past_rate", name="route_rate", by=["origin", "dest"], window_days=7, prior_weight=2.0)
+    history = events(
+        [("2013-01-08 12:00", "EWR", "IAH", 1), ("2013-01-09 12:00", "JFK", "LAX", 0), ("2013-01-09 13:00", "JFK", "LAX", 0)]
+    )
+    today = events([("2013-01-10 15:00", "LGA", "ORD", 1)])
+    day = date(2013, 1, 10)
+    table = past_rate_table(history, today, feature, day, "America/New_York")
+    plain = past_rate(history, today, feature, day, "America/New_York")
+    pd.testing.assert_frame_equal(table.iloc[:-1], plain)
+    prior = table.iloc[-1]
+    assert (prior["origin"], prior["dest"]) == (PRIOR_KEY, PRIOR_KEY) and prior["route_rate_count"] == 0.0
+    assert prior["route_rate"] == pytest.approx(1 / 3) == plain.set_index("dest").loc["ORD", "route_rate"]
+    assert prior["event_timestamp"] == plain["event_timestamp"].iloc[0] and table.dtypes.equals(plain.dtypes)
+    empty = past_rate_table(history.iloc[0:0], today, feature, day, "America/New_York")
+    assert np.isnan(empty.iloc[-1]["route_rate"]) and np.isnan(empty.iloc[0]["route_rate"])
