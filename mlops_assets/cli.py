@@ -198,7 +198,9 @@ def run_serve(args) -> int:
     if os.environ.get("MLFLOW_TRACKING_URI"):  # MLflow's own variable, set by the local target and containers
         from mlops_assets.resources import MlflowTracking
 
-        resources["mlflow"] = MlflowTracking(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+        resources["mlflow"] = MlflowTracking(
+            tracking_uri=os.environ["MLFLOW_TRACKING_URI"], registry_uri=os.environ.get("MLFLOW_REGISTRY_URI")
+        )
     if args.stop:
         from mlops_assets.rollout.local import LocalTarget
 

@@ -55,6 +55,7 @@ class CloudVars:
     feast_registry: str = "FEAST_REGISTRY_URI"  # postgresql+psycopg://… (SQL registry) or s3://…/registry.pb
     redis: str = "MLOPS_REDIS"  # Feast's Redis online store: host:port[,password=…][,ssl=true]
     gcp_project: str = "GOOGLE_CLOUD_PROJECT"  # gcp only: the project of the GCS IO manager
+    admin_token: str = "MLOPS_ADMIN_TOKEN"  # bearer token of the model servers' admin routes (a secret)
 
 
 CLOUD_VARS = CloudVars()
@@ -117,7 +118,7 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
     return path
 
 
-ADMIN_TOKEN_VAR = "MLOPS_ADMIN_TOKEN"
+ADMIN_TOKEN_VAR = CLOUD_VARS.admin_token
 
 
 def admin_token(home: Path | None = None) -> str:
@@ -203,7 +204,7 @@ def _cloud_resources(which: str, home: Path) -> dict:
             artifact_location=dg.EnvVar(v.mlflow_artifacts),
             env_to_tag=["MLOPS_ENV"],
         ),
-        "deployer": EndpointDeployer(home=str(home)),
+        "deployer": EndpointDeployer(home=str(home), admin_token=dg.EnvVar(v.admin_token)),
         "io_manager": io_manager,
     }
 
@@ -292,4 +293,7 @@ def server_stores(resources: dict, spec) -> ServerStores:
         registry_uri=mlflow.registry_uri,
         feature_store=lambda: feast.store(spec),
         online_store_type=feast.online_store_type,
+        # the prediction log's write-ahead files: a folder this machine finds again after a restart
+        # (containers: MLOPS_WAL_DIR on a volume, read by the server itself)
+        wal_dir=None if cloud() else str(resources["deployer"].local_run_dir(spec.name) / "wal"),
     )

@@ -70,7 +70,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     def features(context: dg.AssetExecutionContext, lake: LakeStorage) -> dg.MaterializeResult:
         import pandas as pd
 
-        from mlops_assets.core.features import past_rate, row_feature_columns, row_features
+        from mlops_assets.core.features import past_rate_table, row_feature_columns, row_features
 
         day = day_of(context.partition_key)
         tz = spec.source.timestamp.timezone
@@ -90,7 +90,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             if history is None:
                 history = today.iloc[0:0]
             for f in spec.past_rate_features:
-                table = past_rate(history, today, f, day, tz)
+                table = past_rate_table(history, today, f, day, tz)  # with its prior row: unknown groups online
                 lake.write_feature_day(name, f.name, context.partition_key, table)
                 written[f.name] = len(table)
         return dg.MaterializeResult(

@@ -35,6 +35,22 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     parts = daily_partitions(spec)
     name = spec.name
 
+    def spec_does_not_fit(df, file: str, lake: LakeStorage) -> None:
+        """Fail the run, naming the spec file and field, when the spec itself cannot read the file.
+
+        Data hourly within a day read by date only is always the spec's fault. A column the spec
+        names and the file lacks is the spec's fault while nothing was ever ingested for it (the
+        landing sensor decides the same way on its first look): the file is left where it is, not
+        quarantined. Once a day was ingested, a missing column is the file's fault (quarantined)."""
+        from mlops_assets.spec_check import SpecCheckError, frame_problems, time_of_day_problems
+
+        problems = time_of_day_problems(spec, df)
+        if not problems and not lake.partitions("raw", name):
+            problems = frame_problems(spec, df)
+        if problems:
+            error = SpecCheckError(spec, problems)
+            raise failure(f"spec {spec.file} does not fit {file}:\n{error}", spec_file=spec.file, landed_file=file)
+
     @dg.asset(
         **asset_kwargs(
             "raw",
@@ -60,6 +76,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         content = files.read_bytes(file)
         try:
             df = parse_file(content, infer_format(file, None), file)
+            spec_does_not_fit(df, file, lake)
             require_columns(df, spec.required_source_columns, file, name)
             # Typed here once before anything is written (the dataset step types it again): a file
             # refused for a value names the file's own row and column, and never enters the lake.

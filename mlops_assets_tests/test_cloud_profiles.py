@@ -56,6 +56,7 @@ def cloud_env(which: str, tmp, postgres, redis, store) -> dict[str, str]:
         V.mlflow_artifacts: f"{scheme}://{which}-artifacts/mlflow",
         V.feast_registry: postgres.url(f"{which}_feast").replace("postgresql://", "postgresql+psycopg://"),
         V.redis: redis.connection_string,
+        V.admin_token: "cloud-admin-token-for-tests",
     }
 
 

@@ -38,7 +38,7 @@ def test_every_run_succeeds(flights):
 
 def test_dataset_partitions_pass_blocking_checks_and_count_cancellations(flights):
     checks = flights.check_results("dataset_flight_delays")
-    assert checks == {"schema": True, "nulls": True, "ranges": True, "row_count": True}
+    assert checks == {"schema": True, "nulls": True, "ranges": True, "row_count": True, "duplicates": True}
     day = pd.read_parquet(flights.home / "lake" / "dataset" / "flight_delays" / f"{KEYS[0]}.parquet")
     raw = pd.read_csv(flights.home / "landing" / "flight_delays" / f"{KEYS[0]}.csv")
     assert len(day) == len(raw)  # cancelled flights are kept (as positives), nothing silently dropped
@@ -368,9 +368,10 @@ def test_injected_drift_fails_the_feature_drift_check_and_names_the_features(fli
 
 def test_server_reads_online_features_and_defaults_unknown_entities(flights, flight_spec):
     """The model server of the pipeline's champion: past rates and the plane come from the Feast
-    online store by entity key; a plane and a route the store never saw get the spec's documented
-    defaults (the rate prior; the plane left to the model's imputation) and are flagged."""
-    from mlops_assets.core.features import past_rate
+    online store by entity key; a plane and a route the store never saw get what training gives
+    them (the rate's prior, served from the online store; the plane left to the model's
+    imputation) and are flagged."""
+    from mlops_assets.core.features import past_rate, past_rate_table
     from mlops_assets.environments import server_stores
     from mlops_assets.server import build_server
 
@@ -400,7 +401,10 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     parsed = parse_request({"instances": [row, unknown]}, server.schema, flight_spec)
     cols = build_features(parsed, flight_spec, server.lookup).columns
     assert cols["carrier_delay_rate"][0] == pytest.approx(expected.loc[row["carrier"], feature.name])
-    assert cols["route_delay_rate"][1] == 0.235  # the spec's default for an unknown route
+    # an unknown route gets the prior the offline rates shrink towards: the same value training gives it
+    route = next(f for f in flight_spec.past_rate_features if f.name == "route_delay_rate")
+    prior = past_rate_table(history, day, route, date.fromisoformat(newest), "America/New_York").iloc[-1]
+    assert cols["route_delay_rate"][1] == pytest.approx(prior["route_delay_rate"])
     assert np.isnan(cols["plane_year"][1]) and not np.isnan(cols["plane_year"][0])
 
 

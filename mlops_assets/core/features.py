@@ -43,13 +43,6 @@ prior (the shrinkage with count 0); the server looks it up for a key the online 
 seen, so an unknown entity gets the value training would have given it. No real key looks like it."""
 
 
-def localize(naive: pd.DatetimeIndex, timezone: str) -> pd.DatetimeIndex:
-    """Naive local times as UTC, with the rule ingest uses (core.sources.event_timestamps): an
-    ambiguous time (the repeated hour when clocks go back) is the first one (DST), a time that does
-    not exist (the skipped hour) moves forward."""
-    return naive.tz_localize(timezone, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward").tz_convert("UTC")
-
-
 def _time_part(ts_local, part: str) -> np.ndarray:
     if isinstance(ts_local, pd.Series):
         ts_local = pd.DatetimeIndex(ts_local)

@@ -38,8 +38,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from mlops_assets.core.features import MISSING_CATEGORY, localize
-from mlops_assets.core.sources import day_start_utc
+from mlops_assets.core.features import MISSING_CATEGORY
+from mlops_assets.core.sources import day_start_utc, localize
 from mlops_assets.specs import ColumnFeature, ModelSpec, TimePartFeature
 
 EVENT_ID_FIELD = "event_id"
@@ -335,7 +335,7 @@ def _zone(name: str) -> ZoneInfo:
 
 def _timestamps(values: list, shape: str, errors: list, schema: RequestSchema, now: datetime) -> pd.DatetimeIndex:
     """Event times (UTC) from ISO 8601 text, naive meaning the spec's timezone (localized with the
-    rule ingest uses, ``core.features.localize``); missing is now. Every time must lie within the
+    rule ingest uses, ``core.sources.localize``); missing is now. Every time must lie within the
     spec's horizon: a row outside it could be neither filed under a partition nor scored against
     one, and pandas cannot even represent years before 1677 or after 2262."""
     now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)

@@ -9,6 +9,7 @@ import re
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 PACKAGE_SCHEME = "package://"
@@ -118,6 +119,13 @@ def require_columns(df: pd.DataFrame, required: list[str], where: str, spec_name
         )
 
 
+def localize(naive: pd.DatetimeIndex, timezone: str) -> pd.DatetimeIndex:
+    """Naive local times as UTC, the one rule of ingest and serving: an ambiguous time (the repeated
+    hour when clocks go back) is the first one (DST), a time that does not exist (the skipped hour)
+    moves forward."""
+    return naive.tz_localize(timezone, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward").tz_convert("UTC")
+
+
 def event_timestamps(df: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, where: str) -> pd.Series:
     """UTC timestamps (microsecond precision, which Feast's DuckDB store needs) for every row.
 
@@ -128,6 +136,12 @@ def event_timestamps(df: pd.DataFrame, column: str | None, parts: dict | None, t
         raw = df[column]
         ts = pd.to_datetime(raw, errors="coerce", utc=False, format="mixed")
         bad = ts.isna() & raw.notna()
+        if parts:  # a date column whose time of day is in other columns (timestamp.parts: hour[, minute])
+            offset = pd.to_timedelta(pd.to_numeric(df[parts["hour"]], errors="coerce"), unit="h")
+            if "minute" in parts:
+                offset = offset + pd.to_timedelta(pd.to_numeric(df[parts["minute"]], errors="coerce"), unit="m")
+            bad = bad | offset.isna()
+            ts = ts + offset
     else:
         assert parts is not None
         values = {k: pd.to_numeric(df[c], errors="coerce") for k, c in parts.items()}
@@ -136,10 +150,10 @@ def event_timestamps(df: pd.DataFrame, column: str | None, parts: dict | None, t
         bad = ts.isna()
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
-        cols = column or ", ".join(parts.values())  # type: ignore[union-attr]
+        cols = ", ".join([c for c in (column,) if c] + list((parts or {}).values()))
         raise DataError(f"{where}: row {i + 1}: cannot read a timestamp from column(s) {cols}")
     if ts.dt.tz is None:
-        ts = ts.dt.tz_localize(timezone, ambiguous=pd.Series(True, index=ts.index).to_numpy(), nonexistent="shift_forward")
+        ts = pd.Series(localize(pd.DatetimeIndex(ts), timezone), index=ts.index)
     return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
 
 

@@ -41,14 +41,11 @@ def build_pipeline(spec: ModelSpec):
 
 
 def feature_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """The model's input columns in spec order, with the dtypes the signature records."""
-    X = frame[spec.feature_names].copy()
-    for col in spec.feature_names:
-        if col in spec.categorical_features:
-            X[col] = X[col].astype("string").fillna("").astype(object)
-        else:
-            X[col] = X[col].astype("float64")
-    return X
+    """The model's input columns in spec order, with the dtypes the signature records: the same
+    ``core.features.model_columns`` the server builds its inputs with."""
+    from mlops_assets.core.features import model_columns
+
+    return pd.DataFrame(model_columns(frame, spec), index=frame.index)
 
 
 def split_holdout(frame: pd.DataFrame, spec: ModelSpec, as_of: date) -> tuple[pd.DataFrame, pd.DataFrame]:

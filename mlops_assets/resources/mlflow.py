@@ -88,6 +88,8 @@ class MlflowTracking(dg.ConfigurableResource):
         try:
             if mlflow.active_run() is not None:  # left over in this process by code that did not end it
                 mlflow.end_run(status=RunStatus.to_string(RunStatus.FAILED))
+            # the process-wide active experiment (set by earlier code of this process) must be this run's
+            mlflow.set_experiment(experiment_id=experiment_id)
             run = mlflow.start_run(run_id=run_id)
             context.log.info(f"MLflow run {run_id} in experiment {experiment!r}")
             yield run

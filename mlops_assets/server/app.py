@@ -644,6 +644,7 @@ class ModelServer:
             "model": self.spec.name,
             "task": self.spec.target.task,
             "request": self.schema.describe(),
+            "request_schema": self.schema.json_schema(),  # JSON Schema of both request shapes
             "deployment": serving.deployment.to_json() if serving else None,
             "loaded_versions": sorted(serving.models) if serving else [],
             "max_body_bytes": self.max_body_bytes,

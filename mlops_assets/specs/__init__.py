@@ -371,9 +371,11 @@ class SageMakerTargetSpec(_Strict):
 
 class UnknownEntitySpec(_Strict):
     """What the server does for an entity the online store has never seen (a new plane, a new
-    route): the request is answered, each missing online feature takes its value from ``defaults``
-    or, when it has none there, is left missing so the model's own imputation (the training median
-    for numbers, the unknown category otherwise) applies, and the response flags the row."""
+    route): the request is answered and the response flags the row. A past rate gets the prior its
+    offline smoothing shrinks towards (the window's mean label, materialized beside the rates), the
+    value training gives a group without history; a lookup is left missing, so the model's own
+    imputation applies as in training. ``defaults`` fills only what is still missing after that
+    (a deliberate override: it makes serving differ from training)."""
 
     defaults: dict[str, float | str] = Field(default_factory=dict)
 
