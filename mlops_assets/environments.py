@@ -285,7 +285,7 @@ def server_stores(resources: dict, spec) -> ServerStores:
     """What a model server of ``spec`` reads and writes, from a profile's resources (``runtime()``)."""
     from mlops_assets.server import ServerStores
 
-    lake, feast, mlflow = resources["lake"], resources["feast"], resources["mlflow"]
+    lake, feast, mlflow, deployer = resources["lake"], resources["feast"], resources["mlflow"], resources.get("deployer")
     return ServerStores(
         predictions_root=lake.predictions_root(),
         endpoint_dir=lake.endpoint_dir(spec.name),
@@ -295,5 +295,5 @@ def server_stores(resources: dict, spec) -> ServerStores:
         online_store_type=feast.online_store_type,
         # the prediction log's write-ahead files: a folder this machine finds again after a restart
         # (containers: MLOPS_WAL_DIR on a volume, read by the server itself)
-        wal_dir=None if cloud() else str(resources["deployer"].local_run_dir(spec.name) / "wal"),
+        wal_dir=str(deployer.local_run_dir(spec.name) / "wal") if deployer is not None and not cloud() else None,
     )

@@ -152,7 +152,11 @@ def test_deployment_kind(flights):
     assert env["A"] == "1"
     # the local profile: its stores are files on this machine, only the registry is handed over
     assert env["MLOPS_ENV"] == "local" and env["MLFLOW_TRACKING_URI"] == ref("MLFLOW_TRACKING_URI")
-    assert list(env) == ["MLOPS_DEPLOYMENT", "MLOPS_ENV", "MLFLOW_TRACKING_URI", "MLOPS_ADMIN_TOKEN", "A"]
+    assert list(env) == ["MLOPS_DEPLOYMENT", "MLOPS_ENV", "MLFLOW_TRACKING_URI", "MLOPS_ADMIN_TOKEN", "MLOPS_WAL_DIR", "A"]
+    # the prediction log's write-ahead folder is a volume of the pod: it outlives a killed container
+    (mount,) = c["volumeMounts"]
+    assert env["MLOPS_WAL_DIR"] == mount["mountPath"]
+    assert {"name": mount["name"], "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
     # the admin route's token: an optional key of the same Secret, never a value
     assert env["MLOPS_ADMIN_TOKEN"] == {"secretKeyRef": {"name": "mlops-secrets", "key": "MLOPS_ADMIN_TOKEN", "optional": True}}
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
@@ -229,7 +233,7 @@ def test_the_container_gets_the_profile_and_secrets_only_by_reference(flights, l
     assert {k: env[k] for k in SECRET_VALUES} == {k: ref(k) for k in SECRET_VALUES}
     assert env["LOG_LEVEL"] == "debug"
     # nothing else of the platform: no IO bucket, no Dagster database, no whole-Secret envFrom
-    assert set(env) == {"MLOPS_DEPLOYMENT", "MLOPS_ENV", "LOG_LEVEL", "MLOPS_ADMIN_TOKEN", *plain, *SECRET_VALUES}
+    assert set(env) == {"MLOPS_DEPLOYMENT", "MLOPS_ENV", "LOG_LEVEL", "MLOPS_ADMIN_TOKEN", "MLOPS_WAL_DIR", *plain, *SECRET_VALUES}
     assert env["MLOPS_ADMIN_TOKEN"]["secretKeyRef"] == {"name": "mlops-secrets", "key": "MLOPS_ADMIN_TOKEN", "optional": True}
     assert "envFrom" not in c
     text = to_yaml(manifests)

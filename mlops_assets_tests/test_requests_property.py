@@ -188,7 +188,8 @@ def elec2_app(elec2_spec):
 
     from mlops_assets.core.rollout import Deployment
     from mlops_assets.core.training import fit
-    from mlops_assets.server.app import ModelServer, create_app
+    from mlops_assets.server.app import ModelServer
+    from mlops_assets.server.http import create_app
     from mlops_assets_tests.conftest import DATA_DIR
 
     frame = pd.read_csv(DATA_DIR / "elec2" / "elec2_with_timestamp.csv").iloc[:1500]

@@ -103,7 +103,7 @@ DEPLOY = "/v1/models/elec2/deployment"
 def served(models, tmp_path):
     """A server of the champion on fresh stores (its own endpoint state and prediction log)."""
     from mlops_assets.server import build_server
-    from mlops_assets.server.app import create_app
+    from mlops_assets.server.http import create_app
 
     stores = stores_in(tmp_path, models["tracking_uri"])
     server = build_server(models["spec"], stores)
@@ -138,7 +138,7 @@ def test_a_deployment_that_cannot_score_changes_nothing(served):
 def test_admin_route_needs_the_token_and_every_swap_is_recorded_then_served_after_restart(served):
     from mlops_assets.endpoint_state import EndpointState
     from mlops_assets.server import build_server
-    from mlops_assets.server.app import create_app
+    from mlops_assets.server.http import create_app
 
     port, state = served["port"], EndpointState(served["stores"].endpoint_dir)
     step = {"stable": "3", "canary": "1", "canary_percent": 20}
@@ -173,7 +173,7 @@ def test_admin_route_needs_the_token_and_every_swap_is_recorded_then_served_afte
 
 
 def test_create_app_refuses_to_build_without_an_admin_token(served):
-    from mlops_assets.server.app import create_app
+    from mlops_assets.server.http import create_app
 
     for token in (None, ""):
         with pytest.raises(ValueError, match="admin_token"):
@@ -184,7 +184,7 @@ def test_api_keys_protect_predict_and_invocations_when_the_spec_asks(served, mon
     from starlette.testclient import TestClient
 
     from mlops_assets.server import api_keys
-    from mlops_assets.server.app import create_app
+    from mlops_assets.server.http import create_app
 
     spec = served["spec"]
     assert api_keys(spec) is None  # off by default: predictions are open on loopback

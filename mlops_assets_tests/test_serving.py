@@ -600,7 +600,7 @@ def test_a_sagemaker_container_serves_its_unpacked_model(registry, monkeypatch, 
 
     from mlops_assets.environments import server_stores
     from mlops_assets.server import build_server
-    from mlops_assets.server.app import create_app
+    from mlops_assets.server.http import create_app
 
     mlflow.set_tracking_uri(registry["tracking_uri"])
     mlflow.set_registry_uri(registry["tracking_uri"])

@@ -80,6 +80,9 @@ SECRET_VARS = ("MLFLOW_TRACKING_URI", "FEAST_REGISTRY_URI", "MLOPS_REDIS")  # ca
 # the bearer token of the server's admin route (environments.ADMIN_TOKEN_VAR): an optional key of the
 # same Secret, on every profile (the pod's server generates an unknown one without it)
 ADMIN_TOKEN_VAR = "MLOPS_ADMIN_TOKEN"
+# the prediction log's write-ahead folder (server.WAL_DIR_ENV) on an emptyDir volume: it outlives a
+# crashed or OOM-killed container (the pod restarts it and the new server replays what was answered)
+WAL_DIR_ENV, WAL_MOUNT, WAL_VOLUME = "MLOPS_WAL_DIR", "/var/lib/mlops/wal", "prediction-log-wal"
 # every name the target sets; a spec's ``kubernetes.env`` may not set them
 RESERVED_ENV = (
     DEPLOYMENT_ENV,
@@ -91,6 +94,7 @@ RESERVED_ENV = (
     "GOOGLE_CLOUD_PROJECT",
     *SECRET_VARS,
     ADMIN_TOKEN_VAR,
+    WAL_DIR_ENV,
 )
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -206,6 +210,7 @@ def _container(
     env = [
         {"name": DEPLOYMENT_ENV, "value": json.dumps(served.to_json(), sort_keys=True, separators=(",", ":"))},
         *copy.deepcopy(profile),
+        {"name": WAL_DIR_ENV, "value": WAL_MOUNT},
         *({"name": k, "value": v} for k, v in sorted(k8s.env.items())),
     ]
     resources = {"cpu": k8s.cpu, "memory": k8s.memory}
@@ -216,6 +221,7 @@ def _container(
         "command": ["mlops", "serve", "--spec", spec.name, "--host", "0.0.0.0", "--port", str(CONTAINER_PORT)],
         "ports": [{"name": port_name, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         "env": env,
+        "volumeMounts": [{"name": WAL_VOLUME, "mountPath": WAL_MOUNT}],
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         # ready once a model is loaded (the server loads it before it answers at all)
         "readinessProbe": {
@@ -236,6 +242,10 @@ def _container(
     }
 
 
+def _wal_volume() -> dict[str, Any]:
+    return {"name": WAL_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}
+
+
 def _pod_security() -> dict[str, Any]:
     return {"runAsNonRoot": True, "runAsUser": SERVER_UID, "runAsGroup": SERVER_UID, "seccompProfile": {"type": "RuntimeDefault"}}
 
@@ -247,6 +257,7 @@ def _render_deployment(spec: ModelSpec, deployment: Deployment, profile: list[di
     pod_spec: dict[str, Any] = {
         "securityContext": _pod_security(),
         "containers": [_container(spec, deployment, profile, name="server", port_name="http")],
+        "volumes": [_wal_volume()],
     }
     if k8s.service_account:
         pod_spec = {"serviceAccountName": k8s.service_account, **pod_spec}
@@ -309,6 +320,7 @@ def _render_kserve(spec: ModelSpec, deployment: Deployment, profile: list[dict[s
         predictor["serviceAccountName"] = k8s.service_account
     predictor["securityContext"] = _pod_security()
     predictor["containers"] = [_container(spec, served, profile, name=KSERVE_CONTAINER, port_name="http1")]
+    predictor["volumes"] = [_wal_volume()]
     return [
         {
             "apiVersion": KSERVE_API_VERSION,

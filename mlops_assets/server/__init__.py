@@ -116,7 +116,7 @@ def serve(spec: ModelSpec, host: str, port: int, stores: ServerStores, *, admin_
     ``environments.admin_token()`` unless given: ``MLOPS_ADMIN_TOKEN``, else the home's own."""
     import uvicorn
 
-    from mlops_assets.server.app import create_app
+    from mlops_assets.server.http import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if admin_token is None:
