@@ -123,6 +123,36 @@ def test_a_failing_performance_check_retrains_the_same_day(short_elec2, replay_e
     assert report["retrain_causes"] == {"performance": report["retrains"]}
 
 
+def test_a_failing_drift_check_retrains_and_is_named_the_cause(short_elec2, replay_env):
+    """The drift policy alone (performance and freshness never retrain): over the mid-June 1996
+    regime turn, drift fails (a drift share of one column in ten is enough here), the model retrains
+    on a day drift failed, and the report names drift, and only drift, as each retrain's cause."""
+    from mlops_assets.replay import replay
+
+    p = short_elec2.policies
+    policies = p.model_copy(
+        update={
+            "drift": p.drift.model_copy(update={"drift_share": 0.1, "retrain_when": "failing"}),
+            "performance": p.performance.model_copy(update={"retrain_when": "never"}),
+            "freshness": p.freshness.model_copy(update={"model_days": None}),
+            "cooldown_days": 1.0,
+        }
+    )
+    spec = short_elec2.model_copy(update={"policies": policies})
+    report = replay(spec, "default", start=date(1996, 6, 10), days=5, home=replay_env / "drift", progress=False)
+
+    rows = report["rows"]
+    assert report["retrains"] >= 1, rows
+    drift_checks = {"feature_drift", "prediction_drift"}
+    for r in rows:
+        if r["retrained"]:
+            assert r["causes"] == ["drift"], r
+            assert drift_checks & set(r["failed_checks"]), r
+        else:
+            assert r["causes"] == [], r
+    assert report["retrain_causes"] == {"drift": report["retrains"]}
+
+
 def test_static_replay_from_the_cli(short_elec2, replay_env, tmp_path, monkeypatch):
     import yaml
 
