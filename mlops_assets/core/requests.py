@@ -273,7 +273,11 @@ def _numbers(values: list, name: str, shape: str, errors: list, bounds: tuple[fl
     lo, hi = bounds if bounds else (None, None)
     lo_ = -MAX_MAGNITUDE if lo is None else max(lo, -MAX_MAGNITUDE)
     hi_ = MAX_MAGNITUDE if hi is None else min(hi, MAX_MAGNITUDE)
-    if all(type(v) is float or type(v) is int for v in values):  # the common case, vectorised
+    if len(values) == 1:  # a single row (most requests): plain comparisons, no array arithmetic
+        v = values[0]
+        if (type(v) is float or type(v) is int) and lo_ <= v <= hi_:  # NaN and infinities compare False
+            return np.array([v], dtype="float64")
+    elif all(type(v) is float or type(v) is int for v in values):  # the common case, vectorised
         try:
             arr = np.array(values, dtype="float64")
         except OverflowError:  # an integer beyond float64: reported below

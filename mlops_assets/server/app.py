@@ -399,12 +399,12 @@ class ModelServer:
                     self.metrics.unknown.labels(self.spec.name, entity).inc(count)
         bounds = np.cumsum([0] + [p.parsed.rows for p in pending])
         filed = self._file(pending, merged, features, scores, outputs, unknown, bounds)
-        results = []
+        results, answered = [], []
         for p, lo, hi, ok in zip(pending, bounds[:-1], bounds[1:], filed, strict=True):
             seconds = time.perf_counter() - p.started
             if ok is not True:  # the prediction store refused its rows: a prediction not logged is not given
                 self.metrics.observe(p.variant, p.version, 503, seconds, None)
-                self._log_request(p.request_id, p.received, p.variant, p.version, 503, p.parsed.rows, seconds)
+                answered.append((p.request_id, p.received, p.variant, p.version, 503, p.parsed.rows, seconds))
                 results.append((503, {"error": "prediction not logged", "detail": str(ok)[:300], "request_id": p.request_id}))
                 continue
             body: dict[str, Any] = {
@@ -419,8 +419,9 @@ class ModelServer:
             if unknown is not None:
                 body["unknown_entities"] = unknown[lo:hi]
             self.metrics.observe(p.variant, p.version, 200, seconds, outputs[lo:hi])
-            self._log_request(p.request_id, p.received, p.variant, p.version, 200, p.parsed.rows, seconds)
+            answered.append((p.request_id, p.received, p.variant, p.version, 200, p.parsed.rows, seconds))
             results.append((200, body))
+        self._log_requests(answered)  # one block for the batch: one write-ahead append, not one per request
         return results
 
     def _file(self, pending, merged, features, scores, outputs, unknown, bounds) -> list:
@@ -464,25 +465,29 @@ class ModelServer:
         return filed
 
     def _log_request(self, request_id, received, variant, version, status, rows, seconds) -> None:
-        """One row of the requests log. Its failure never changes an answer already decided (the
-        served rows, not this summary, are what a 200 guarantees): it is reported in the server log."""
-        if self.log is None:
+        self._log_requests([(request_id, received, variant, version, status, rows, seconds)])
+
+    def _log_requests(self, answered: list[tuple]) -> None:
+        """Rows of the requests log, one per answered request: (id, received, variant, version,
+        status, rows, seconds). Their failure never changes an answer already decided (the served
+        rows, not this summary, are what a 200 guarantees): it is reported in the server log."""
+        if self.log is None or not answered:
             return
         try:
             self.log.append(
                 REQUESTS,
                 {
-                    "request_id": [request_id],
-                    "received_at_ns": [_ns(received)],
-                    "variant": [variant],
-                    "model_version": [int(version)],
-                    "status": [status],
-                    "rows": [rows],
-                    "latency_ms": [seconds * 1000],
+                    "request_id": [a[0] for a in answered],
+                    "received_at_ns": [_ns(a[1]) for a in answered],
+                    "variant": [a[2] for a in answered],
+                    "model_version": [int(a[3]) for a in answered],
+                    "status": [a[4] for a in answered],
+                    "rows": [a[5] for a in answered],
+                    "latency_ms": [a[6] * 1000 for a in answered],
                 },
             )
         except Exception:  # see above
-            log.warning("request %s (%s): not written to the requests log", request_id, status, exc_info=True)
+            log.warning("requests %s: not written to the requests log", [a[0] for a in answered], exc_info=True)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/models/<name>`` answers: the request's fields and limits, and what is served."""
