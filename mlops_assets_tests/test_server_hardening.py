@@ -182,8 +182,10 @@ def test_create_app_refuses_to_build_without_an_admin_token(served):
 
 def refused_counts(metrics: str) -> dict[str, float]:
     """``mlops_requests_total`` of refused requests (variant "none") by status code. Compared before
-    and after: once Feast is imported, prometheus_client keeps values per process and metric name
-    (its multiprocess mode), so servers built in one test process add to the same counters."""
+    and after, each code refused once before the first reading: once Feast is imported,
+    prometheus_client keeps values per process and metric name (its multiprocess mode), so servers
+    built in one test process add to the same counters, and a counter's line appears (with the
+    process's total so far) only once this server has counted it."""
     counts = {}
     for line in metrics.splitlines():
         if line.startswith("mlops_requests_total{") and 'variant="none"' in line:
@@ -209,7 +211,8 @@ def test_api_keys_protect_predict_and_invocations_when_the_spec_asks(served, mon
     assert keys == ["key-one", "key-two"]
     payload = {"instances": instances(served["rows"].iloc[:2])}
     with TestClient(create_app(served["server"], admin_token=TOKEN, api_keys=keys)) as c:
-        before = refused_counts(c.get("/metrics").text).get("401", 0.0)
+        assert c.post(PREDICT, json=payload).status_code == 401  # this server's 401 counter exists
+        before = refused_counts(c.get("/metrics").text)["401"]
         for path in (PREDICT, "/invocations"):
             assert c.post(path, json=payload).status_code == 401
             assert c.post(path, json=payload, headers={"X-API-Key": "key-three"}).status_code == 401
@@ -309,8 +312,7 @@ def test_every_refused_request_is_counted_and_logged(served):
 
     from mlops_assets.prediction_store import REQUESTS, read_since
 
-    port, since = served["port"], pd.Timestamp.now(tz="UTC")
-    before = refused_counts(call(port, "GET", "/metrics")[1])
+    port = served["port"]
     expected = {
         400: [("POST", PREDICT, "{not json", None)],
         401: [("PUT", DEPLOY, {"stable": "1"}, None)],
@@ -320,6 +322,10 @@ def test_every_refused_request_is_counted_and_logged(served):
         413: [("POST", PREDICT, b"1" * (2**20 + 1), None)],
         422: [("POST", PREDICT, {"instances": []}, None), ("PUT", DEPLOY, {"stable": "1", "colour": 1}, ADMIN)],
     }
+    for code, requests in expected.items():  # once, so that every counter exists before the first reading
+        method, path, body, headers = requests[0]
+        assert call(port, method, path, body, headers)[0] == code, (method, path)
+    before, since = refused_counts(call(port, "GET", "/metrics")[1]), pd.Timestamp.now(tz="UTC")
     for code, requests in expected.items():
         for method, path, body, headers in requests:
             assert call(port, method, path, body, headers)[0] == code, (method, path)
