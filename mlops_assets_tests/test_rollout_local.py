@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -219,3 +220,47 @@ def test_the_platforms_deploys_send_the_admin_token(elec2_spec, tmp_path):
     while target.holder() is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert target.holder() is None  # the port is free again
+
+
+def test_a_server_started_by_hand_leaves_no_temp_folder(flight_spec, tmp_path):
+    """``mlops serve`` started directly (a container, a person) and stopped with SIGTERM: Feast's
+    metrics folder would stay in the temp directory (its ``atexit`` hook never runs when uvicorn
+    re-raises the signal); the server makes its own and removes it in its graceful shutdown."""
+    import signal
+
+    import yaml
+
+    from mlops_assets.environments import mlflow_tracking_uri
+    from mlops_assets.specs import DeploymentSpec
+
+    home, temp = tmp_path / "home", tmp_path / "tmp"
+    temp.mkdir()
+    port = free_port()
+    spec = flight_spec.model_copy(update={"deployment": DeploymentSpec(port=port)})
+    spec_file = tmp_path / "flight_delays.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
+    env |= {"MLOPS_HOME": str(home), "MLOPS_ENV": "local", "TMPDIR": str(temp), "MLFLOW_TRACKING_URI": mlflow_tracking_uri(home)}
+    cmd = [sys.executable, "-m", "mlops_assets.cli", "serve", "--spec", str(spec_file), "--port", str(port)]
+    with (tmp_path / "server.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        folders: list[str] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            folders = [p.name for p in temp.iterdir()]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        folders = [p.name for p in temp.iterdir()]
+        assert any(f.startswith("mlops_serve_flight_delays_metrics_") for f in folders), folders  # Feast was imported
+        assert not any(f.startswith("feast_metrics_") for f in folders), folders
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGTERM  # uvicorn re-raised the signal: no atexit hook ran
+    assert list(temp.iterdir()) == [], [p.name for p in temp.iterdir()]

@@ -9,8 +9,11 @@ environment alone and reads and writes the same stores as the platform.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +127,27 @@ def serve(spec: ModelSpec, host: str, port: int, stores: ServerStores, *, admin_
 
         admin_token = home_admin_token()
     keys = api_keys(spec)
+    metrics_dir = _own_metrics_dir(spec)
     server = build_server(spec, stores)
-    app = create_app(server, admin_token=admin_token, api_keys=keys)
+    cleanup = [functools.partial(shutil.rmtree, metrics_dir, ignore_errors=True)] if metrics_dir else []
+    app = create_app(server, admin_token=admin_token, api_keys=keys, on_shutdown=cleanup)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on")
+
+
+PROMETHEUS_DIR_ENV = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")  # Feast reads the first
+
+
+def _own_metrics_dir(spec: ModelSpec) -> str | None:
+    """A folder for prometheus_client's multiprocess files that this server removes when it shuts
+    down, for a server that reads online features (so imports Feast) and was given none.
+
+    ``import feast`` otherwise makes a ``feast_metrics_*`` folder in the temp directory that only an
+    ``atexit`` hook removes, and a server stopped by SIGTERM never runs it: uvicorn re-raises the
+    signal after its graceful shutdown. That shutdown does run the app's lifespan, which removes
+    this folder. The local target gives its servers one in their run folder instead."""
+    if not (spec.past_rate_features or spec.lookup_features) or os.environ.get(PROMETHEUS_DIR_ENV[0]):
+        return None
+    folder = tempfile.mkdtemp(prefix=f"mlops_serve_{spec.name}_metrics_")
+    for var in PROMETHEUS_DIR_ENV:
+        os.environ.setdefault(var, folder)
+    return folder

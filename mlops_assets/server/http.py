@@ -104,6 +104,7 @@ def create_app(
     admin_token: str,
     api_keys: Sequence[str] | None = None,
     max_body_bytes: int | None = None,
+    on_shutdown: Sequence[Callable[[], None]] = (),
 ) -> PredictFastPath:
     """The ASGI app around a ``ModelServer``.
 
@@ -111,7 +112,8 @@ def create_app(
     <admin_token>`` (there is no loopback exception: any local process could otherwise swap the
     model). ``api_keys``: when given (non-empty), predictions need one of them as ``X-API-Key`` or
     ``Authorization: Bearer``. ``max_body_bytes``: the largest request body (default: the spec's
-    ``deployment.max_body_mb``)."""
+    ``deployment.max_body_mb``). ``on_shutdown``: run after the prediction log is closed, when the
+    server shuts down gracefully (also on SIGTERM)."""
     if not admin_token:
         raise ValueError("create_app needs an admin_token: the deployment route is never open (environments.admin_token)")
     if api_keys is not None and not [k for k in api_keys if k]:
@@ -210,6 +212,8 @@ def create_app(
         yield
         if server.log is not None:
             server.log.close()
+        for step in on_shutdown:  # what the process owns outside the stores (serve(): its metrics folder)
+            step()
 
     from starlette.exceptions import HTTPException
 
