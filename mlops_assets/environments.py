@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from mlops_assets.resources import EndpointDeployer, FeastFeatureStore, LakeStorage, MlflowTracking
+from mlops_assets.server import ADMIN_TOKEN_ENV
 
 if TYPE_CHECKING:
     from mlops_assets.server import ServerStores
@@ -55,7 +56,7 @@ class CloudVars:
     feast_registry: str = "FEAST_REGISTRY_URI"  # postgresql+psycopg://… (SQL registry) or s3://…/registry.pb
     redis: str = "MLOPS_REDIS"  # Feast's Redis online store: host:port[,password=…][,ssl=true]
     gcp_project: str = "GOOGLE_CLOUD_PROJECT"  # gcp only: the project of the GCS IO manager
-    admin_token: str = "MLOPS_ADMIN_TOKEN"  # bearer token of the model servers' admin routes (a secret)
+    admin_token: str = ADMIN_TOKEN_ENV  # bearer token of the model servers' admin routes (a secret)
 
 
 CLOUD_VARS = CloudVars()

@@ -60,7 +60,7 @@ from functools import lru_cache
 from typing import Any
 
 from mlops_assets.endpoint_state import Deployment
-from mlops_assets.server import DEPLOYMENT_ENV
+from mlops_assets.server import ADMIN_TOKEN_ENV, DEPLOYMENT_ENV, WAL_DIR_ENV
 from mlops_assets.specs import ModelSpec
 
 CONTAINER_PORT = 8080
@@ -77,12 +77,11 @@ KSERVE_PLURAL = "inferenceservices"
 KSERVE_API_VERSION = f"{KSERVE_GROUP}/{KSERVE_VERSION}"
 KSERVE_CONTAINER = "kserve-container"  # the name KServe gives (and expects for) a custom predictor container
 SECRET_VARS = ("MLFLOW_TRACKING_URI", "FEAST_REGISTRY_URI", "MLOPS_REDIS")  # carry credentials: Secret only
-# the bearer token of the server's admin route (environments.ADMIN_TOKEN_VAR): an optional key of the
-# same Secret, on every profile (the pod's server generates an unknown one without it)
-ADMIN_TOKEN_VAR = "MLOPS_ADMIN_TOKEN"
-# the prediction log's write-ahead folder (server.WAL_DIR_ENV) on an emptyDir volume: it outlives a
-# crashed or OOM-killed container (the pod restarts it and the new server replays what was answered)
-WAL_DIR_ENV, WAL_MOUNT, WAL_VOLUME = "MLOPS_WAL_DIR", "/var/lib/mlops/wal", "prediction-log-wal"
+# The bearer token of the server's admin route (ADMIN_TOKEN_ENV) is an optional key of the same
+# Secret, on every profile (the pod's server generates an unknown one without it). The prediction
+# log's write-ahead folder (WAL_DIR_ENV) is an emptyDir volume: it outlives a crashed or OOM-killed
+# container (the pod restarts it and the new server replays what was answered).
+WAL_MOUNT, WAL_VOLUME = "/var/lib/mlops/wal", "prediction-log-wal"
 # every name the target sets; a spec's ``kubernetes.env`` may not set them
 RESERVED_ENV = (
     DEPLOYMENT_ENV,
@@ -93,7 +92,7 @@ RESERVED_ENV = (
     "MLFLOW_ARTIFACT_URI",
     "GOOGLE_CLOUD_PROJECT",
     *SECRET_VARS,
-    ADMIN_TOKEN_VAR,
+    ADMIN_TOKEN_ENV,
     WAL_DIR_ENV,
 )
 
@@ -197,7 +196,7 @@ def admin_token_env(secret: str) -> dict[str, Any]:
     a value. ``optional``: a Secret without it still starts the pod, whose server then generates a
     token nobody knows, so its admin route stays closed (the target itself changes what a pod serves
     by rolling out manifests, not through that route)."""
-    return {"name": ADMIN_TOKEN_VAR, "valueFrom": {"secretKeyRef": {"name": secret, "key": ADMIN_TOKEN_VAR, "optional": True}}}
+    return {"name": ADMIN_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret, "key": ADMIN_TOKEN_ENV, "optional": True}}}
 
 
 def _container(

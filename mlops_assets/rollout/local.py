@@ -55,13 +55,11 @@ import yaml
 
 from mlops_assets.endpoint_state import Deployment, EndpointState, server_identity
 from mlops_assets.rollout import EndpointError
+from mlops_assets.server import ADMIN_TOKEN_ENV, PROMETHEUS_DIR_ENV
 from mlops_assets.specs import ModelSpec
 
 if TYPE_CHECKING:
     from mlops_assets.resources import LakeStorage
-
-ADMIN_TOKEN_ENV = "MLOPS_ADMIN_TOKEN"  # what the server reads (environments.ADMIN_TOKEN_VAR)
-PROMETHEUS_DIR_ENV = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")  # Feast reads the first
 
 
 def _http(

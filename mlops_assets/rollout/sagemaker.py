@@ -59,8 +59,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mlops_assets.endpoint_state import Deployment
-from mlops_assets.rollout.kubernetes import ADMIN_TOKEN_VAR
-from mlops_assets.server import DEPLOYMENT_ENV, MODEL_DIR_ENV, SAGEMAKER_MODEL_DIR, SPEC_ENV
+from mlops_assets.server import ADMIN_TOKEN_ENV, DEPLOYMENT_ENV, MODEL_DIR_ENV, SAGEMAKER_MODEL_DIR, SPEC_ENV
 from mlops_assets.specs import ModelSpec
 
 STABLE, CANARY = "stable", "canary"
@@ -84,8 +83,8 @@ def profile_environment(env: str | None = None) -> dict[str, str]:
     if missing:
         raise ValueError(f"MLOPS_ENV={value}: the SageMaker container needs {', '.join(missing)}, not set in this process")
     out = {"MLOPS_ENV": value, **{k: os.environ[k] for k in names}}
-    if os.environ.get(ADMIN_TOKEN_VAR):  # the admin route's token, as the platform's servers share it
-        out[ADMIN_TOKEN_VAR] = os.environ[ADMIN_TOKEN_VAR]
+    if os.environ.get(ADMIN_TOKEN_ENV):  # the admin route's token, as the platform's servers share it
+        out[ADMIN_TOKEN_ENV] = os.environ[ADMIN_TOKEN_ENV]
     return out
 
 

@@ -26,6 +26,7 @@ DEPLOYMENT_ENV = "MLOPS_DEPLOYMENT"  # JSON; the Kubernetes and SageMaker target
 SPEC_ENV = "MLOPS_SPEC"  # the spec a container serves when `mlops serve` gets no --spec
 MODEL_DIR_ENV = "MLOPS_MODEL_DIR"  # an MLflow model folder to serve instead of the registry's version
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker unpacks a variant's ModelDataUrl
+PROMETHEUS_DIR_ENV = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")  # Feast reads the first
 WAL_DIR_ENV = "MLOPS_WAL_DIR"  # local folder of the prediction log's write-ahead file (a volume in a container)
 
 
@@ -132,9 +133,6 @@ def serve(spec: ModelSpec, host: str, port: int, stores: ServerStores, *, admin_
     cleanup = [functools.partial(shutil.rmtree, metrics_dir, ignore_errors=True)] if metrics_dir else []
     app = create_app(server, admin_token=admin_token, api_keys=keys, on_shutdown=cleanup)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on")
-
-
-PROMETHEUS_DIR_ENV = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")  # Feast reads the first
 
 
 def _own_metrics_dir(spec: ModelSpec) -> str | None:
