@@ -53,14 +53,11 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import marshal
 import math
 import os
 import secrets
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets import files
+from mlops_assets import prediction_wal as wal_format
 
 REQUESTS, SERVED = "requests", "served"
 TABLES = (REQUESTS, SERVED)
@@ -186,14 +184,17 @@ class PredictionLog:
         block = _checked(table, columns)
         record = None
         if self.wal is not None:
-            record, block = _encode(table, block)
+            try:
+                record, block = wal_format.encode_block(table, block)
+            except ValueError as e:
+                raise LogError(str(e)) from e
         with self._lock:
             if self._closed:
                 raise LogError("the prediction log is closed (the server is shutting down)")
             seg = self._active if self._active is not None else self._open_segment()
             if record is not None:
                 try:
-                    _write_all(seg.fd, record)
+                    wal_format.write_all(seg.fd, record)
                 except OSError as e:
                     self._undo_partial(seg)
                     raise LogError(f"prediction log: cannot write the write-ahead file {seg.path}: {e}") from e
@@ -208,7 +209,7 @@ class PredictionLog:
             path = self.wal / f"{seg_id}.wal"
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-                _lock_file(fd)
+                wal_format.lock(fd)
             except OSError as e:
                 raise LogError(f"prediction log: cannot create the write-ahead file {path}: {e}") from e
             seg = _Segment(seg_id, fd, path)
@@ -271,9 +272,9 @@ class PredictionLog:
             return
         sealed_ns = time.time_ns()  # after every row of the segment was received
         if seg.fd is not None:
-            record = _frame_record(b"S", struct.pack("<q", sealed_ns))
+            record = wal_format.seal_record(sealed_ns)
             os.lseek(seg.fd, seg.size, os.SEEK_SET)
-            _write_all(seg.fd, record)
+            wal_format.write_all(seg.fd, record)
             os.fsync(seg.fd)
             seg.size += len(record)
         seg.sealed_ns = sealed_ns
@@ -314,7 +315,7 @@ class PredictionLog:
             except FileNotFoundError:  # written and deleted by its owner meanwhile
                 continue
             try:
-                _lock_file(fd)
+                wal_format.lock(fd)
             except OSError:  # a live process holds it
                 os.close(fd)
                 continue
@@ -323,7 +324,7 @@ class PredictionLog:
                 continue
             seg = _Segment(path.stem, fd, path)
             try:
-                seg.blocks, seg.sealed_ns, seg.size, torn = _read_segment(fd)
+                seg.blocks, seg.sealed_ns, seg.size, torn = wal_format.read_segment(fd)
                 if torn:
                     log.warning("prediction log: %s ends in %d bytes of an unfinished record (never acknowledged)", path, torn)
                     os.ftruncate(fd, seg.size)
@@ -410,84 +411,6 @@ def _normalised(table: str, name: str, value: Any) -> np.ndarray | list:
     if value.ndim != 1:
         raise LogError(f"{table} column {name!r} has {value.ndim} dimensions, not 1")
     return value if value.dtype.kind in _RAW_KINDS else value.tolist()
-
-
-def _plain(value: Any) -> Any:
-    """A plain stand-in for a value of a text or object column: numpy scalars become Python ones,
-    times their ISO text, anything else its text."""
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    if isinstance(value, np.generic):
-        return value.item() if not isinstance(value, np.datetime64 | np.timedelta64) else str(value)
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    if isinstance(value, str | int | float):  # subclasses: their plain value
-        return type(value).__mro__[-2](value)
-    return str(value)
-
-
-def _encode(table: str, block: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """The WAL record of a block, and the block as it will be read back (object columns reduced to
-    plain values, so the stored rows are the same whether they come from memory or from a replay)."""
-
-    def dump(b: dict[str, Any]) -> bytes:
-        cols = [
-            (k, v.dtype.str, v.tobytes()) if type(v) is np.ndarray else (k, "", v)  # arrays are numeric (_checked)
-            for k, v in b.items()
-        ]
-        return marshal.dumps((table, cols))
-
-    try:
-        payload = dump(block)
-    except ValueError:  # an object marshal does not know: reduce every list to plain values
-        block = {k: v if type(v) is np.ndarray else [_plain(x) for x in v] for k, v in block.items()}
-        try:
-            payload = dump(block)
-        except ValueError as e:
-            raise LogError(f"a {table} block holds a value the prediction log cannot file: {e}") from e
-    return _frame_record(b"B", payload), block
-
-
-_HEADER = struct.Struct("<IIc")  # payload length, CRC-32 of kind + payload, kind (B: block, S: seal)
-
-
-def _frame_record(kind: bytes, payload: bytes) -> bytes:
-    return _HEADER.pack(len(payload), zlib.crc32(kind + payload), kind) + payload
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _lock_file(fd: int) -> None:
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def _read_segment(fd: int) -> tuple[list[tuple[str, dict[str, Any]]], int | None, int, int]:
-    """The blocks of a WAL file, its seal time (None when unsealed), the length of its whole records
-    and how many bytes after them belong to a record that was never finished."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    blocks, sealed_ns, pos = [], None, 0
-    while pos + _HEADER.size <= len(data):
-        length, crc, kind = _HEADER.unpack_from(data, pos)
-        payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
-        if len(payload) < length or zlib.crc32(kind + payload) != crc:
-            break
-        if kind == b"S":
-            sealed_ns = struct.unpack("<q", payload)[0]
-        elif kind == b"B":
-            table, cols = marshal.loads(payload)
-            blocks.append((table, {k: np.frombuffer(v, dtype=np.dtype(dt)).copy() if dt else v for k, dt, v in cols}))
-        pos += _HEADER.size + length
-    return blocks, sealed_ns, pos, len(data) - pos
 
 
 def _frame(blocks: list[dict[str, Any]]) -> pd.DataFrame:
