@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -85,7 +85,7 @@ def main() -> None:
     from mlops_assets.factory import build_definitions
     from mlops_assets.specs import ModelSpec
 
-    yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
     start = yesterday - timedelta(days=365 * args.years - 1)
     base = yaml.safe_load((REPO / "examples" / "specs" / "elec2.yaml").read_text())
     specs = []
@@ -96,7 +96,9 @@ def main() -> None:
     defs = build_definitions(specs)
     days = [(start + timedelta(days=d)).isoformat() for d in range((yesterday - start).days + 1)]
     lake = resources()["lake"]
-    sample = pd.read_csv(Path(os.environ.get("MLOPS_DATA_DIR", REPO.parent / "shared" / "data")) / "elec2" / "elec2_with_timestamp.csv", nrows=48)
+    sample = pd.read_csv(
+        Path(os.environ.get("MLOPS_DATA_DIR", REPO.parent / "shared" / "data")) / "elec2" / "elec2_with_timestamp.csv", nrows=48
+    )
 
     t = time.perf_counter()
     with dagster_instance(args.storage, home) as instance:
@@ -136,7 +138,9 @@ def main() -> None:
         for _ in range(args.repeats):
             t = time.perf_counter()
             for sensor, spec in zip(sensors, specs):
-                ctx = dg.build_sensor_context(instance=instance, cursor=cursors[spec.name], resources={"lake": lake}, definitions=defs)
+                ctx = dg.build_sensor_context(
+                    instance=instance, cursor=cursors[spec.name], resources={"lake": lake}, definitions=defs
+                )
                 requested += len(sensor.evaluate_tick(ctx).run_requests)
             landing_s.append(time.perf_counter() - t)
             t = time.perf_counter()

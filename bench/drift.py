@@ -24,8 +24,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlops_assets.core.drift import dataset_drift  # noqa: E402
-from mlops_assets_tests.evidently_reference import evidently_decisions  # noqa: E402
+from mlops_assets.core.drift import dataset_drift
+from mlops_assets_tests.evidently_reference import evidently_decisions
 
 NUMERIC, SHIFTED_NUMERIC = 20, (0, 5, 10, 15)
 CATEGORIES = {"cat_a": ["a", "b", "c", "d", "e"], "cat_b": ["x", "y", "z"]}
@@ -64,7 +64,9 @@ def main() -> None:
         theirs_s.append(time.perf_counter() - t)
         mine = {c.column: c.drifted for c in ours.columns}
         mismatches += [c for c in mine if mine[c] != theirs[c][2]]
-        print(f"run {r + 1}: ours {ours_s[-1]:.2f} s, evidently {theirs_s[-1]:.2f} s, drifted {sorted(c for c in mine if mine[c])}")
+        print(
+            f"run {r + 1}: ours {ours_s[-1]:.2f} s, evidently {theirs_s[-1]:.2f} s, drifted {sorted(c for c in mine if mine[c])}"
+        )
     result = {
         "benchmark": "drift",
         "rows_per_frame": args.rows,
@@ -78,7 +80,9 @@ def main() -> None:
         "mismatched_columns": sorted(set(mismatches)),
         "goal_speedup": 50,
     }
-    print(f"ours {result['ours_median_s']} s vs Evidently {result['evidently_median_s']} s: {result['speedup']}x; identical decisions: {result['identical_decisions']}")
+    print(
+        f"ours {result['ours_median_s']} s vs Evidently {result['evidently_median_s']} s: {result['speedup']}x; identical decisions: {result['identical_decisions']}"
+    )
     print(json.dumps(result))
 
 

@@ -60,7 +60,9 @@ def profile_env(name: str, home: str) -> dict[str, str]:
 
 
 def probe(name: str, env: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     if out.returncode != 0:
         raise SystemExit(f"MLOPS_ENV={name}: the definitions do not load without services:\n{out.stderr[-3000:]}")
     loaded = json.loads(out.stdout.strip().splitlines()[-1])

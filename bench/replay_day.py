@@ -106,7 +106,9 @@ def worker(profile: str, warmup_days: int, days: int) -> dict:
             run("ingest", partition)
         run("train")
         ts = spec.source.timestamp
-        source_days = split_days(read_table(spec.source.path, spec.source.format), ts.column, ts.parts, ts.timezone, spec.source.path)
+        source_days = split_days(
+            read_table(spec.source.path, spec.source.format), ts.column, ts.parts, ts.timezone, spec.source.path
+        )
         setup_s = time.perf_counter() - t0
 
         per_day: list[dict[str, float]] = []
@@ -130,7 +132,9 @@ def worker(profile: str, warmup_days: int, days: int) -> dict:
             phases["score"] = time.perf_counter() - t
             phases["day"] = sum(phases.values())
             per_day.append(phases)
-            print(f"  {profile} {key}: {phases['day']:.2f} s " + " ".join(f"{p} {phases[p]:.2f}" for p in PHASES), file=sys.stderr)
+            print(
+                f"  {profile} {key}: {phases['day']:.2f} s " + " ".join(f"{p} {phases[p]:.2f}" for p in PHASES), file=sys.stderr
+            )
         return {
             "profile": profile,
             "landed_on": landed[0].rsplit("/", 2)[0],
@@ -178,7 +182,14 @@ def run_profile(profile: str, args) -> dict:
         log = Path(tmp) / "worker.log"
         with log.open("w") as err:
             proc = subprocess.run(
-                cmd, cwd=tmp, env={**base_env(), **env}, stdout=subprocess.PIPE, stderr=err, text=True, timeout=WORKER_TIMEOUT_S
+                cmd,
+                cwd=tmp,
+                env={**base_env(), **env},
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                timeout=WORKER_TIMEOUT_S,
+                check=False,
             )
         text = log.read_text(errors="replace")
         if proc.returncode != 0:

@@ -750,9 +750,9 @@ def main() -> int:
                 + ["--flights-days", str(args.flights_days)],
                 cwd=home,
                 env={**env, "PYTHONPATH": str(ROOT)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                capture_output=True,
                 text=True,
+                check=False,
             )
             if prep.returncode != 0:
                 raise SystemExit(f"{FLIGHTS} preparation failed (exit {prep.returncode}):\n{prep.stderr[-4000:]}")

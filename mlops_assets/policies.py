@@ -73,7 +73,9 @@ class UpdatedWithin(dg.AutomationCondition):
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         materialized_at = _latest_materialization_time(context)
-        recent = materialized_at is not None and context.evaluation_time.timestamp() - materialized_at < self._window.total_seconds()
+        recent = (
+            materialized_at is not None and context.evaluation_time.timestamp() - materialized_at < self._window.total_seconds()
+        )
         return dg.AutomationResult(
             context=context, true_subset=context.candidate_subset if recent else context.get_empty_subset()
         )

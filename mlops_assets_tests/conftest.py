@@ -113,9 +113,8 @@ class Platform:
 
 @contextmanager
 def platform(path: Path, specs) -> Iterator[Platform]:
-    with platform_home(path):
-        with dg.instance_for_test(temp_dir=str(path / "dagster")) as instance:
-            yield Platform(path, specs, instance)
+    with platform_home(path), dg.instance_for_test(temp_dir=str(path / "dagster")) as instance:
+        yield Platform(path, specs, instance)
 
 
 @pytest.fixture(scope="session")

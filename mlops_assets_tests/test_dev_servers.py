@@ -59,7 +59,7 @@ def test_dev_server_serves_the_asset_graph(tmp_path, command):
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
     }
     args = [os.path.join(BIN, command[0]), *(a.format(port=port) for a in command[1:])]
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - held by the server process, closed in the finally
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         graph = asset_graph(port, time.monotonic() + 120)

@@ -233,7 +233,15 @@ def test_the_container_gets_the_profile_and_secrets_only_by_reference(flights, l
     assert {k: env[k] for k in SECRET_VALUES} == {k: ref(k) for k in SECRET_VALUES}
     assert env["LOG_LEVEL"] == "debug"
     # nothing else of the platform: no IO bucket, no Dagster database, no whole-Secret envFrom
-    assert set(env) == {"MLOPS_DEPLOYMENT", "MLOPS_ENV", "LOG_LEVEL", "MLOPS_ADMIN_TOKEN", "MLOPS_WAL_DIR", *plain, *SECRET_VALUES}
+    assert set(env) == {
+        "MLOPS_DEPLOYMENT",
+        "MLOPS_ENV",
+        "LOG_LEVEL",
+        "MLOPS_ADMIN_TOKEN",
+        "MLOPS_WAL_DIR",
+        *plain,
+        *SECRET_VALUES,
+    }
     assert env["MLOPS_ADMIN_TOKEN"]["secretKeyRef"] == {"name": "mlops-secrets", "key": "MLOPS_ADMIN_TOKEN", "optional": True}
     assert "envFrom" not in c
     text = to_yaml(manifests)

@@ -72,15 +72,17 @@ def topology_env(tmp: Path, postgres, redis, s3) -> dict[str, str]:
         s3.make_bucket(f"topology-{bucket}")
     for db in ("dagster", "mlflow", "feast"):
         postgres.create_database(f"topology_{db}")
-    env.update({
-        "DAGSTER_PG_DB": "topology_dagster",
-        V.storage: "s3://topology-lake/platform",
-        V.landing: "s3://topology-landing/incoming",
-        V.io_bucket: "topology-io",
-        V.mlflow_tracking: postgres.url("topology_mlflow"),
-        V.mlflow_artifacts: "s3://topology-artifacts/mlflow",
-        V.feast_registry: postgres.url("topology_feast").replace("postgresql://", "postgresql+psycopg://"),
-    })
+    env.update(
+        {
+            "DAGSTER_PG_DB": "topology_dagster",
+            V.storage: "s3://topology-lake/platform",
+            V.landing: "s3://topology-landing/incoming",
+            V.io_bucket: "topology-io",
+            V.mlflow_tracking: postgres.url("topology_mlflow"),
+            V.mlflow_artifacts: "s3://topology-artifacts/mlflow",
+            V.feast_registry: postgres.url("topology_feast").replace("postgresql://", "postgresql+psycopg://"),
+        }
+    )
     return env
 
 
@@ -93,8 +95,13 @@ class Processes:
     def start(self, name: str, *args: str) -> subprocess.Popen:
         with open(self.tmp / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
-                [os.path.join(BIN, args[0]), *args[1:]], cwd=self.tmp, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [os.path.join(BIN, args[0]), *args[1:]],
+                cwd=self.tmp,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.procs[name] = proc
         return proc
@@ -129,7 +136,8 @@ class Processes:
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     req = urllib.request.Request(
-        f"http://{HOST}:{port}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        f"http://{HOST}:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=20) as resp:
@@ -145,8 +153,12 @@ INSTANCE_QUERY = """{ instance { runQueuingSupported runQueueConfig { maxConcurr
 # A queued run: RUN_ENQUEUED by the QueuedRunCoordinator when a sensor submits it (the default
 # coordinator launches at once and never emits it), RUN_STARTING by the daemon's queue when it
 # dequeues and launches it, RUN_START and RUN_SUCCESS by the run worker.
-LIFECYCLE = [dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_STARTING,
-             dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS]
+LIFECYCLE = [
+    dg.DagsterEventType.RUN_ENQUEUED,
+    dg.DagsterEventType.RUN_STARTING,
+    dg.DagsterEventType.RUN_START,
+    dg.DagsterEventType.RUN_SUCCESS,
+]
 RUNS_QUERY = """query Runs($ids: [String]) { runsOrError(filter: {runIds: $ids}) {
   __typename ... on Runs { results { runId status jobName tags { key value } } } } }"""
 
@@ -210,8 +222,20 @@ def test_the_aws_topology_runs_the_landing_sensor_and_automation_through_the_run
 
             # The code location, as its image runs it; the daemon and the webserver only know its address.
             grpc_port, web_port = free_port(), free_port()
-            procs.start("code-server", "dagster", "code-server", "start", "-m", "mlops_assets.definitions",
-                        "-h", HOST, "-p", str(grpc_port), "--location-name", LOCATION)
+            procs.start(
+                "code-server",
+                "dagster",
+                "code-server",
+                "start",
+                "-m",
+                "mlops_assets.definitions",
+                "-h",
+                HOST,
+                "-p",
+                str(grpc_port),
+                "--location-name",
+                LOCATION,
+            )
             workspace = tmp_path / "workspace.yaml"
             workspace.write_text(
                 f"load_from:\n  - grpc_server:\n      host: {HOST}\n      port: {grpc_port}\n      location_name: {LOCATION}\n"
@@ -258,7 +282,9 @@ def test_the_aws_topology_runs_the_landing_sensor_and_automation_through_the_run
                     if run.tags.get("dagster/sensor_name") == "mlops_automation" and run.tags.get("dagster/partition") == new_day:
                         scored = run
                     if run.status == dg.DagsterRunStatus.FAILURE:
-                        pytest.fail(f"run {run.run_id} ({run.job_name}, {run.tags}) failed: {failures(instance, run.run_id)}\n{procs.logs()}")
+                        pytest.fail(
+                            f"run {run.run_id} ({run.job_name}, {run.tags}) failed: {failures(instance, run.run_id)}\n{procs.logs()}"
+                        )
                 landed = landed if landed and landed.status == dg.DagsterRunStatus.SUCCESS else None
                 scored = scored if scored and scored.status == dg.DagsterRunStatus.SUCCESS else None
             phases["runs"] = time.monotonic()
