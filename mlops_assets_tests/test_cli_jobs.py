@@ -67,6 +67,28 @@ def test_land_then_jobs_end_to_end_through_subprocesses(cli_home):
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs) and len(runs) == len(KEYS) + 3
 
 
+def test_the_workflows_read_the_gate_decision_of_the_last_train_run(cli_home, tmp_path):
+    """.github/scripts/gate_result.py, as the CI and train-and-promote workflows run it after `train_<spec>`."""
+    _home, env = cli_home
+    summary = tmp_path / "summary.md"
+    out = sh(
+        [sys.executable, str(REPO / ".github" / "scripts" / "gate_result.py"), "flight_delays"],
+        {**env, "GITHUB_STEP_SUMMARY": str(summary)},
+    )
+    outputs = dict(line.split("=", 1) for line in out.stdout.splitlines())
+    assert outputs["decision"] == "promoted" and outputs["challenger_version"] == outputs["champion_version"] == "1"
+    assert "| decision | promoted |" in summary.read_text()
+    missing = subprocess.run(
+        [sys.executable, str(REPO / ".github" / "scripts" / "gate_result.py"), "elec2"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 1 and "elec2: the promotion gate has not run" in missing.stderr
+
+
 def test_dg_launch_runs_a_partition_of_a_named_job(cli_home):
     home, env = cli_home
     day = (date.fromisoformat(KEYS[-1]) + timedelta(days=1)).isoformat()
