@@ -58,8 +58,6 @@ def checkov(target: Path, framework: str) -> dict:
         framework,
         "--output",
         "json",
-        "--quiet",
-        "--compact",
         "--skip-download",
         "--soft-fail",
     ]
