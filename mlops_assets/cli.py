@@ -7,6 +7,7 @@ mlops demo [--spec flight_delays] [--start 2013-01-01] [--days 14]
 mlops replay --spec examples/specs/elec2.yaml --policy default|static|cron:N [--start D] [--days N] --out report.json
 mlops serve --spec flight_delays [--host 127.0.0.1] [--port 8787]
 mlops check --spec examples/specs/elec2.yaml  [--spec ...]   does the spec fit its data? (exit 1 if not)
+mlops exporter [--host 127.0.0.1] [--port 9464]   the pipeline's Prometheus metrics, read from the Dagster instance
 """
 
 from __future__ import annotations
@@ -218,6 +219,25 @@ def run_serve(args) -> int:
     return 0
 
 
+def run_exporter(args) -> int:
+    """The pipeline metrics exporter in the foreground (``mlops_assets.exporter``) until SIGTERM or
+    SIGINT. Locally it reads the home's Dagster instance; on a cloud profile, the one DAGSTER_HOME's
+    dagster.yaml names (``mlops instance --env ...`` writes it), as the daemon and webserver do."""
+    from mlops_assets.environments import current_env, ensure_dagster_home, mlops_home
+
+    if current_env() == "local":
+        os.environ.setdefault("DAGSTER_HOME", str(ensure_dagster_home(mlops_home())))
+    elif not os.environ.get("DAGSTER_HOME"):
+        raise SystemExit(
+            f"mlops exporter: MLOPS_ENV={current_env()} reads the Dagster instance of DAGSTER_HOME's dagster.yaml; "
+            f"set DAGSTER_HOME to its folder (write it with `mlops instance --env {current_env()}`)"
+        )
+    from mlops_assets.exporter import serve
+
+    serve(args.host, args.port, cache_seconds=args.cache_seconds)
+    return 0
+
+
 def run_check(spec_refs: list[str]) -> int:
     """Check specs against samples of their own data before anything is ingested: every problem is
     printed as ``<spec file>: <field>: <why>``, and the exit code is 1 when there is any."""
@@ -289,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
         "check", help="check specs against their source and lookup tables and their estimator; exit 1 on problems"
     )
     p_check.add_argument("--spec", action="append", default=[], help="spec name or path (repeatable; default: every loaded spec)")
+    p_exporter = sub.add_parser(
+        "exporter", help="serve the pipeline's Prometheus metrics (drift, checks, retrains, model age, failed runs) on /metrics"
+    )
+    p_exporter.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0 in a container)")
+    p_exporter.add_argument("--port", type=int, default=9464)
+    p_exporter.add_argument(
+        "--cache-seconds", type=float, default=10.0, help="how long a read of the Dagster instance answers scrapes (default 10)"
+    )
     args = parser.parse_args(argv)
     from mlops_assets.environments import ProfileError
 
@@ -305,6 +333,8 @@ def _run(parser: argparse.ArgumentParser, args) -> int:
         return run_serve(args)
     if args.command == "check":
         return run_check(args.spec)
+    if args.command == "exporter":
+        return run_exporter(args)
     if args.command == "replay":
         return run_replay(args)
     if args.command == "home":
