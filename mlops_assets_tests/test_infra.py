@@ -143,3 +143,13 @@ def test_the_spot_training_pool_carries_the_taint_and_label_the_steps_tolerate(c
         assert resolve(cloud, scaling.get("total_min_node_count", scaling.get("min_node_count"))) == 0
     on_demand = set(resources(cloud, rtype)) - set(spot)
     assert "system" in on_demand, "an on-demand system pool runs the webserver, daemon and code server"
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_every_variable_and_output_explains_itself_and_inputs_are_validated(cloud):
+    variables, outputs = named(cloud, "variable"), named(cloud, "output")
+    assert [name for name, body in variables.items() if not body.get("description", "").strip()] == []
+    assert [name for name, body in outputs.items() if not body.get("description", "").strip()] == []
+    # every input but an on/off switch is checked before anything is planned
+    unvalidated = [name for name, body in variables.items() if body.get("type") != "bool" and not body.get("validation")]
+    assert unvalidated == []

@@ -283,6 +283,11 @@ variable "system_machine_type" {
   description = "Machine type of the system pool (Dagster webserver, daemon, code server, MLflow, model servers, run workers)."
   type        = string
   default     = "e2-standard-4"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9]*-[a-z0-9-]+$", var.system_machine_type))
+    error_message = "system_machine_type must be a Compute Engine machine type such as e2-standard-4 or n2-highmem-8."
+  }
 }
 
 variable "system_min_nodes" {
@@ -311,6 +316,11 @@ variable "training_machine_type" {
   description = "Machine type of the spot training pool (steps whose size says spot: true; training by default)."
   type        = string
   default     = "n2-standard-8"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9]*-[a-z0-9-]+$", var.training_machine_type))
+    error_message = "training_machine_type must be a Compute Engine machine type such as e2-standard-4 or n2-highmem-8."
+  }
 }
 
 variable "training_max_nodes" {
