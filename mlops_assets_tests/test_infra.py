@@ -5,6 +5,7 @@ the outputs, the profiles' variables, the Kubernetes names and the node pools' t
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 import hcl2
@@ -153,3 +154,27 @@ def test_every_variable_and_output_explains_itself_and_inputs_are_validated(clou
     # every input but an on/off switch is checked before anything is planned
     unvalidated = [name for name, body in variables.items() if body.get("type") != "bool" and not body.get("validation")]
     assert unvalidated == []
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_terraform_outputs_become_the_secret_the_helm_release_and_the_profile_read(cloud):
+    """The three places that name the platform's variables agree: the outputs this tree declares,
+    turned into Secrets by infra/k8s/secrets_from_terraform.py, are exactly what the profile reads
+    (k8s.secret_keys), and the Helm values point the code location, its runs and the chart's
+    PostgreSQL password at those Secrets."""
+    from mlops_assets_tests.test_infra_kubernetes import _script, helm_values, names, user_deployment
+
+    script = _script()
+    declared = {name: {"value": f"value-of-{name}", "sensitive": False, "type": "string"} for name in named(cloud, "output")}
+    declared[k8s.NAMESPACE[0]]["value"] = k8s.NAMESPACE[1]
+    declared[environments.K8S_CLOUD_VAR]["value"] = cloud
+    outputs = script.read_outputs(json.dumps(declared))
+    secret, pg_secret = script.secrets(outputs, cloud, k8s.NAMESPACE[1])
+    assert list(secret["stringData"]) == k8s.secret_keys(cloud)
+    assert pg_secret["stringData"] == {"postgresql-password": "value-of-DAGSTER_PG_PASSWORD"}
+
+    values = helm_values(cloud)
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert names(launcher["envSecrets"]) == names(user_deployment(values)["envSecrets"]) == [secret["metadata"]["name"]]
+    assert values["global"]["postgresqlSecretName"] == pg_secret["metadata"]["name"]
+    assert secret["metadata"]["name"] == k8s.SECRET[1] and pg_secret["metadata"]["name"] == k8s.PG_PASSWORD_SECRET[1]
