@@ -225,3 +225,17 @@ def test_the_app_never_answers_5xx_for_a_body(elec2_spec, elec2_app):
                 assert len(response.json()["scores"]) == rows
 
         check()
+
+
+def test_an_absent_event_time_column_is_named_once_as_a_column(flight_spec):
+    """Found by the property test: a columnar request without the event_timestamp column, when now
+    is outside the spec's horizon, names the column (not row 0 of a column that is not there)."""
+    schema = request_schema(flight_spec)
+    payload = {"inputs": {"distance": [1.0, 2.0], "dest": ["", ""], "carrier": ["", ""], "event_id": ["", ""],
+                          "tailnum": [None, None], "origin": ["", ""]}}  # fmt: skip
+    with pytest.raises(RequestError) as refused:
+        parse_request(payload, schema, flight_spec, now=NOW)
+    timestamp_errors = [e for e in refused.value.errors if "event_timestamp" in e["loc"]]
+    assert [e["loc"] for e in timestamp_errors] == [["inputs", "event_timestamp"]]
+    assert timestamp_errors[0]["msg"].startswith("field required for this spec")
+    assert_fileable_or_refused(payload, schema, flight_spec)

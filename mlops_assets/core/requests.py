@@ -360,10 +360,15 @@ def _timestamps(values: list, shape: str, errors: list, schema: RequestSchema, n
         errors.append({"loc": _loc(shape, i, EVENT_TS_FIELD), "msg": msg})
         failed.append(i)
 
+    required = f"field required for this spec: now ({now.isoformat()}), the default, is outside {horizon}"
+    if shape == "inputs" and n and not lo <= now <= hi and all(v is MISSING for v in values):
+        # the column itself is absent: name it once, not a row of a column that is not there
+        errors.append({"loc": [shape, EVENT_TS_FIELD], "msg": required})
+        return pd.DatetimeIndex(np.full(n, np.datetime64(now.astimezone(UTC).replace(tzinfo=None), "us"))).tz_localize("UTC")
     for i, v in enumerate(values):
         if v is None or v is MISSING:
             if not lo <= now <= hi:
-                refuse(i, f"field required for this spec: now ({now.isoformat()}), the default, is outside {horizon}")
+                refuse(i, required)
             else:
                 utc[i] = np.datetime64(now.astimezone(UTC).replace(tzinfo=None), "us")
             continue
@@ -435,7 +440,7 @@ def parse_request(payload: Any, schema: RequestSchema, spec: ModelSpec, now: dat
     timestamps = None
     if schema.needs_time or EVENT_TS_FIELD in cols:
         now = now or datetime.now(UTC)
-        stamps = cols.get(EVENT_TS_FIELD, [None] * n)
+        stamps = cols.get(EVENT_TS_FIELD, [MISSING] * n)  # absent: the default applies to every row
         timestamps = _timestamps(stamps, shape, errors, schema, now)
     event_ids = _texts(cols[EVENT_ID_FIELD], EVENT_ID_FIELD, shape, errors, None) if EVENT_ID_FIELD in cols else None
     if errors:
