@@ -137,22 +137,10 @@ resource "google_sql_database_instance" "main" {
   depends_on = [google_service_networking_connection.private_services]
 }
 
-resource "google_sql_database" "dagster" {
-  name      = "dagster"
-  instance  = google_sql_database_instance.main.name
-  charset   = "UTF8"
-  collation = "en_US.UTF8"
-}
+resource "google_sql_database" "platform" {
+  for_each = toset(["dagster", "mlflow", "feast"])
 
-resource "google_sql_database" "mlflow" {
-  name      = "mlflow"
-  instance  = google_sql_database_instance.main.name
-  charset   = "UTF8"
-  collation = "en_US.UTF8"
-}
-
-resource "google_sql_database" "feast" {
-  name      = "feast"
+  name      = each.key
   instance  = google_sql_database_instance.main.name
   charset   = "UTF8"
   collation = "en_US.UTF8"

@@ -55,13 +55,9 @@ resource "google_service_account" "platform" {
 # Bucket-level grants: the lake and MLflow's artifacts (steps log models directly to GCS), and the
 # landing zone, where the landing sensor moves refused files to quarantine (read, then delete).
 resource "google_storage_bucket_iam_member" "platform" {
-  for_each = {
-    landing   = google_storage_bucket.landing.name
-    lake      = google_storage_bucket.lake.name
-    artifacts = google_storage_bucket.artifacts.name
-  }
+  for_each = google_storage_bucket.data
 
-  bucket = each.value
+  bucket = each.value.name
   role   = "roles/storage.objectAdmin"
   member = google_service_account.platform.member
 }
@@ -81,13 +77,9 @@ resource "google_project_iam_member" "platform_cloudsql" {
 
 # The platform reads its own secrets, and no others in the project.
 resource "google_secret_manager_secret_iam_member" "platform" {
-  for_each = {
-    db_password = google_secret_manager_secret.db_password.id
-    redis_auth  = google_secret_manager_secret.redis_auth.id
-    admin_token = google_secret_manager_secret.admin_token.id
-  }
+  for_each = google_secret_manager_secret.platform
 
-  secret_id = each.value
+  secret_id = each.value.id
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.platform.member
 }
@@ -113,7 +105,7 @@ resource "google_service_account" "mlflow" {
 }
 
 resource "google_storage_bucket_iam_member" "mlflow_artifacts" {
-  bucket = google_storage_bucket.artifacts.name
+  bucket = google_storage_bucket.data["artifacts"].name
   role   = "roles/storage.objectAdmin"
   member = google_service_account.mlflow.member
 }

@@ -39,33 +39,33 @@ output "GOOGLE_CLOUD_PROJECT" {
 
 output "MLOPS_STORAGE_URI" {
   description = "Lake, quarantine, prediction store, endpoints state and alerts."
-  value       = "gs://${google_storage_bucket.lake.name}/mlops"
+  value       = "gs://${google_storage_bucket.data["lake"].name}/mlops"
 }
 
 output "MLOPS_LANDING_URI" {
   description = "Landing zone the landing sensor watches."
-  value       = "gs://${google_storage_bucket.landing.name}/landing"
+  value       = "gs://${google_storage_bucket.data["landing"].name}/landing"
 }
 
 output "MLOPS_IO_BUCKET" {
   description = "Bucket of the Dagster IO manager (it writes under dagster-io/)."
-  value       = google_storage_bucket.lake.name
+  value       = google_storage_bucket.data["lake"].name
 }
 
 output "MLFLOW_TRACKING_URI" {
   description = "MLflow backend store (tracking and model registry) on Cloud SQL."
-  value       = "postgresql://${local.db_url_auth}/${google_sql_database.mlflow.name}?sslmode=require"
+  value       = "postgresql://${local.db_url_auth}/${google_sql_database.platform["mlflow"].name}?sslmode=require"
   sensitive   = true
 }
 
 output "MLFLOW_ARTIFACT_URI" {
   description = "Artifact root of new MLflow experiments."
-  value       = "gs://${google_storage_bucket.artifacts.name}/mlflow"
+  value       = "gs://${google_storage_bucket.data["artifacts"].name}/mlflow"
 }
 
 output "FEAST_REGISTRY_URI" {
   description = "Feast SQL registry on Cloud SQL."
-  value       = "postgresql+psycopg://${local.db_url_auth}/${google_sql_database.feast.name}?sslmode=require"
+  value       = "postgresql+psycopg://${local.db_url_auth}/${google_sql_database.platform["feast"].name}?sslmode=require"
   sensitive   = true
 }
 
@@ -104,7 +104,7 @@ output "DAGSTER_PG_PASSWORD" {
 
 output "DAGSTER_PG_DB" {
   description = "Database of the Dagster instance."
-  value       = google_sql_database.dagster.name
+  value       = google_sql_database.platform["dagster"].name
 }
 
 # --- infrastructure -------------------------------------------------------------------------------
@@ -167,17 +167,17 @@ output "db_instance_connection_name" {
 
 output "db_password_secret_id" {
   description = "Secret Manager secret holding the PostgreSQL password."
-  value       = google_secret_manager_secret.db_password.secret_id
+  value       = google_secret_manager_secret.platform["db-password"].secret_id
 }
 
 output "redis_auth_secret_id" {
   description = "Secret Manager secret holding the Redis AUTH string."
-  value       = google_secret_manager_secret.redis_auth.secret_id
+  value       = google_secret_manager_secret.platform["redis-auth"].secret_id
 }
 
 output "admin_token_secret_id" {
   description = "Secret Manager secret holding the admin token."
-  value       = google_secret_manager_secret.admin_token.secret_id
+  value       = google_secret_manager_secret.platform["admin-token"].secret_id
 }
 
 output "redis_server_ca_certs" {
@@ -187,15 +187,15 @@ output "redis_server_ca_certs" {
 
 output "landing_bucket" {
   description = "Landing bucket name."
-  value       = google_storage_bucket.landing.name
+  value       = google_storage_bucket.data["landing"].name
 }
 
 output "lake_bucket" {
   description = "Lake bucket name."
-  value       = google_storage_bucket.lake.name
+  value       = google_storage_bucket.data["lake"].name
 }
 
 output "artifacts_bucket" {
   description = "MLflow artifacts bucket name."
-  value       = google_storage_bucket.artifacts.name
+  value       = google_storage_bucket.data["artifacts"].name
 }

@@ -9,11 +9,29 @@ resource "random_password" "admin_token" {
   special = false
 }
 
-resource "google_secret_manager_secret" "db_password" {
-  secret_id = "${var.name_prefix}-db-password"
+locals {
+  # Secret id suffix => what the secret is for (its "purpose" label).
+  platform_secrets = {
+    db-password = "cloud-sql-password"
+    redis-auth  = "memorystore-auth"
+    admin-token = "model-server-admin-token"
+  }
+
+  # The values, looked up by key: sensitive values stay out of for_each arguments.
+  platform_secret_values = {
+    db-password = random_password.db.result
+    redis-auth  = google_redis_instance.online_store.auth_string
+    admin-token = random_password.admin_token.result
+  }
+}
+
+resource "google_secret_manager_secret" "platform" {
+  for_each = local.platform_secrets
+
+  secret_id = "${var.name_prefix}-${each.key}"
 
   labels = {
-    purpose = "cloud-sql-password"
+    purpose = each.value
   }
 
   replication {
@@ -38,75 +56,9 @@ resource "google_secret_manager_secret" "db_password" {
   depends_on = [google_project_service.enabled]
 }
 
-resource "google_secret_manager_secret" "redis_auth" {
-  secret_id = "${var.name_prefix}-redis-auth"
+resource "google_secret_manager_secret_version" "platform" {
+  for_each = google_secret_manager_secret.platform
 
-  labels = {
-    purpose = "memorystore-auth"
-  }
-
-  replication {
-    dynamic "auto" {
-      for_each = length(var.secret_replica_locations) == 0 ? [1] : []
-      content {}
-    }
-
-    dynamic "user_managed" {
-      for_each = length(var.secret_replica_locations) == 0 ? [] : [1]
-      content {
-        dynamic "replicas" {
-          for_each = var.secret_replica_locations
-          content {
-            location = replicas.value
-          }
-        }
-      }
-    }
-  }
-
-  depends_on = [google_project_service.enabled]
-}
-
-resource "google_secret_manager_secret" "admin_token" {
-  secret_id = "${var.name_prefix}-admin-token"
-
-  labels = {
-    purpose = "model-server-admin-token"
-  }
-
-  replication {
-    dynamic "auto" {
-      for_each = length(var.secret_replica_locations) == 0 ? [1] : []
-      content {}
-    }
-
-    dynamic "user_managed" {
-      for_each = length(var.secret_replica_locations) == 0 ? [] : [1]
-      content {
-        dynamic "replicas" {
-          for_each = var.secret_replica_locations
-          content {
-            location = replicas.value
-          }
-        }
-      }
-    }
-  }
-
-  depends_on = [google_project_service.enabled]
-}
-
-resource "google_secret_manager_secret_version" "db_password" {
-  secret      = google_secret_manager_secret.db_password.id
-  secret_data = random_password.db.result
-}
-
-resource "google_secret_manager_secret_version" "redis_auth" {
-  secret      = google_secret_manager_secret.redis_auth.id
-  secret_data = google_redis_instance.online_store.auth_string
-}
-
-resource "google_secret_manager_secret_version" "admin_token" {
-  secret      = google_secret_manager_secret.admin_token.id
-  secret_data = random_password.admin_token.result
+  secret      = each.value.id
+  secret_data = local.platform_secret_values[each.key]
 }

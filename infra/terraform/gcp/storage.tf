@@ -22,80 +22,32 @@ resource "google_kms_crypto_key_iam_member" "gcs" {
   member        = "serviceAccount:${data.google_storage_project_service_account.gcs[0].email_address}"
 }
 
-resource "google_storage_bucket" "landing" {
-  name          = "${var.project_id}-${var.name_prefix}-landing"
-  location      = local.bucket_location
-  storage_class = "STANDARD"
-  force_destroy = false
-
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-
-  versioning {
-    enabled = true
+locals {
+  # The data buckets, each with what it does with its current objects besides the rules all three
+  # share (noncurrent versions and abandoned uploads, below). A rule sets an age, optionally the
+  # classes it applies to, and an action: Delete, or SetStorageClass to storage_class.
+  data_buckets = {
+    # A landing file is ingested within a day or moved to quarantine: what is still here after
+    # landing_expiration_days is only a copy.
+    landing = [
+      { age = var.landing_expiration_days, matches_storage_class = null, action = "Delete", storage_class = null },
+    ]
+    # Old partitions and predictions are read rarely (backfills, audits): cheaper classes with age.
+    # State files are rewritten often and stay young, so they remain STANDARD.
+    lake = [
+      { age = var.lake_nearline_after_days, matches_storage_class = ["STANDARD"], action = "SetStorageClass", storage_class = "NEARLINE" },
+      { age = var.lake_coldline_after_days, matches_storage_class = ["STANDARD", "NEARLINE"], action = "SetStorageClass", storage_class = "COLDLINE" },
+    ]
+    # Model artifacts are kept as long as their MLflow runs (a registered version points at them);
+    # only replaced or deleted versions expire.
+    artifacts = []
   }
-
-  dynamic "encryption" {
-    for_each = var.kms_key_name == null ? [] : [var.kms_key_name]
-    content {
-      default_kms_key_name = encryption.value
-    }
-  }
-
-  dynamic "logging" {
-    for_each = google_storage_bucket.access_logs[*].name
-    content {
-      log_bucket        = logging.value
-      log_object_prefix = "landing/"
-    }
-  }
-
-  # A landing file is ingested within a day or moved to quarantine: what is still here after
-  # landing_expiration_days is only a copy.
-  lifecycle_rule {
-    condition {
-      age        = var.landing_expiration_days
-      with_state = "LIVE"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = var.noncurrent_version_retention_days
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      num_newer_versions = var.noncurrent_versions_to_keep
-      with_state         = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      age = 7
-    }
-    action {
-      type = "AbortIncompleteMultipartUpload"
-    }
-  }
-
-  depends_on = [google_kms_crypto_key_iam_member.gcs, google_storage_bucket_iam_member.access_logs_writer]
 }
 
-resource "google_storage_bucket" "lake" {
-  name          = "${var.project_id}-${var.name_prefix}-lake"
+resource "google_storage_bucket" "data" {
+  for_each = local.data_buckets
+
+  name          = "${var.project_id}-${var.name_prefix}-${each.key}"
   location      = local.bucket_location
   storage_class = "STANDARD"
   force_destroy = false
@@ -118,33 +70,22 @@ resource "google_storage_bucket" "lake" {
     for_each = google_storage_bucket.access_logs[*].name
     content {
       log_bucket        = logging.value
-      log_object_prefix = "lake/"
+      log_object_prefix = "${each.key}/"
     }
   }
 
-  # Old partitions and predictions are read rarely (backfills, audits): cheaper classes with age.
-  # State files are rewritten often and stay young, so they remain STANDARD.
-  lifecycle_rule {
-    condition {
-      age                   = var.lake_nearline_after_days
-      matches_storage_class = ["STANDARD"]
-      with_state            = "LIVE"
-    }
-    action {
-      type          = "SetStorageClass"
-      storage_class = "NEARLINE"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      age                   = var.lake_coldline_after_days
-      matches_storage_class = ["STANDARD", "NEARLINE"]
-      with_state            = "LIVE"
-    }
-    action {
-      type          = "SetStorageClass"
-      storage_class = "COLDLINE"
+  dynamic "lifecycle_rule" {
+    for_each = each.value
+    content {
+      condition {
+        age                   = lifecycle_rule.value.age
+        matches_storage_class = lifecycle_rule.value.matches_storage_class
+        with_state            = "LIVE"
+      }
+      action {
+        type          = lifecycle_rule.value.action
+        storage_class = lifecycle_rule.value.storage_class
+      }
     }
   }
 
@@ -179,70 +120,8 @@ resource "google_storage_bucket" "lake" {
 
   lifecycle {
     precondition {
-      condition     = var.lake_coldline_after_days >= var.lake_nearline_after_days + 30
+      condition     = each.key != "lake" || var.lake_coldline_after_days >= var.lake_nearline_after_days + 30
       error_message = "lake_coldline_after_days must be at least lake_nearline_after_days + 30 (NEARLINE's minimum storage duration)."
-    }
-  }
-
-  depends_on = [google_kms_crypto_key_iam_member.gcs, google_storage_bucket_iam_member.access_logs_writer]
-}
-
-resource "google_storage_bucket" "artifacts" {
-  name          = "${var.project_id}-${var.name_prefix}-artifacts"
-  location      = local.bucket_location
-  storage_class = "STANDARD"
-  force_destroy = false
-
-  uniform_bucket_level_access = true
-  public_access_prevention    = "enforced"
-
-  versioning {
-    enabled = true
-  }
-
-  dynamic "encryption" {
-    for_each = var.kms_key_name == null ? [] : [var.kms_key_name]
-    content {
-      default_kms_key_name = encryption.value
-    }
-  }
-
-  dynamic "logging" {
-    for_each = google_storage_bucket.access_logs[*].name
-    content {
-      log_bucket        = logging.value
-      log_object_prefix = "artifacts/"
-    }
-  }
-
-  # Model artifacts are kept as long as their MLflow runs (a registered version points at them);
-  # only replaced or deleted versions expire.
-  lifecycle_rule {
-    condition {
-      days_since_noncurrent_time = var.noncurrent_version_retention_days
-      with_state                 = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      num_newer_versions = var.noncurrent_versions_to_keep
-      with_state         = "ARCHIVED"
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  lifecycle_rule {
-    condition {
-      age = 7
-    }
-    action {
-      type = "AbortIncompleteMultipartUpload"
     }
   }
 
