@@ -80,27 +80,9 @@ resource "aws_db_parameter_group" "platform" {
   }
 }
 
-data "aws_iam_policy_document" "rds_monitoring_assume" {
-  statement {
-    effect  = "Allow"
-    actions = ["sts:AssumeRole"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["monitoring.rds.amazonaws.com"]
-    }
-
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [local.account_id]
-    }
-  }
-}
-
 resource "aws_iam_role" "rds_monitoring" {
   name               = "${var.name}-rds-monitoring"
-  assume_role_policy = data.aws_iam_policy_document.rds_monitoring_assume.json
+  assume_role_policy = data.aws_iam_policy_document.service_assume["rds_monitoring"].json
 }
 
 resource "aws_iam_role_policy_attachment" "rds_monitoring" {
@@ -123,7 +105,7 @@ resource "aws_db_instance" "platform" {
   max_allocated_storage = var.db_max_allocated_storage_gb
   storage_type          = "gp3"
   storage_encrypted     = true
-  kms_key_id            = aws_kms_key.data.arn
+  kms_key_id            = aws_kms_key.this["data"].arn
 
   db_subnet_group_name   = aws_db_subnet_group.platform.name
   vpc_security_group_ids = [aws_security_group.db.id]
@@ -148,7 +130,7 @@ resource "aws_db_instance" "platform" {
   apply_immediately           = false
 
   performance_insights_enabled          = true
-  performance_insights_kms_key_id       = aws_kms_key.data.arn
+  performance_insights_kms_key_id       = aws_kms_key.this["data"].arn
   performance_insights_retention_period = var.db_performance_insights_retention_days
 
   monitoring_interval = var.db_monitoring_interval
@@ -156,9 +138,9 @@ resource "aws_db_instance" "platform" {
 
   enabled_cloudwatch_logs_exports = ["postgresql", "upgrade"]
 
+  # The log groups (logs.tf) exist first, with the platform's retention and key.
   depends_on = [
-    aws_cloudwatch_log_group.rds_postgresql,
-    aws_cloudwatch_log_group.rds_upgrade,
+    aws_cloudwatch_log_group.this,
     aws_iam_role_policy_attachment.rds_monitoring,
   ]
 }

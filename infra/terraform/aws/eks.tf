@@ -84,7 +84,7 @@ resource "aws_eks_cluster" "this" {
     resources = ["secrets"]
 
     provider {
-      key_arn = aws_kms_key.eks.arn
+      key_arn = aws_kms_key.this["eks"].arn
     }
   }
 
@@ -93,8 +93,9 @@ resource "aws_eks_cluster" "this" {
     support_type = "STANDARD"
   }
 
+  # The log groups (logs.tf) exist first, with the platform's retention and key.
   depends_on = [
-    aws_cloudwatch_log_group.eks_cluster,
+    aws_cloudwatch_log_group.this,
     aws_iam_role_policy_attachment.cluster,
   ]
 }

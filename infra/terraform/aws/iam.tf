@@ -24,11 +24,7 @@ locals {
   landing_arn   = aws_s3_bucket.data["landing"].arn
   artifacts_arn = aws_s3_bucket.data["artifacts"].arn
 
-  platform_secret_arns = [
-    aws_secretsmanager_secret.db.arn,
-    aws_secretsmanager_secret.redis.arn,
-    aws_secretsmanager_secret.admin_token.arn,
-  ]
+  platform_secret_arns = [for secret in aws_secretsmanager_secret.platform : secret.arn]
 
   sagemaker_arn_prefix = "arn:${local.partition}:sagemaker:${var.region}:${local.account_id}"
 }
@@ -59,9 +55,47 @@ data "aws_iam_policy_document" "irsa_assume" {
   }
 }
 
+# AWS services that act with a role of this account: SageMaker endpoints, RDS Enhanced Monitoring
+# (database.tf), VPC flow logs (network.tf). aws:SourceAccount: only on behalf of this account.
+data "aws_iam_policy_document" "service_assume" {
+  for_each = {
+    sagemaker      = "sagemaker.amazonaws.com"
+    rds_monitoring = "monitoring.rds.amazonaws.com"
+    flow_logs      = "vpc-flow-logs.amazonaws.com"
+  }
+
+  statement {
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = [each.value]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+# Every workload's objects are encrypted with the data key (kms.tf): its policy includes this one.
+data "aws_iam_policy_document" "data_key" {
+  statement {
+    sid       = "DataKey"
+    effect    = "Allow"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
+    resources = [aws_kms_key.this["data"].arn]
+  }
+}
+
 # --- mlops: Dagster ----------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "mlops" {
+  source_policy_documents = [data.aws_iam_policy_document.data_key.json]
+
   statement {
     sid       = "LakeBucket"
     effect    = "Allow"
@@ -131,13 +165,6 @@ data "aws_iam_policy_document" "mlops" {
   }
 
   statement {
-    sid       = "DataKey"
-    effect    = "Allow"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
-    resources = [aws_kms_key.data.arn]
-  }
-
-  statement {
     sid       = "PlatformSecrets"
     effect    = "Allow"
     actions   = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
@@ -182,7 +209,7 @@ data "aws_iam_policy_document" "mlops_sagemaker" {
     sid       = "PassExecutionRoleToSageMakerOnly"
     effect    = "Allow"
     actions   = ["iam:PassRole"]
-    resources = [aws_iam_role.sagemaker.arn]
+    resources = [aws_iam_role.workload["sagemaker"].arn]
 
     condition {
       test     = "StringEquals"
@@ -190,23 +217,6 @@ data "aws_iam_policy_document" "mlops_sagemaker" {
       values   = ["sagemaker.amazonaws.com"]
     }
   }
-}
-
-resource "aws_iam_role" "mlops" {
-  name               = "${var.name}-dagster"
-  description        = "Dagster code server, runs and steps (service account ${local.service_accounts.mlops})"
-  assume_role_policy = data.aws_iam_policy_document.irsa_assume["mlops"].json
-}
-
-resource "aws_iam_policy" "mlops" {
-  name        = "${var.name}-dagster"
-  description = "Lake, landing, MLflow artifacts and the platform's secrets for ${var.name}'s Dagster"
-  policy      = data.aws_iam_policy_document.mlops.json
-}
-
-resource "aws_iam_role_policy_attachment" "mlops" {
-  role       = aws_iam_role.mlops.name
-  policy_arn = aws_iam_policy.mlops.arn
 }
 
 resource "aws_iam_policy" "mlops_sagemaker" {
@@ -220,13 +230,15 @@ resource "aws_iam_policy" "mlops_sagemaker" {
 resource "aws_iam_role_policy_attachment" "mlops_sagemaker" {
   count = var.sagemaker_deployments_enabled ? 1 : 0
 
-  role       = aws_iam_role.mlops.name
+  role       = aws_iam_role.workload["mlops"].name
   policy_arn = aws_iam_policy.mlops_sagemaker[0].arn
 }
 
 # --- mlflow: tracking server -------------------------------------------------------------------
 
 data "aws_iam_policy_document" "mlflow" {
+  source_policy_documents = [data.aws_iam_policy_document.data_key.json]
+
   statement {
     sid       = "ArtifactsBucket"
     effect    = "Allow"
@@ -254,53 +266,13 @@ data "aws_iam_policy_document" "mlflow" {
     ]
     resources = ["${local.artifacts_arn}/${local.mlflow_prefix}/*"]
   }
-
-  statement {
-    sid       = "DataKey"
-    effect    = "Allow"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
-    resources = [aws_kms_key.data.arn]
-  }
-}
-
-resource "aws_iam_role" "mlflow" {
-  name               = "${var.name}-mlflow"
-  description        = "MLflow tracking server (service account ${local.service_accounts.mlflow})"
-  assume_role_policy = data.aws_iam_policy_document.irsa_assume["mlflow"].json
-}
-
-resource "aws_iam_policy" "mlflow" {
-  name        = "${var.name}-mlflow"
-  description = "MLflow artifacts of ${var.name}"
-  policy      = data.aws_iam_policy_document.mlflow.json
-}
-
-resource "aws_iam_role_policy_attachment" "mlflow" {
-  role       = aws_iam_role.mlflow.name
-  policy_arn = aws_iam_policy.mlflow.arn
 }
 
 # --- SageMaker execution role --------------------------------------------------------------------
 
-data "aws_iam_policy_document" "sagemaker_assume" {
-  statement {
-    effect  = "Allow"
-    actions = ["sts:AssumeRole"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["sagemaker.amazonaws.com"]
-    }
-
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [local.account_id]
-    }
-  }
-}
-
 data "aws_iam_policy_document" "sagemaker" {
+  source_policy_documents = [data.aws_iam_policy_document.data_key.json]
+
   statement {
     sid       = "ArtifactsBucket"
     effect    = "Allow"
@@ -325,13 +297,6 @@ data "aws_iam_policy_document" "sagemaker" {
       "${local.lake_arn}/${var.storage_prefix}/lake/requests/*",
       "${local.lake_arn}/${var.storage_prefix}/lake/served/*",
     ]
-  }
-
-  statement {
-    sid       = "DataKey"
-    effect    = "Allow"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
-    resources = [aws_kms_key.data.arn]
   }
 
   statement {
@@ -379,23 +344,6 @@ data "aws_iam_policy_document" "sagemaker" {
       values   = ["/aws/sagemaker/*"]
     }
   }
-}
-
-resource "aws_iam_role" "sagemaker" {
-  name               = "${var.name}-sagemaker"
-  description        = "Execution role of ${var.name}'s SageMaker endpoints (sagemaker deployment target)"
-  assume_role_policy = data.aws_iam_policy_document.sagemaker_assume.json
-}
-
-resource "aws_iam_policy" "sagemaker" {
-  name        = "${var.name}-sagemaker"
-  description = "Model archives, serving image, logs and prediction log of ${var.name}'s SageMaker endpoints"
-  policy      = data.aws_iam_policy_document.sagemaker.json
-}
-
-resource "aws_iam_role_policy_attachment" "sagemaker" {
-  role       = aws_iam_role.sagemaker.name
-  policy_arn = aws_iam_policy.sagemaker.arn
 }
 
 # --- kube-system add-ons -----------------------------------------------------------------------
@@ -456,19 +404,61 @@ data "aws_iam_policy_document" "cluster_autoscaler" {
   }
 }
 
-resource "aws_iam_role" "cluster_autoscaler" {
-  name               = "${local.cluster_name}-cluster-autoscaler"
-  description        = "Cluster autoscaler (service account ${local.service_accounts.cluster_autoscaler})"
-  assume_role_policy = data.aws_iam_policy_document.irsa_assume["cluster_autoscaler"].json
+# --- the workloads' roles ------------------------------------------------------------------------
+
+# Each workload's role: who may assume it, and one policy of its own (the documents above).
+locals {
+  workload_roles = {
+    mlops = {
+      name               = "${var.name}-dagster"
+      description        = "Dagster code server, runs and steps (service account ${local.service_accounts.mlops})"
+      assume_role_policy = data.aws_iam_policy_document.irsa_assume["mlops"].json
+      policy_description = "Lake, landing, MLflow artifacts and the platform's secrets for ${var.name}'s Dagster"
+      policy             = data.aws_iam_policy_document.mlops.json
+    }
+    mlflow = {
+      name               = "${var.name}-mlflow"
+      description        = "MLflow tracking server (service account ${local.service_accounts.mlflow})"
+      assume_role_policy = data.aws_iam_policy_document.irsa_assume["mlflow"].json
+      policy_description = "MLflow artifacts of ${var.name}"
+      policy             = data.aws_iam_policy_document.mlflow.json
+    }
+    sagemaker = {
+      name               = "${var.name}-sagemaker"
+      description        = "Execution role of ${var.name}'s SageMaker endpoints (sagemaker deployment target)"
+      assume_role_policy = data.aws_iam_policy_document.service_assume["sagemaker"].json
+      policy_description = "Model archives, serving image, logs and prediction log of ${var.name}'s SageMaker endpoints"
+      policy             = data.aws_iam_policy_document.sagemaker.json
+    }
+    cluster_autoscaler = {
+      name               = "${local.cluster_name}-cluster-autoscaler"
+      description        = "Cluster autoscaler (service account ${local.service_accounts.cluster_autoscaler})"
+      assume_role_policy = data.aws_iam_policy_document.irsa_assume["cluster_autoscaler"].json
+      policy_description = "Scale the node groups of ${local.cluster_name}"
+      policy             = data.aws_iam_policy_document.cluster_autoscaler.json
+    }
+  }
 }
 
-resource "aws_iam_policy" "cluster_autoscaler" {
-  name        = "${local.cluster_name}-cluster-autoscaler"
-  description = "Scale the node groups of ${local.cluster_name}"
-  policy      = data.aws_iam_policy_document.cluster_autoscaler.json
+resource "aws_iam_role" "workload" {
+  for_each = local.workload_roles
+
+  name               = each.value.name
+  description        = each.value.description
+  assume_role_policy = each.value.assume_role_policy
 }
 
-resource "aws_iam_role_policy_attachment" "cluster_autoscaler" {
-  role       = aws_iam_role.cluster_autoscaler.name
-  policy_arn = aws_iam_policy.cluster_autoscaler.arn
+resource "aws_iam_policy" "workload" {
+  for_each = local.workload_roles
+
+  name        = each.value.name
+  description = each.value.policy_description
+  policy      = each.value.policy
+}
+
+resource "aws_iam_role_policy_attachment" "workload" {
+  for_each = local.workload_roles
+
+  role       = aws_iam_role.workload[each.key].name
+  policy_arn = aws_iam_policy.workload[each.key].arn
 }

@@ -23,18 +23,6 @@ data "aws_iam_policy_document" "kms_account_admin" {
   }
 }
 
-resource "aws_kms_key" "data" {
-  description             = "${var.name}: platform data at rest (S3, RDS, ElastiCache, Secrets Manager, ECR)"
-  enable_key_rotation     = true
-  deletion_window_in_days = var.kms_deletion_window_days
-  policy                  = data.aws_iam_policy_document.kms_account_admin.json
-}
-
-resource "aws_kms_alias" "data" {
-  name          = "alias/${var.name}-data"
-  target_key_id = aws_kms_key.data.key_id
-}
-
 data "aws_iam_policy_document" "kms_logs" {
   source_policy_documents = [data.aws_iam_policy_document.kms_account_admin.json]
 
@@ -61,18 +49,6 @@ data "aws_iam_policy_document" "kms_logs" {
       values   = ["arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:*"]
     }
   }
-}
-
-resource "aws_kms_key" "logs" {
-  description             = "${var.name}: CloudWatch log groups of the platform"
-  enable_key_rotation     = true
-  deletion_window_in_days = var.kms_deletion_window_days
-  policy                  = data.aws_iam_policy_document.kms_logs.json
-}
-
-resource "aws_kms_alias" "logs" {
-  name          = "alias/${var.name}-logs"
-  target_key_id = aws_kms_key.logs.key_id
 }
 
 data "aws_iam_policy_document" "kms_eks" {
@@ -111,14 +87,36 @@ data "aws_iam_policy_document" "kms_eks" {
   }
 }
 
-resource "aws_kms_key" "eks" {
-  description             = "${var.name}: envelope encryption of the EKS cluster's Kubernetes Secrets"
-  enable_key_rotation     = true
-  deletion_window_in_days = var.kms_deletion_window_days
-  policy                  = data.aws_iam_policy_document.kms_eks.json
+# Description and policy of each key (policies above); alias/<name>-<key>.
+locals {
+  kms_keys = {
+    data = {
+      description = "platform data at rest (S3, RDS, ElastiCache, Secrets Manager, ECR)"
+      policy      = data.aws_iam_policy_document.kms_account_admin.json
+    }
+    logs = {
+      description = "CloudWatch log groups of the platform"
+      policy      = data.aws_iam_policy_document.kms_logs.json
+    }
+    eks = {
+      description = "envelope encryption of the EKS cluster's Kubernetes Secrets"
+      policy      = data.aws_iam_policy_document.kms_eks.json
+    }
+  }
 }
 
-resource "aws_kms_alias" "eks" {
-  name          = "alias/${var.name}-eks"
-  target_key_id = aws_kms_key.eks.key_id
+resource "aws_kms_key" "this" {
+  for_each = local.kms_keys
+
+  description             = "${var.name}: ${each.value.description}"
+  enable_key_rotation     = true
+  deletion_window_in_days = var.kms_deletion_window_days
+  policy                  = each.value.policy
+}
+
+resource "aws_kms_alias" "this" {
+  for_each = aws_kms_key.this
+
+  name          = "alias/${var.name}-${each.key}"
+  target_key_id = each.value.key_id
 }

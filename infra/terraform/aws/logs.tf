@@ -13,38 +13,10 @@ locals {
   }
 }
 
-resource "aws_cloudwatch_log_group" "eks_cluster" {
-  name              = local.log_groups.eks_cluster
-  retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.logs.arn
-}
+resource "aws_cloudwatch_log_group" "this" {
+  for_each = local.log_groups
 
-resource "aws_cloudwatch_log_group" "flow_logs" {
-  name              = local.log_groups.flow_logs
+  name              = each.value
   retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.logs.arn
-}
-
-resource "aws_cloudwatch_log_group" "rds_postgresql" {
-  name              = local.log_groups.rds_postgresql
-  retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.logs.arn
-}
-
-resource "aws_cloudwatch_log_group" "rds_upgrade" {
-  name              = local.log_groups.rds_upgrade
-  retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.logs.arn
-}
-
-resource "aws_cloudwatch_log_group" "redis_slow_log" {
-  name              = local.log_groups.redis_slow_log
-  retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.logs.arn
-}
-
-resource "aws_cloudwatch_log_group" "redis_engine" {
-  name              = local.log_groups.redis_engine
-  retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.logs.arn
+  kms_key_id        = aws_kms_key.this["logs"].arn
 }

@@ -135,35 +135,17 @@ resource "aws_vpc_endpoint" "s3" {
 
 # --- flow logs ---------------------------------------------------------------------------------
 
-data "aws_iam_policy_document" "flow_logs_assume" {
-  statement {
-    effect  = "Allow"
-    actions = ["sts:AssumeRole"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["vpc-flow-logs.amazonaws.com"]
-    }
-
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [local.account_id]
-    }
-  }
-}
-
 data "aws_iam_policy_document" "flow_logs" {
   statement {
     effect    = "Allow"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
-    resources = ["${aws_cloudwatch_log_group.flow_logs.arn}:*"]
+    resources = ["${aws_cloudwatch_log_group.this["flow_logs"].arn}:*"]
   }
 }
 
 resource "aws_iam_role" "flow_logs" {
   name               = "${var.name}-vpc-flow-logs"
-  assume_role_policy = data.aws_iam_policy_document.flow_logs_assume.json
+  assume_role_policy = data.aws_iam_policy_document.service_assume["flow_logs"].json
 }
 
 resource "aws_iam_role_policy" "flow_logs" {
@@ -176,7 +158,7 @@ resource "aws_flow_log" "vpc" {
   vpc_id                   = aws_vpc.this.id
   traffic_type             = var.flow_logs_traffic_type
   log_destination_type     = "cloud-watch-logs"
-  log_destination          = aws_cloudwatch_log_group.flow_logs.arn
+  log_destination          = aws_cloudwatch_log_group.this["flow_logs"].arn
   iam_role_arn             = aws_iam_role.flow_logs.arn
   max_aggregation_interval = 60
 

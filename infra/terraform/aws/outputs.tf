@@ -154,17 +154,17 @@ output "ecr_serving_url" {
 
 output "mlops_role_arn" {
   description = "IAM role of the Dagster service account: annotate it with eks.amazonaws.com/role-arn."
-  value       = aws_iam_role.mlops.arn
+  value       = aws_iam_role.workload["mlops"].arn
 }
 
 output "mlflow_role_arn" {
   description = "IAM role of the MLflow service account: annotate it with eks.amazonaws.com/role-arn."
-  value       = aws_iam_role.mlflow.arn
+  value       = aws_iam_role.workload["mlflow"].arn
 }
 
 output "sagemaker_execution_role_arn" {
   description = "Execution role of SageMaker endpoints: a spec's deployment.sagemaker.role_arn."
-  value       = aws_iam_role.sagemaker.arn
+  value       = aws_iam_role.workload["sagemaker"].arn
 }
 
 output "sagemaker_model_data_prefix" {
@@ -174,7 +174,7 @@ output "sagemaker_model_data_prefix" {
 
 output "cluster_autoscaler_role_arn" {
   description = "IAM role of the cluster autoscaler (service account kube-system:cluster-autoscaler)."
-  value       = aws_iam_role.cluster_autoscaler.arn
+  value       = aws_iam_role.workload["cluster_autoscaler"].arn
 }
 
 output "landing_bucket" {
@@ -194,20 +194,20 @@ output "artifacts_bucket" {
 
 output "data_kms_key_arn" {
   description = "KMS key of the platform's data; producers writing to the landing bucket need kms:GenerateDataKey on it."
-  value       = aws_kms_key.data.arn
+  value       = aws_kms_key.this["data"].arn
 }
 
 output "db_password_secret_arn" {
   description = "Secrets Manager secret with the PostgreSQL master credentials."
-  value       = aws_secretsmanager_secret.db.arn
+  value       = aws_secretsmanager_secret.platform["postgres"].arn
 }
 
 output "redis_auth_secret_arn" {
   description = "Secrets Manager secret with the Redis AUTH token."
-  value       = aws_secretsmanager_secret.redis.arn
+  value       = aws_secretsmanager_secret.platform["redis-auth"].arn
 }
 
 output "admin_token_secret_arn" {
   description = "Secrets Manager secret with MLOPS_ADMIN_TOKEN."
-  value       = aws_secretsmanager_secret.admin_token.arn
+  value       = aws_secretsmanager_secret.platform["admin-token"].arn
 }

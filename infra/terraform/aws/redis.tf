@@ -58,7 +58,7 @@ resource "aws_elasticache_replication_group" "feast" {
   security_group_ids = [aws_security_group.redis.id]
 
   at_rest_encryption_enabled = true
-  kms_key_id                 = aws_kms_key.data.arn
+  kms_key_id                 = aws_kms_key.this["data"].arn
   transit_encryption_enabled = true
   transit_encryption_mode    = "required"
   auth_token                 = random_password.redis.result
@@ -71,14 +71,14 @@ resource "aws_elasticache_replication_group" "feast" {
   apply_immediately          = false
 
   log_delivery_configuration {
-    destination      = aws_cloudwatch_log_group.redis_slow_log.name
+    destination      = aws_cloudwatch_log_group.this["redis_slow_log"].name
     destination_type = "cloudwatch-logs"
     log_format       = "json"
     log_type         = "slow-log"
   }
 
   log_delivery_configuration {
-    destination      = aws_cloudwatch_log_group.redis_engine.name
+    destination      = aws_cloudwatch_log_group.this["redis_engine"].name
     destination_type = "cloudwatch-logs"
     log_format       = "json"
     log_type         = "engine-log"

@@ -13,48 +13,45 @@ resource "random_password" "admin_token" {
   special = false
 }
 
-resource "aws_secretsmanager_secret" "db" {
-  # checkov:skip=CKV2_AWS_57:a Secrets Manager rotation Lambda would change the password behind the Kubernetes Secret and the Dagster, MLflow and Feast connection strings built from Terraform's outputs; rotate with terraform apply -replace=random_password.db, which updates RDS, this secret and the outputs together
-  name                    = "${var.name}/postgres"
-  description             = "Master credentials of ${var.name}'s PostgreSQL (Dagster instance, MLflow backend store, Feast registry)"
-  kms_key_id              = aws_kms_key.data.arn
+locals {
+  # Name suffix => description. Each is rotated by replacing its random_password (see above):
+  #   postgres     RDS, this secret and the Dagster, MLflow and Feast connection strings change together
+  #   redis-auth   ElastiCache's ROTATE strategy keeps the old token valid while clients move
+  #   admin-token  the model servers read it at start: restart them afterwards
+  platform_secrets = {
+    postgres    = "Master credentials of ${var.name}'s PostgreSQL (Dagster instance, MLflow backend store, Feast registry)"
+    redis-auth  = "AUTH token of ${var.name}'s Redis (Feast online store)"
+    admin-token = "MLOPS_ADMIN_TOKEN: bearer token of the admin routes of ${var.name}'s model servers"
+  }
+
+  # The values, looked up by key: sensitive values stay out of for_each arguments.
+  platform_secret_values = {
+    postgres = jsonencode({
+      engine   = "postgres"
+      host     = aws_db_instance.platform.address
+      port     = aws_db_instance.platform.port
+      username = var.db_username
+      password = random_password.db.result
+      dbname   = local.db_name
+    })
+    redis-auth  = random_password.redis.result
+    admin-token = random_password.admin_token.result
+  }
+}
+
+resource "aws_secretsmanager_secret" "platform" {
+  # checkov:skip=CKV2_AWS_57:a Secrets Manager rotation Lambda would change a value behind the Kubernetes Secret mlops-secrets (the PostgreSQL password inside the Dagster, MLflow and Feast connection strings, the Redis AUTH token inside MLOPS_REDIS, MLOPS_ADMIN_TOKEN that running model servers read at start) without updating Terraform's outputs; rotate with terraform apply -replace=random_password.<db|redis|admin_token>, which updates the database or Redis, this secret and the outputs together
+  for_each = local.platform_secrets
+
+  name                    = "${var.name}/${each.key}"
+  description             = each.value
+  kms_key_id              = aws_kms_key.this["data"].arn
   recovery_window_in_days = var.secret_recovery_window_days
 }
 
-resource "aws_secretsmanager_secret_version" "db" {
-  secret_id = aws_secretsmanager_secret.db.id
-  secret_string = jsonencode({
-    engine   = "postgres"
-    host     = aws_db_instance.platform.address
-    port     = aws_db_instance.platform.port
-    username = var.db_username
-    password = random_password.db.result
-    dbname   = local.db_name
-  })
-}
+resource "aws_secretsmanager_secret_version" "platform" {
+  for_each = aws_secretsmanager_secret.platform
 
-resource "aws_secretsmanager_secret" "redis" {
-  # checkov:skip=CKV2_AWS_57:a rotation Lambda would change the AUTH token behind MLOPS_REDIS in the Kubernetes Secret; rotate with terraform apply -replace=random_password.redis (ElastiCache's ROTATE strategy keeps the old token valid while clients move)
-  name                    = "${var.name}/redis-auth"
-  description             = "AUTH token of ${var.name}'s Redis (Feast online store)"
-  kms_key_id              = aws_kms_key.data.arn
-  recovery_window_in_days = var.secret_recovery_window_days
-}
-
-resource "aws_secretsmanager_secret_version" "redis" {
-  secret_id     = aws_secretsmanager_secret.redis.id
-  secret_string = random_password.redis.result
-}
-
-resource "aws_secretsmanager_secret" "admin_token" {
-  # checkov:skip=CKV2_AWS_57:the model servers read MLOPS_ADMIN_TOKEN from their environment at start; a rotation Lambda would leave running servers with the old token. Rotate with terraform apply -replace=random_password.admin_token, then restart the servers
-  name                    = "${var.name}/admin-token"
-  description             = "MLOPS_ADMIN_TOKEN: bearer token of the admin routes of ${var.name}'s model servers"
-  kms_key_id              = aws_kms_key.data.arn
-  recovery_window_in_days = var.secret_recovery_window_days
-}
-
-resource "aws_secretsmanager_secret_version" "admin_token" {
-  secret_id     = aws_secretsmanager_secret.admin_token.id
-  secret_string = random_password.admin_token.result
+  secret_id     = each.value.id
+  secret_string = local.platform_secret_values[each.key]
 }

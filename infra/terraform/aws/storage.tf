@@ -70,7 +70,7 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "data" {
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.data.arn
+      kms_master_key_id = aws_kms_key.this["data"].arn
     }
     # One data key per bucket instead of a KMS call per object: the lake writes many small files.
     bucket_key_enabled = true
@@ -159,56 +159,54 @@ resource "aws_s3_bucket_policy" "data" {
 
 # --- lifecycle ---------------------------------------------------------------------------------
 
-resource "aws_s3_bucket_lifecycle_configuration" "landing" {
-  bucket = aws_s3_bucket.data["landing"].id
-
-  rule {
-    id     = "expire-landed-files"
-    status = "Enabled"
-
-    filter {}
-
-    expiration {
-      days = var.landing_expiration_days
+# What expires or moves, bucket by bucket, besides what every bucket cleans up (rule
+# expire-old-versions: noncurrent versions, expired delete markers, abandoned multipart uploads):
+# expire_after_days holds the age at which current objects expire ([] where they never do).
+locals {
+  data_bucket_lifecycle = {
+    # The landing sensor copies each file into the lake or the quarantine: what stays here is a copy.
+    landing = { expire_after_days = [var.landing_expiration_days], tiered_prefixes = {} }
+    # A daily partition is written once (and rewritten only by a backfill), then read less and less:
+    # old ones move to STANDARD_IA, then to Glacier Instant Retrieval (still millisecond reads).
+    lake = {
+      expire_after_days = []
+      tiered_prefixes   = { for stage in var.lake_tiered_stages : stage => "${var.storage_prefix}/lake/${stage}/" }
     }
-
-    noncurrent_version_expiration {
-      noncurrent_days = var.noncurrent_version_expiration_days
-    }
-
-    abort_incomplete_multipart_upload {
-      days_after_initiation = var.abort_incomplete_multipart_days
-    }
+    # Model artifacts stay in STANDARD: the registry, the serving containers and SageMaker read any
+    # version at any time (a rollback serves an old one).
+    artifacts = { expire_after_days = [], tiered_prefixes = {} }
   }
-
-  rule {
-    id     = "remove-expired-delete-markers"
-    status = "Enabled"
-
-    filter {}
-
-    expiration {
-      expired_object_delete_marker = true
-    }
-  }
-
-  depends_on = [aws_s3_bucket_versioning.data]
 }
 
-resource "aws_s3_bucket_lifecycle_configuration" "lake" {
-  bucket = aws_s3_bucket.data["lake"].id
+resource "aws_s3_bucket_lifecycle_configuration" "data" {
+  for_each = local.data_buckets
 
-  # A daily partition is written once (and rewritten only by a backfill), then read less and less:
-  # old ones move to STANDARD_IA, then to Glacier Instant Retrieval (still millisecond reads).
+  bucket = aws_s3_bucket.data[each.key].id
+
   dynamic "rule" {
-    for_each = toset(var.lake_tiered_stages)
+    for_each = local.data_bucket_lifecycle[each.key].expire_after_days
 
     content {
-      id     = "tier-lake-${rule.value}"
+      id     = "expire-${each.key}-files"
+      status = "Enabled"
+
+      filter {}
+
+      expiration {
+        days = rule.value
+      }
+    }
+  }
+
+  dynamic "rule" {
+    for_each = local.data_bucket_lifecycle[each.key].tiered_prefixes
+
+    content {
+      id     = "tier-${each.key}-${rule.key}"
       status = "Enabled"
 
       filter {
-        prefix = "${var.storage_prefix}/lake/${rule.value}/"
+        prefix = rule.value
       }
 
       transition {
@@ -223,33 +221,6 @@ resource "aws_s3_bucket_lifecycle_configuration" "lake" {
     }
   }
 
-  rule {
-    id     = "expire-old-versions"
-    status = "Enabled"
-
-    filter {}
-
-    noncurrent_version_expiration {
-      noncurrent_days = var.noncurrent_version_expiration_days
-    }
-
-    abort_incomplete_multipart_upload {
-      days_after_initiation = var.abort_incomplete_multipart_days
-    }
-
-    expiration {
-      expired_object_delete_marker = true
-    }
-  }
-
-  depends_on = [aws_s3_bucket_versioning.data]
-}
-
-resource "aws_s3_bucket_lifecycle_configuration" "artifacts" {
-  bucket = aws_s3_bucket.data["artifacts"].id
-
-  # Model artifacts stay in STANDARD: the registry, the serving containers and SageMaker read any
-  # version at any time (a rollback serves an old one).
   rule {
     id     = "expire-old-versions"
     status = "Enabled"
