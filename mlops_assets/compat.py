@@ -11,6 +11,11 @@ filesystems, and ibis's httpfs step is skipped for the protocols they serve.
 ``process_executor_config`` (Dagster, tested in ``test_k8s_profile``): the ``k8s`` profile's executor
 imports dagster-k8s only when a run creates it, and then hands dagster-k8s's executor the config
 Dagster itself would have made of the profile's config: env references read, defaults filled in.
+
+``redis_connection`` (Feast, tested in ``test_storage``): the platform counts a project's rows in
+Feast's Redis online store with its own client, which must read ``MLOPS_REDIS`` exactly as Feast
+does (``password``, ``ssl``, ``ssl_ca_certs`` for Memorystore's CA, ``db``, timeouts), so it uses
+Feast's parser of the connection string.
 """
 
 from __future__ import annotations
@@ -61,3 +66,12 @@ def process_executor_config(executor_def: Any, config: Mapping[str, Any]) -> dic
             f"Invalid configuration provided for executor '{executor_def.name}'", result.errors, config
         )
     return dict(result.value)
+
+
+def redis_connection(connection_string: str) -> tuple[str, int, dict[str, Any]]:
+    """Host, port and the redis-py keyword arguments Feast's Redis online store makes of a
+    ``host:port[,key=value...]`` connection string (values JSON-decoded, as Feast does)."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    nodes, options = RedisOnlineStore._parse_connection_string(connection_string)
+    return nodes[0]["host"], int(nodes[0]["port"]), dict(options)

@@ -152,3 +152,23 @@ def test_a_failed_prediction_log_flush_writes_every_row_exactly_once_later(root,
     log.close()
     assert sorted(read_day(root, REQUESTS, "spec", "2013-01-01")["request_id"]) == ["r0", "r1"]
     assert sorted(read_day(root, REQUESTS, "spec", "2013-01-02")["request_id"]) == ["r2", "r3", "r4", "r5"]
+
+
+def test_the_platform_reads_mlops_redis_as_feast_does(redis):
+    """compat.redis_connection: Feast's parser of the connection string, so the row count reaches the
+    store Feast writes (TLS CA, db, timeouts included), on a real Redis."""
+    from mlops_assets.compat import redis_connection
+    from mlops_assets.resources.feast import redis_row_count
+
+    host, port, options = redis_connection(f"{redis.host}:{redis.port},db=3,ssl=false,ssl_ca_certs=/etc/mlops/redis-ca/ca.pem")
+    assert (host, port) == (redis.host, redis.port)
+    assert options == {"db": 3, "ssl": False, "ssl_ca_certs": "/etc/mlops/redis-ca/ca.pem"}
+    import redis as redis_py
+
+    client = redis_py.Redis(host=redis.host, port=redis.port, db=3)
+    client.hset(b"entity-1flight_delays", mapping={b"_ts:flights": b"1", b"_ts:weather": b"1", b"other": b"x"})
+    try:
+        assert redis_row_count(f"{redis.host}:{redis.port},db=3", "flight_delays") == 2
+        assert redis_row_count(f"{redis.host}:{redis.port},db=4", "flight_delays") == 0
+    finally:
+        client.flushdb()

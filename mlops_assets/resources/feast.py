@@ -221,12 +221,11 @@ def redis_row_count(connection_string: str, project: str) -> int:
     """Entity rows of a project in Feast's Redis online store: each key is an entity key followed by
     the project's name, a hash with one ``_ts:<view>`` field per view that wrote it."""
     import redis
-    from feast.infra.online_stores.redis import RedisOnlineStore
 
-    # Feast's own parser, so every option Feast gives its client (password, ssl, ssl_ca_certs for
-    # Memorystore's CA, db, timeouts...) reaches this one too
-    nodes, options = RedisOnlineStore._parse_connection_string(connection_string)
-    conn = redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **options)
+    from mlops_assets.compat import redis_connection
+
+    host, port, options = redis_connection(connection_string)  # read as Feast reads it
+    conn = redis.Redis(host=host, port=port, **options)
     suffix = project.encode()
     total = 0
     for key in conn.scan_iter(count=1000):
