@@ -2,17 +2,21 @@
 
 Challenger and champion are scored on the same holdout (the newest days of the training window,
 which neither was fitted on when the champion is older). The ``champion`` alias moves only when the
-challenger is at least the spec's margin better (a tie goes to the fresher challenger). Both scores
+challenger is at least the spec's margin better (a tie goes to the fresher challenger), or, when the
+spec sets ``promotion.confidence``, when a paired test on the holdout is that sure of it
+(``core.evidence``; its test, interval and p-value go with the decision). Both scores
 and the decision go to the asset's metadata, to the challenger's MLflow run, and to the
 ``promotion_gate`` check, which also verifies that whatever serves after the decision beats the
 no-skill baseline. A version that an endpoint canary rolled back is never promoted again: live
 traffic outranks the holdout.
 """
 
+import math
+
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, failure, key
-from mlops_assets.core.names import CANARY_REASON_TAG, CHALLENGER, CHAMPION, LABEL, ROLLED_BACK, ROLLED_BACK_TAG
+from mlops_assets.core.names import CANARY_REASON_TAG, CHALLENGER, CHAMPION, EVENT_TS, LABEL, ROLLED_BACK, ROLLED_BACK_TAG
 from mlops_assets.resources import LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
 from mlops_assets.training import training_set_paths
@@ -52,22 +56,36 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         current = mlflow.version_by_alias(name, CHAMPION)
         train_path, holdout_path, _ = training_set_paths(lake, spec)
         holdout, y_train = lake.read(holdout_path), lake.read(train_path)[LABEL]
+        holdout = holdout.sort_values(EVENT_TS, kind="stable", ignore_index=True)  # time order: the paired tests need it
         X = feature_frame(holdout, spec)
         y = holdout[LABEL]
 
-        def score(version) -> float:
-            return evaluate(y, predict_scores(mlflow.load_version(name, version.version, version.run_id), X, spec), spec)[metric]
+        def row_scores(version):
+            return predict_scores(mlflow.load_version(name, version.version, version.run_id), X, spec)
 
-        challenger_score = score(challenger)
+        challenger_rows = row_scores(challenger)
+        challenger_score = evaluate(y, challenger_rows, spec)[metric]
         same = current is not None and current.version == challenger.version
-        champion_score = None if current is None else challenger_score if same else score(current)
+        champion_rows = None if current is None or same else row_scores(current)
+        champion_score = None if current is None else challenger_score if same else evaluate(y, champion_rows, spec)[metric]
         rolled_back = (challenger.tags or {}).get(ROLLED_BACK_TAG) == ROLLED_BACK
+        evidence = None
         if same:
             promote, reason = False, f"version {challenger.version} is already the champion"
         elif rolled_back:
             # live traffic outranks the holdout: a version its canary rolled back never returns by itself
             why = (challenger.tags or {}).get(CANARY_REASON_TAG, "")
             promote, reason = False, f"version {challenger.version} was rolled back by its canary ({why})"
+        elif champion_rows is not None and spec.promotion.confidence is not None and not math.isnan(challenger_score):
+            from mlops_assets.core.evidence import compare
+
+            evidence = compare(
+                metric, y.to_numpy(), challenger_rows, champion_rows,
+                margin=spec.promotion.margin, confidence=spec.promotion.confidence,
+            )  # fmt: skip
+            promote = evidence.convincing
+            verdict = "convincing" if promote else f"not convincing at {evidence.confidence:.0%}"
+            reason = f"{verdict}: {evidence.text(metric)}"
         else:
             d = decide(challenger_score, champion_score, margin=spec.promotion.margin, higher_is_better=spec.higher_is_better)
             promote, reason = d.promote, d.reason
@@ -93,8 +111,19 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             f"champion_{metric}": champion_score if champion_score is not None else float("nan"),
             f"baseline_{metric}": baseline,
         }
+        tested = {}
+        if evidence is not None:
+            tested = {
+                "test": evidence.test,
+                f"improvement_{metric}": evidence.improvement,
+                "improvement_low": evidence.low,
+                "improvement_high": evidence.high,
+                "p_value": evidence.p_value,
+                "confidence": evidence.confidence,
+            }
         meta = {
             **scores,
+            **tested,
             "decision": decision,
             "reason": reason,
             "challenger_version": int(challenger.version),
@@ -111,7 +140,12 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                     passed=bool(beats_baseline),
                     severity=dg.AssetCheckSeverity.ERROR,
                     description=f"{decision}: {reason}. Serving {serving_text} vs no-skill baseline {baseline:.4f}.",
-                    metadata={**scores, "decision": decision, "serving_version": int(serving.version) if serving else 0},
+                    metadata={
+                        **scores,
+                        **tested,
+                        "decision": decision,
+                        "serving_version": int(serving.version) if serving else 0,
+                    },
                 )
             ],
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
@@ -184,6 +185,35 @@ def test_gate_keeps_the_champion_when_challenger_is_not_better_by_the_margin(fli
     challenger_run = client.get_run(client.get_model_version_by_alias("flight_delays", "challenger").run_id)
     assert challenger_run.data.tags["mlops.promotion"] == "rejected"
     assert "gate_champion_roc_auc" in challenger_run.data.metrics
+
+
+def test_gate_with_a_confidence_decides_on_a_paired_test_and_records_it(flights):
+    """promotion.confidence: a retraining on the same window is compared with the champion by
+    DeLong's paired test (the spec's roc_auc); the decision follows the p-value, and the test, the
+    interval and the p-value are in the gate's metadata and its check."""
+    spec = flights.specs["flight_delays"]
+    careful = spec.model_copy(update={"promotion": spec.promotion.model_copy(update={"confidence": 0.9})})
+    from mlops_assets.factory import build_definitions
+    from mlops_assets.jobs import job_name
+    from mlops_assets_tests.conftest import QUIET
+
+    before = flights.latest("champion_flight_delays")["champion_version"]
+    defs = build_definitions([careful])
+    assert (
+        defs.resolve_job_def(job_name("train", careful)).execute_in_process(instance=flights.instance, run_config=QUIET).success
+    )
+    gate = flights.latest("champion_flight_delays")
+    assert gate["test"] == "delong" and gate["confidence"] == 0.9
+    assert gate["improvement_low"] <= gate["improvement_roc_auc"] <= gate["improvement_high"]
+    assert gate["improvement_roc_auc"] == pytest.approx(gate["challenger_roc_auc"] - gate["champion_roc_auc"], abs=1e-9)
+    promoted = gate["p_value"] <= 0.1
+    assert gate["decision"] == ("promoted" if promoted else "kept champion")
+    assert gate["champion_version"] == (gate["challenger_version"] if promoted else before)
+    assert "p = " in gate["reason"] and ("convincing" in gate["reason"])
+    check = flights.instance.event_log_storage.get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1, ascending=False
+    )[0].event_log_entry.dagster_event.event_specific_data
+    assert check.check_name == "promotion_gate" and check.metadata["p_value"].value == gate["p_value"]
 
 
 def test_failed_training_ends_its_mlflow_run_failed(flights):

@@ -223,10 +223,22 @@ class TrainingSpec(_Strict):
 
 class PromotionSpec(_Strict):
     """The gate: the challenger replaces the champion if it is at least ``margin`` better on the
-    same holdout (so with ``margin: 0`` a tie goes to the challenger, trained on newer data)."""
+    same holdout (so with ``margin: 0`` a tie goes to the challenger, trained on newer data).
+
+    With ``confidence`` the point estimate is not enough: a paired test on the holdout
+    (``core.evidence``: Diebold-Mariano on per-row losses, DeLong for roc_auc, a block bootstrap
+    for f1) must reject "the challenger is at most ``margin`` better" at that confidence, so a
+    challenger that wins a short holdout by chance keeps the champion serving, and a tie does too."""
 
     metric: Literal["roc_auc", "accuracy", "log_loss", "f1", "rmse", "mae", "r2"]
     margin: float = Field(0.0, ge=0)
+    confidence: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="How sure a paired test on the holdout must be that the challenger is more than margin better "
+        "(e.g. 0.9); unset: the point estimate decides.",
+    )
 
 
 class ChecksSpec(_Strict):
