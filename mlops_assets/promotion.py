@@ -31,7 +31,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "champion",
             spec,
             f"Promotion gate: the '{CHAMPION}' alias moves to the challenger only if its holdout {metric} "
-            f"beats the champion's by at least {spec.promotion.margin}.",
+            f"beats the champion's by at least {spec.promotion.margin}"
+            + (f", with {spec.promotion.confidence:.0%} confidence from a paired test." if spec.promotion.confidence else "."),
             {"mlflow"},
         ),
         deps=[key("model", spec)],
