@@ -12,6 +12,12 @@ filesystems, and ibis's httpfs step is skipped for the protocols they serve.
 imports dagster-k8s only when a run creates it, and then hands dagster-k8s's executor the config
 Dagster itself would have made of the profile's config: env references read, defaults filled in.
 
+``dagster_now`` (Dagster, tested in ``test_serving``): the time of Dagster's clock. It is the wall
+clock in production, and the simulated moment in a replay, which freezes Dagster's clock at each
+simulated step (run and event timestamps, freshness, cooldowns). Decisions taken inside runs and
+sensors (when a canary started, whether it is due) read it, so they live on the same clock as
+everything else Dagster records.
+
 ``redis_connection`` (Feast, tested in ``test_storage``): the platform counts a project's rows in
 Feast's Redis online store with its own client, which must read ``MLOPS_REDIS`` exactly as Feast
 does (``password``, ``ssl``, ``ssl_ca_certs`` for Memorystore's CA, ``db``, timeouts), so it uses
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 
@@ -75,3 +82,10 @@ def redis_connection(connection_string: str) -> tuple[str, int, dict[str, Any]]:
 
     nodes, options = RedisOnlineStore._parse_connection_string(connection_string)
     return nodes[0]["host"], int(nodes[0]["port"]), dict(options)
+
+
+def dagster_now() -> datetime:
+    """Dagster's current time (timezone-aware UTC): the wall clock, or a replay's simulated moment."""
+    from dagster._time import get_current_datetime
+
+    return get_current_datetime()

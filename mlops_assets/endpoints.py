@@ -17,11 +17,12 @@ the deploy goes only to this home's own server (its ``/healthz`` identity), with
 foreign process on the port fails the materialization, naming it (``rollout.local``).
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, failure, key
+from mlops_assets.compat import dagster_now
 from mlops_assets.core.names import CANARY_REASON_TAG, CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG
 from mlops_assets.resources import EndpointDeployer, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
@@ -111,7 +112,7 @@ def build(spec: ModelSpec) -> list:
         champion = mlflow.version_by_alias(name, CHAMPION)
         if champion is None:
             raise failure(f"model '{name}' has no '{CHAMPION}' version to serve; run the train job first")
-        now = datetime.now(UTC)
+        now = dagster_now()  # a replay's simulated moment, like every other decision in it
         verdict = canary_verdict(spec, lake, current, now) if current is not None and current.canary else None
         plan = plan_deployment(current, str(champion.version), canary_percent=d.canary.traffic_percent, now=now, verdict=verdict)
         target = deployer.target(spec, mlflow, lake)
@@ -203,7 +204,7 @@ def canary_sensor(spec: ModelSpec, job) -> dg.SensorDefinition | None:
         current = EndpointState(lake.endpoint_dir(spec.name)).load()
         if current is None or current.canary is None:
             return dg.SkipReason("no canary in progress")
-        verdict = canary_verdict(spec, lake, current, datetime.now(UTC))
+        verdict = canary_verdict(spec, lake, current, dagster_now())
         if verdict.decision == "wait":
             return dg.SkipReason("; ".join(verdict.reasons))
         return dg.RunRequest(run_key=f"{current.canary}-{current.canary_started}-{verdict.decision}")

@@ -517,6 +517,37 @@ def test_endpoint_deploys_canaries_rolls_back_and_promotes(endpoint_home):
     assert "| rolled_back | 1 |" in meta["history"]
 
 
+def test_endpoint_decisions_live_on_dagsters_clock(endpoint_home):
+    """A replay freezes Dagster's clock at each simulated moment (compat.dagster_now reads it): the
+    endpoint's decisions take that time, when a canary started and the audit entry, not the
+    wall clock, so a canary can be judged on the replay's days like every other decision."""
+    import dagster as dg
+    from dagster._core.test_utils import freeze_time
+    from mlflow import MlflowClient
+
+    from mlops_assets.compat import dagster_now
+    from mlops_assets.endpoint_state import EndpointState
+    from mlops_assets.resources import LakeStorage
+
+    simulated = datetime(1997, 3, 4, 0, 35, tzinfo=UTC)
+    with freeze_time(simulated):
+        assert dagster_now() == simulated
+    assert abs((dagster_now() - datetime.now(UTC)).total_seconds()) < 60
+
+    ctx, client = endpoint_home, MlflowClient(endpoint_home["tracking_uri"])
+    state = EndpointState(LakeStorage(root=str(ctx["home"])).endpoint_dir("elec2"))
+    with dg.instance_for_test() as instance:
+        client.set_registered_model_alias("elec2", "champion", "3")
+        materialize_endpoint(ctx, instance)  # version 3 serves (deployed, or already serving)
+        assert state.load().stable == "3" and state.load().canary is None
+        client.set_registered_model_alias("elec2", "champion", "1")
+        with freeze_time(simulated):
+            meta, _ = materialize_endpoint(ctx, instance)
+    assert meta["action"] == "canary_started" and meta["canary_version"] == 1
+    assert datetime.fromisoformat(state.load().canary_started) == simulated
+    assert datetime.fromisoformat(state.history(decisions_only=True)[-1]["time"]) == simulated
+
+
 def test_the_gate_never_promotes_a_version_its_canary_rolled_back(registry):
     """v2 carries the rollback tag: the gate keeps v1 although it is asked to judge v2 again."""
     import dagster as dg
