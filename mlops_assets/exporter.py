@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from mlops_assets.common import STAGE_VERSIONS, key
+from mlops_assets.common import STAGE_VERSIONS, asset_name, key
 from mlops_assets.core.pipeline_metrics import (
     DRIFT_SOURCES,
     PREFIX,
@@ -118,6 +118,9 @@ class PipelineCollector:
 
         self.specs = load_specs() if specs is None else specs
         self.facts = spec_facts(self.specs)
+        # asset and job name -> spec, for runs that carry no spec tag
+        self._owners = {asset_name(stage, s): s.name for s in self.specs for stage in STAGE_VERSIONS}
+        self._owners |= {job: f.name for f in self.facts for job in f.jobs}
         self._instance = instance
         self.cache_seconds = cache_seconds
         self._clock = clock
@@ -298,12 +301,11 @@ class PipelineCollector:
             order_by="update_timestamp",
             ascending=True,
         )
-        names = [s.name for s in self.specs]
         for record in records:
             run = record.dagster_run
             assets = [k.to_user_string() for k in run.asset_selection or ()]
             assets += [k.asset_key.to_user_string() for k in run.asset_check_selection or ()]
-            spec = spec_of_run(run.job_name, run.tags, assets, names, STAGE_VERSIONS)
+            spec = spec_of_run(run.job_name, run.tags, assets, self._owners)
             self._totals.run_failed(run.run_id, spec, run.job_name)
             if self._failed_since is None or record.update_timestamp > self._failed_since:
                 self._failed_since = record.update_timestamp

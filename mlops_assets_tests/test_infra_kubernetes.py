@@ -30,7 +30,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hcl2
 import pytest
 import yaml
 
@@ -689,10 +688,9 @@ def test_readmes_take_account_values_from_terraform_outputs(cloud):
     text = helm_readme + (K8S_DIR / "README.md").read_text()
     for output in outputs:
         assert f"output -raw {output}" in text, output
-    declared = set()
-    for path in (REPO / "infra" / "terraform" / cloud).glob("*.tf"):
-        with path.open() as f:
-            declared |= {name.strip('"') for block in hcl2.load(f).get("output", []) for name in block}
+    from mlops_assets_tests.test_infra import named
+
+    declared = set(named(cloud, "output"))
     used = set(re.findall(r"output -raw (\w+)", helm_readme + (K8S_DIR / "README.md").read_text()))
     cloud_specific = {o for c, (_, outs) in ACCOUNT_VALUES.items() if c != cloud for o in outs}
     assert used - cloud_specific <= declared, (used - cloud_specific) - declared

@@ -200,12 +200,16 @@ def test_counters_gate_outcomes_champion_and_run_owners():
 
     assert [gate_outcome(d) for d in ("promoted", "kept champion", "no champion")] == ["promoted", "rejected", "rejected"]
     assert drift_share({"drifted_share": 0.25}) == 0.25 and drift_share({"evaluated": False, "rows": 3}) is None
-    stages = ("raw", "dataset", "model", "champion")
+    from mlops_assets.common import asset_name
+    from mlops_assets.jobs import job_name
+
     names = ["flights", "flights_eu", "elec2"]
-    assert spec_of_run("ingest_flights", {"mlops/spec": "flights"}, [], names, stages) == "flights"
-    assert spec_of_run("__ASSET_JOB", {}, ["model_flights_eu", "champion_flights_eu"], names, stages) == "flights_eu"
-    assert spec_of_run("train_flights_eu", {}, [], names, stages) == "flights_eu"
-    assert spec_of_run("__ASSET_JOB", {}, ["model_flights", "model_elec2"], names, stages) == ""
+    owners = {asset_name(stage, n): n for n in names for stage in ("raw", "dataset", "model", "champion")}
+    owners |= {job_name(kind, n): n for n in names for kind in ("ingest", "train")}
+    assert spec_of_run("ingest_flights", {"mlops/spec": "flights"}, [], owners) == "flights"
+    assert spec_of_run("__ASSET_JOB", {}, ["model_flights_eu", "champion_flights_eu"], owners) == "flights_eu"
+    assert spec_of_run("train_flights_eu", {}, [], owners) == "flights_eu"
+    assert spec_of_run("__ASSET_JOB", {}, ["model_flights", "model_elec2"], owners) == ""
 
     totals = Totals()
     totals.model_materialized("flights", 1, 100.0)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlops_assets.core.names import ROLLED_BACK  # also the endpoint asset's action when a canary regressed
+
 PREFIX = "mlops_pipeline_"
 # A check's latest result, one state per series (a Prometheus "state set"): only "passed" counts as
 # passed. A check that never ran, whose step failed before it was judged, or that said "not judged"
@@ -24,7 +26,6 @@ PREFIX = "mlops_pipeline_"
 CHECK_STATES = ("passed", "failed", "not_judged", "running")
 GATE_OUTCOMES = ("promoted", "rejected")
 DRIFT_SOURCES = {"batch": "feature_drift", "served": "served_feature_drift"}  # source -> check of predictions_<spec>
-ROLLED_BACK = "rolled_back"  # the endpoint asset's action when a canary regressed
 # Checks that answer "passed" when there was nothing to judge, and the metadata entry only a verdict
 # has: the endpoint's canary check outside a canary carries no comparison table.
 VERDICT_METADATA = {"canary": "comparison"}
@@ -70,27 +71,17 @@ def drift_share(metadata: Mapping[str, Any]) -> float | None:
     return float(share) if isinstance(share, (int, float)) and not isinstance(share, bool) else None
 
 
-def spec_of_run(
-    job_name: str, tags: Mapping[str, str], asset_names: Iterable[str], spec_names: Iterable[str], stages: Iterable[str]
-) -> str:
+def spec_of_run(job_name: str, tags: Mapping[str, str], asset_names: Iterable[str], owners: Mapping[str, str]) -> str:
     """The spec a run belongs to: its ``mlops/spec`` tag (the named jobs carry it), else the spec
     whose assets it materialized (runs the automation launches are ``__ASSET_JOB`` runs, tagged with
-    nothing of ours), else the job's ``<kind>_<spec>`` name. "" when none says."""
-    names = set(spec_names)
-    if tags.get("mlops/spec") in names:
+    nothing of ours), else the spec whose job it is. ``owners`` maps every asset and job name of the
+    loaded specs to its spec (built with the names module, never parsed back). "" when none says."""
+    if tags.get("mlops/spec") in owners.values():
         return tags["mlops/spec"]
-    prefixes = tuple(f"{stage}_" for stage in stages)
-    found = set()
-    for asset in asset_names:
-        for prefix in prefixes:
-            if asset.startswith(prefix) and asset[len(prefix) :] in names:
-                found.add(asset[len(prefix) :])
+    found = {owners[a] for a in asset_names if a in owners}
     if len(found) == 1:
         return found.pop()
-    for name in sorted(names, key=len, reverse=True):  # the longest match: spec "a_b" before "b"
-        if job_name.endswith(f"_{name}"):
-            return name
-    return ""
+    return owners.get(job_name, "")
 
 
 @dataclass(frozen=True)
