@@ -99,12 +99,13 @@ def diebold_mariano(
     """Paired test on per-row loss differences (champion's loss minus challenger's: positive when
     the challenger is better), the margin mapped into the loss's units for rmse and r2."""
     n = len(y)
-    d = _losses(metric, y, champion) - _losses(metric, y, challenger)
+    champion_losses = _losses(metric, y, champion)
+    d = champion_losses - _losses(metric, y, challenger)
     mean = float(d.mean())
     se = math.sqrt(long_run_variance(d) / n) if n > 1 else 0.0
     # improvement in the metric's units as a function of the mean loss difference
     if metric == "rmse":
-        mse_champion = float(_losses(metric, y, champion).mean())
+        mse_champion = float(champion_losses.mean())
         r_champion = math.sqrt(mse_champion)
 
         def to_metric(x: float) -> float:
@@ -112,19 +113,14 @@ def diebold_mariano(
 
         # RMSE at most r - margin  <=>  MSE down by at least r^2 - (r - margin)^2 (all of it past r)
         loss_margin = margin * (2 * r_champion - margin) if margin < r_champion else mse_champion
-    elif metric == "r2":
-        spread = float(np.var(y)) or 1.0
+    else:
+        # r2 moves by the MSE difference over the label's variance; the other losses are the metric
+        spread = (float(np.var(y)) or 1.0) if metric == "r2" else 1.0
 
         def to_metric(x: float) -> float:
             return x / spread
 
         loss_margin = margin * spread
-    else:
-
-        def to_metric(x: float) -> float:
-            return x
-
-        loss_margin = margin
     if se == 0.0:
         p = 0.0 if mean > loss_margin else 1.0
         return Evidence("diebold_mariano", to_metric(mean), to_metric(mean), to_metric(mean), p, confidence, margin, n)
