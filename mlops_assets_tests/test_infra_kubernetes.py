@@ -36,7 +36,7 @@ import yaml
 from mlops_assets import environments, k8s
 from mlops_assets.rollout import kubernetes as serving_k8s
 from mlops_assets_tests.conftest import REPO
-from mlops_assets_tests.infra_tools import checkov
+from mlops_assets_tests.infra_tools import checkov, load_script
 
 K8S_DIR = REPO / "infra" / "k8s"
 HELM_DIR = REPO / "infra" / "helm"
@@ -415,10 +415,7 @@ def test_kustomizations_name_existing_files_and_patch_existing_paths(path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("secrets_from_terraform", K8S_DIR / "secrets_from_terraform.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(K8S_DIR / "secrets_from_terraform.py")
 
 
 def terraform_outputs(cloud: str, **override) -> dict:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 
@@ -12,7 +11,7 @@ import yaml
 
 from mlops_assets import environments, jobs
 from mlops_assets_tests.conftest import DATA_DIR, REPO
-from mlops_assets_tests.infra_tools import actionlint
+from mlops_assets_tests.infra_tools import actionlint, load_script
 
 WORKFLOWS = REPO / ".github" / "workflows"
 SCRIPTS = REPO / ".github" / "scripts"
@@ -86,10 +85,7 @@ def test_promotion_to_production_needs_the_protected_environment_and_the_gate():
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPTS / f"{name}.py")
 
 
 def test_fetch_datasets_checks_hashes_and_derives_elec2_byte_for_byte(tmp_path):
