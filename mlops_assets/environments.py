@@ -156,6 +156,11 @@ def replay_home(spec: str, policy: str) -> Path:
     return mlops_home() / "replays" / f"{spec}-{policy.replace(':', '')}"
 
 
+def backtest_dir(spec: str) -> Path:
+    """Where ``mlops backtest`` keeps a spec's fitted-model scores between runs, and its charts."""
+    return mlops_home() / "backtests" / spec
+
+
 def mlflow_tracking_uri(home: Path | None = None) -> str:
     return f"sqlite:///{(home or mlops_home()) / 'mlflow' / 'mlflow.db'}"
 

@@ -191,8 +191,8 @@ class Models:
     lazily and kept: ``scores`` memoises every (model, day) it computed, and ``store`` /``load``
     keep them across runs of the same spec (fitted models depend on nothing else)."""
 
-    def __init__(self, spec: ModelSpec, history: History, keep_models: int = 48):
-        self.spec, self.history = spec, history
+    def __init__(self, spec: ModelSpec, history: History, keep_models: int = 64, horizon: int = 45):
+        self.spec, self.history, self.horizon = spec, history, horizon
         self.memo: dict[tuple, np.ndarray | None] = {}
         self._models: OrderedDict = OrderedDict()
         self._keep = keep_models
@@ -206,6 +206,11 @@ class Models:
         cut = as_of - timedelta(days=holdout - 1)
         return [d for d in labelled if d < cut], [d for d in labelled if d >= cut]
 
+    def trainable(self, window: int, holdout: int, as_of: date) -> bool:
+        """Whether day ``as_of``'s training set has ``min_rows`` rows and a holdout (without fitting)."""
+        train_days, holdout_days = self._window(window, holdout, as_of)
+        return bool(holdout_days) and sum(len(self.history.days[d].y) for d in train_days) >= self.spec.training.min_rows
+
     def model(self, window: int, holdout: int, as_of: date):
         """Day ``as_of``'s model, or None when its window is too thin to train (the platform's
         training set refuses it the same way: fewer than ``min_rows`` rows, or no holdout)."""
@@ -217,10 +222,9 @@ class Models:
 
         from mlops_assets.core.training import build_pipeline
 
-        train_days, holdout_days = self._window(window, holdout, as_of)
-        rows = sum(len(self.history.days[d].y) for d in train_days)
+        train_days, _ = self._window(window, holdout, as_of)
         model = None
-        if rows >= self.spec.training.min_rows and holdout_days:
+        if self.trainable(window, holdout, as_of):
             t0 = time.perf_counter()
             X = pd.concat([self.history.days[d].X for d in train_days], ignore_index=True)
             y = np.concatenate([self.history.days[d].y for d in train_days])
@@ -233,14 +237,31 @@ class Models:
         return model
 
     def scores(self, window: int, holdout: int, as_of: date, day: date) -> np.ndarray | None:
+        """The model's scores on ``day``. A model's first scoring also scores its holdout and the
+        ``horizon`` days after it in one call: a champion serves those next, and a model evicted
+        from memory would otherwise be fitted again for them."""
         key = (window, holdout, as_of, day)
         if key not in self.memo:
             from mlops_assets.core.training import predict_scores
 
             model = self.model(window, holdout, as_of)
-            X = self.history.days[day].X
-            self.memo[key] = None if model is None else predict_scores(model, X, self.spec).astype("float64")
-        return self.memo[key]
+            if model is None:
+                self.memo[key] = None
+                return None
+            span = [as_of + timedelta(days=k) for k in range(1 - holdout, 1)]
+            span += [day + timedelta(days=k) for k in range(self.horizon + 1)]
+            batch = [
+                d for d in dict.fromkeys([day, *span]) if d in self.history.days and (window, holdout, as_of, d) not in self.memo
+            ]
+            X = pd.concat([self.history.days[d].X for d in batch], ignore_index=True)
+            out = predict_scores(model, X, self.spec).astype("float32")
+            at = 0
+            for d in batch:
+                n = len(self.history.days[d].y)
+                self.memo[(window, holdout, as_of, d)] = out[at : at + n]
+                at += n
+        found = self.memo[key]
+        return None if found is None else found.astype("float64")
 
     def holdout(self, window: int, holdout: int, as_of: date) -> list[date]:
         return self._window(window, holdout, as_of)[1]
@@ -279,7 +300,7 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
     delay = spec.target.label_delay_days
     hist = models.history.days
     bootstrap = days[0] - timedelta(days=1)
-    champion = bootstrap if models.model(W, H, bootstrap) is not None else None
+    champion = bootstrap if models.trainable(W, H, bootstrap) else None
     if champion is None:
         raise ValueError(f"{spec.name}: the first model (trained {bootstrap}) has too few rows in its window")
     last = promoted_at = bootstrap
@@ -325,7 +346,7 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
             cause = trigger if trigger and age >= c.cooldown_days else None
         if cause is None:
             continue
-        challenger = day if models.model(W, H, day) is not None else None
+        challenger = day if models.trainable(W, H, day) else None
         if challenger is None:  # the training set refused its window: nothing trained, the trigger stays
             failed += 1
             continue
