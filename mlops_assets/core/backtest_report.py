@@ -150,11 +150,10 @@ def chart(spec: ModelSpec, days: list[date], lines: dict[str, Outcome]) -> str:
     def py(v: float) -> float:
         return bottom - h * (v - lo) / (hi - lo)
 
-    metric = spec.promotion.metric
+    title = f"{spec.name}: {spec.promotion.metric}, rolling {window} days, {days[0]}..{days[-1]}"
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + w + 150}" height="{height}" font-family="sans-serif" font-size="11">',
-        f'<text x="{left + w / 2}" y="16" text-anchor="middle" font-weight="bold">{spec.name}: {metric}, '
-        f"rolling {window} days, {days[0]}..{days[-1]}</text>",
+        f'<text x="{left + w / 2}" y="16" text-anchor="middle" font-weight="bold">{title}</text>',
         f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#333"/>',
     ]
     for t in np.linspace(lo, hi, 5):
