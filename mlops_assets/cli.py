@@ -188,6 +188,42 @@ def run_replay(args) -> int:
     return 0
 
 
+def run_backtest(args) -> int:
+    """``mlops backtest``: the report and its chart as files; the recommendation on stdout."""
+    import json
+    import sys
+    import warnings
+    from pathlib import Path
+
+    from mlops_assets.backtest import run, verify
+    from mlops_assets.core.backtest_report import write
+    from mlops_assets.specs import find_spec
+
+    warnings.filterwarnings("ignore", module="dagster")
+    spec = find_spec(args.spec)
+    if not 0 <= args.budget <= 1:
+        raise SystemExit(f"mlops backtest: --budget is a share of the scored days, between 0 and 1 (got {args.budget})")
+    report, svg = run(spec, args.start, args.days, args.budget, progress=lambda m: print(f"{spec.name}: {m}", file=sys.stderr))
+    if args.verify:
+        report["verification"] = verify(spec, report, Path(args.home) if args.home else None)
+    out = Path(args.out)
+    chart = write(report, svg, out)
+    rec = report["recommended"]
+    print(
+        f"{spec.name}: recommended {rec['policy']} ({report['metric_name']} {rec['metric']:.4f}, {rec['retrains']} retrains "
+        f"of {report['budget']['max_retrains']} allowed); report {out}, chart {chart}",
+        file=sys.stderr,
+    )
+    print(rec["yaml"], end="", file=sys.stderr)
+    print(
+        json.dumps(
+            {k: v for k, v in report.items() if k in ("spec", "start", "end", "scored_days", "recommended", "verification")}
+            | {"recommended": {k: rec[k] for k in ("policy", "metric", "retrains", "promotions", "vs_static", "vs_cron1")}}
+        )
+    )
+    return 0 if report.get("verification", {}).get("within_tolerance", True) else 1
+
+
 def run_serve(args) -> int:
     """The model server in the foreground, on the stores of the current profile (``MLOPS_ENV``)."""
     from mlops_assets.environments import current_env, runtime, server_stores
@@ -298,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep Dagster's records in the home's SQLite instance (for the UI; ~2x slower)",
     )
+    p_bt = sub.add_parser("backtest", help="play candidate retrain policies over a spec's history and recommend one")
+    p_bt.add_argument("--spec", required=True, help="spec name or path to a spec YAML")
+    p_bt.add_argument("--start", type=date.fromisoformat, help="first scored day (default: where a replay starts)")
+    p_bt.add_argument("--days", type=int, help="number of scored days (default: to the end of the source)")
+    p_bt.add_argument("--budget", type=float, default=0.1, help="most retrains, as a share of the scored days (default 0.1)")
+    p_bt.add_argument("--out", default="backtest.json", help="where the JSON report goes (the SVG chart goes beside it)")
+    p_bt.add_argument("--verify", action="store_true", help="also replay the recommendation through the platform and compare")
+    p_bt.add_argument("--home", help="home of the --verify replay (default: $MLOPS_HOME/replays/<spec>-<policy>)")
     p_serve = sub.add_parser("serve", help="run the model server of a spec (what its endpoint serves) in the foreground")
     p_serve.add_argument(
         "--spec", default=os.environ.get("MLOPS_SPEC"), help="spec name or path to a spec YAML (default: $MLOPS_SPEC)"
@@ -337,6 +381,8 @@ def _run(parser: argparse.ArgumentParser, args) -> int:
         return run_exporter(args)
     if args.command == "replay":
         return run_replay(args)
+    if args.command == "backtest":
+        return run_backtest(args)
     if args.command == "home":
         return show_home()
     if args.command == "instance":

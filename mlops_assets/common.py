@@ -27,6 +27,7 @@ STAGE_VERSIONS = {
     "champion": "1",
     "predictions": "1",
     "endpoint": "1",
+    "backtest": "1",
 }
 
 

@@ -11,11 +11,24 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mlops_assets import alerts, endpoints, environments, features, ingest, jobs, landing, policies, promotion, scoring, training
+from mlops_assets import (
+    alerts,
+    backtest,
+    endpoints,
+    environments,
+    features,
+    ingest,
+    jobs,
+    landing,
+    policies,
+    promotion,
+    scoring,
+    training,
+)
 from mlops_assets.spec_check import raise_for, static_problems
 from mlops_assets.specs import ModelSpec, load_specs
 
-STAGE_MODULES = (ingest, features, training, promotion, scoring, endpoints)
+STAGE_MODULES = (ingest, features, training, promotion, scoring, endpoints, backtest)
 
 
 def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:

@@ -81,7 +81,7 @@ RUN_WORKER_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits"
 # --- node groups (Terraform's taints and labels must match) ---------------------------------------
 
 K8S_CONFIG_TAG = "dagster-k8s/config"
-TRAINING_STAGES = ("training_set", "model")
+TRAINING_STAGES = ("training_set", "model", "backtest")  # the backtest fits a model per day
 SPOT_LABEL = ("mlops/spot", "true")
 SPOT_TOLERATION = {"key": "mlops/spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
 GPU_RESOURCE = "nvidia.com/gpu"

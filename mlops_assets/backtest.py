@@ -1,0 +1,139 @@
+"""``backtest_<spec>`` and ``mlops backtest``: which retrain policy to run, chosen from the spec's history.
+
+The work is ``core.backtest_report.backtest`` (plain Python); this module gives it a Dagster asset
+(on demand: nothing materializes it by itself, since a backtest fits hundreds of models) whose
+metadata shows the recommendation, the block to paste and the chart in the UI, and the command
+line. ``verify`` holds a recommendation against the real platform: it replays the candidate with
+``mlops replay`` over the same days and compares the two within ``TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+
+from mlops_assets.common import asset_kwargs, md_table, svg_markdown
+from mlops_assets.resources import LakeStorage
+from mlops_assets.specs import ModelSpec
+
+# How close the backtest must come to the real replay of the same policy over the same days: the
+# metric within half a percent (relative), the retrains within 10 % (at least 2). The backtest does
+# not play drift checks or failed runs; the recommended blocks turn drift retraining off.
+TOLERANCE = {"metric_relative": 0.005, "retrains_relative": 0.10, "retrains_absolute": 2}
+
+
+class BacktestConfig(dg.Config):
+    """The period to score and the retrain budget (a share of the scored days)."""
+
+    start: str | None = None  # first scored day (YYYY-MM-DD); default: where a replay starts
+    days: int | None = None  # scored days; default: to the end of the history
+    budget_share: float = 0.1
+
+
+def run(spec: ModelSpec, start: date | None, days: int | None, budget_share: float, progress=None) -> tuple[dict, str]:
+    from mlops_assets.core.backtest_report import backtest
+    from mlops_assets.environments import backtest_dir
+
+    return backtest(spec, start=start, days=days, budget_share=budget_share, cache_dir=backtest_dir(spec.name), progress=progress)
+
+
+def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        **asset_kwargs(
+            "backtest",
+            spec,
+            "On demand: candidate retrain policies (static, cron:N, performance triggers over windows, "
+            "tolerances, cooldowns, training windows, holdouts and gate confidence) played over the spec's "
+            "history from one fitted model per day, and the one to run: the best within the retrain budget, "
+            "with its intervals against static and cron:1, the blocks to paste into the spec and a chart.",
+            {"scikitlearn", "pandas"},
+        )
+    )
+    def backtest(context: dg.AssetExecutionContext, config: BacktestConfig, lake: LakeStorage) -> dg.MaterializeResult:
+        from mlops_assets import files
+
+        start = date.fromisoformat(config.start) if config.start else None
+        report, svg = run(spec, start, config.days, config.budget_share, progress=context.log.info)
+        files.write_text(lake.path("backtest", spec.name, "chart.svg"), svg)
+        files.write_text(lake.path("backtest", spec.name, "report.json"), json.dumps(report, indent=1, default=str))
+        return dg.MaterializeResult(metadata=summary_metadata(report, svg))
+
+    return [backtest]
+
+
+def summary_metadata(report: dict, svg: str) -> dict:
+    import pandas as pd
+
+    rec, metric = report["recommended"], report["metric_name"]
+    peers = {r["candidate"]["retrain"]: r for r in report["peers"]}
+    rows = [peers["static"], peers["cron:1"], report["spec_policy"], rec]
+    table = pd.DataFrame(
+        {
+            "policy": ["static", "cron:1", "spec", "recommended"],
+            "setting": [r["policy"] for r in rows],
+            metric: [r["metric"] for r in rows],
+            "retrains": [r["retrains"] for r in rows],
+            "promotions": [r["promotions"] for r in rows],
+        }
+    )
+    ci = {k: rec[k] for k in ("vs_static", "vs_cron1")}
+    return {
+        "recommended": rec["policy"],
+        f"recommended_{metric}": rec["metric"],
+        "recommended_retrains": rec["retrains"],
+        "retrain_budget": report["budget"]["max_retrains"],
+        "period": f"{report['start']}..{report['end']} ({report['scored_days']} days)",
+        "paste_into_spec": dg.MetadataValue.md(f"```yaml\n{rec['yaml']}```"),
+        "policies": md_table(table),
+        "intervals": dg.MetadataValue.json(ci),
+        "candidates": report["candidates"],
+        "models_fitted": report["models_fitted"],
+        "chart": svg_markdown(svg),
+    }
+
+
+def verify(spec: ModelSpec, report: dict, home: Path | None = None, which: str = "recommended") -> dict:
+    """Replay ``which`` candidate of the report (``recommended`` or ``spec_policy``) through the real
+    platform over the report's days and compare it with the backtest's own figures for those days."""
+    from datetime import timedelta
+
+    from mlops_assets.core.backtest import Candidate, Models, play
+    from mlops_assets.core.backtest_data import load_history
+    from mlops_assets.core.backtest_report import cache_key
+    from mlops_assets.environments import backtest_dir
+    from mlops_assets.replay import replay
+
+    candidate = Candidate(**report[which]["candidate"])
+    played = candidate.apply(spec)
+    # a replay needs its training window of warm-up before the first scored day
+    first = max(spec.partitions.start, date.fromisoformat(report["start"]))
+    earliest = spec.partitions.start + timedelta(days=candidate.window_days + candidate.holdout_days)
+    start = max(first, earliest)
+    end = date.fromisoformat(report["end"])
+    policy = "default" if candidate.retrain == "triggers" else candidate.retrain
+    real = replay(played, policy, start=start, days=(end - start).days + 1, home=home, progress=False)
+    history = load_history(spec, end=end + timedelta(days=1))
+    models = Models(spec, history)
+    cache = backtest_dir(spec.name) / f"scores-{cache_key(spec)}.pkl"
+    if cache.exists():
+        models.load(cache)
+    days = [d for d in history.dates if start <= d <= end]
+    offline, _ = play(spec, models, candidate, days)
+    return compare(real, offline.metric, offline.retrains, offline.promotions)
+
+
+def compare(real: dict, metric: float, retrains: int, promotions: int) -> dict:
+    dm = abs(real["metric"] - metric) / abs(real["metric"]) if real["metric"] else float("inf")
+    dr = abs(real["retrains"] - retrains)
+    allowed = max(TOLERANCE["retrains_absolute"], TOLERANCE["retrains_relative"] * real["retrains"])
+    return {
+        "replay": {k: real[k] for k in ("metric", "retrains", "promotions", "retrain_causes", "start", "end", "seconds")},
+        "backtest": {"metric": metric, "retrains": retrains, "promotions": promotions},
+        "metric_relative_difference": dm,
+        "retrain_difference": dr,
+        "tolerance": TOLERANCE,
+        "within_tolerance": bool(dm <= TOLERANCE["metric_relative"] and dr <= allowed),
+    }
