@@ -7,8 +7,6 @@ line. ``verify`` holds a recommendation against the real platform: it replays th
 ``mlops replay`` over the same days and compares the two within ``TOLERANCE``.
 """
 
-from __future__ import annotations
-
 import json
 from datetime import date
 from pathlib import Path
@@ -26,7 +24,8 @@ TOLERANCE = {"metric_relative": 0.005, "retrains_relative": 0.10, "retrains_abso
 
 
 class BacktestConfig(dg.Config):
-    """The period to score and the retrain budget (a share of the scored days)."""
+    """The period to score and the retrain budget (a share of the scored days). (This module has no
+    ``from __future__ import annotations``: Dagster reads the config class from the real annotation.)"""
 
     start: str | None = None  # first scored day (YYYY-MM-DD); default: where a replay starts
     days: int | None = None  # scored days; default: to the end of the history
