@@ -243,3 +243,41 @@ def test_freshness_retrains_promotions_and_the_endpoint_a_replay_started_is_stop
     assert not (home / "endpoints" / "elec2" / "server.pid").exists()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def test_in_process_jobs_run_like_execute_in_process_and_keep_one_copy_per_selection():
+    """``compat.InProcessJobs`` (the replay's runs): the same runs as ``execute_in_process`` (the
+    selection, the partition and its tags, the caller's tags, failures reported), with the job's
+    ephemeral copy built once per asset selection."""
+    from mlops_assets.compat import InProcessJobs
+
+    parts = dg.DailyPartitionsDefinition(start_date="2024-01-01")
+
+    @dg.asset(partitions_def=parts)
+    def a(context):
+        return dg.MaterializeResult(metadata={"day": context.partition_key})
+
+    @dg.asset(partitions_def=parts, deps=[a])
+    def b(context):
+        if context.partition_key == "2024-01-03":
+            raise ValueError("bad day")
+
+    job = dg.Definitions(assets=[a, b]).resolve_implicit_global_asset_job_def()
+    instance = dg.DagsterInstance.ephemeral()
+    jobs = InProcessJobs()
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    for day in ("2024-01-01", "2024-01-02"):
+        result = jobs.execute(
+            job, instance=instance, run_config=quiet, partition_key=day, asset_selection=[a.key], tags={"x": "y"}
+        )
+        assert result.success
+        run = instance.get_run_by_id(result.run_id)
+        assert run.tags["dagster/partition"] == day and run.tags["x"] == "y"
+        assert run.asset_selection == {a.key}
+        assert result.asset_materializations_for_node("a")[0].metadata["day"].value == day
+    failed = jobs.execute(job, instance=instance, run_config=quiet, partition_key="2024-01-03", raise_on_error=False)
+    assert not failed.success
+    assert [e.step_key for e in failed.all_events if e.is_step_failure] == ["b"]
+    assert len(jobs._ephemeral) == 2  # {a} and the whole job
+    with pytest.raises(Exception, match="1999-01-01"):  # as execute_in_process: an unknown partition
+        jobs.execute(job, instance=instance, run_config=quiet, partition_key="1999-01-01")
