@@ -42,11 +42,12 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         names and the file lacks is the spec's fault while nothing was ever ingested for it (the
         landing sensor decides the same way on its first look): the file is left where it is, not
         quarantined. Once a day was ingested, a missing column is the file's fault (quarantined)."""
-        from mlops_assets.spec_check import SpecCheckError, frame_problems, time_of_day_problems
+        from mlops_assets.spec_check import SpecCheckError, source_column_problems, time_of_day_problems
 
         problems = time_of_day_problems(spec, df)
-        if not problems and not lake.partitions("raw", name):
-            problems = frame_problems(spec, df)
+        # the lake is listed only for a missing column: its raw folder grows by a file a day
+        if not problems and (missing := source_column_problems(spec, list(df.columns))):
+            problems = [] if lake.partitions("raw", name) else missing
         if problems:
             error = SpecCheckError(spec, problems)
             raise failure(f"spec {spec.file} does not fit {file}:\n{error}", spec_file=spec.file, landed_file=file)
