@@ -218,15 +218,12 @@ def _train_and_log(
         mlflow.log_metric("rows_train", len(train))
 
         signature = infer_signature(X_train.head(200), predict_scores(fitted, X_train.head(200), spec))
-        info = log_pipeline(fitted, spec.name, X_train.head(5), signature)
-        plot = _score_plot(spec, holdout[LABEL], scores, metrics)
         run_id, exp_id = run.info.run_id, run.info.experiment_id
+        info = log_pipeline(fitted, spec.name, X_train.head(5), signature, tags={**tags, "mlflow_run_id": run_id})
+        plot = _score_plot(spec, holdout[LABEL], scores, metrics)
         _write_reference(reference_dir(lake, spec, run_id), spec, X_train, scores, holdout[LABEL].to_numpy(), metrics)
-    client = mlflow_res.client()
     version = str(info.registered_model_version)
-    for k, v in {**tags, "mlflow_run_id": run_id}.items():
-        client.set_model_version_tag(spec.name, version, k, str(v))
-    client.set_registered_model_alias(spec.name, CHALLENGER, version)
+    mlflow_res.client().set_registered_model_alias(spec.name, CHALLENGER, version)
     return {
         "version": version,
         "run_id": run_id,

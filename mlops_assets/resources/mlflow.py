@@ -170,9 +170,11 @@ def pip_requirements() -> list[str]:
     return [f"{d}=={importlib.metadata.version(d)}" for d in ("scikit-learn", "pandas", "numpy", "scipy", "skops", "cloudpickle")]
 
 
-def log_pipeline(model, registered_name: str, input_example, signature=None):
+def log_pipeline(model, registered_name: str, input_example, signature=None, tags: dict[str, str] | None = None):
     """Log a fitted scikit-learn pipeline to the active MLflow run and register it as a new version:
-    skops serialisation (no pickle) with the types the pipeline needs trusted, explicit requirements."""
+    skops serialisation (no pickle) with the types the pipeline needs trusted, explicit requirements.
+    ``tags`` go on the logged model and on the new version, created with them in one call (set one by
+    one afterwards, each was a write to the registry)."""
     import mlflow.sklearn
     import skops.io
 
@@ -185,4 +187,5 @@ def log_pipeline(model, registered_name: str, input_example, signature=None):
         registered_model_name=registered_name,
         serialization_format="skops",
         skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
+        tags=tags,
     )
