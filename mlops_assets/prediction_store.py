@@ -46,6 +46,9 @@ block: ``bench/prediction_log.py``).
 
 Each file's name starts with the time its segment was sealed, after every row it holds was received,
 so the canary check reads what was served since a moment (``read_since``) whatever days the events are.
+That time is the log's clock (``clock_ns``: the wall clock, or a replay's simulated clock for a
+replay's server, ``server.clock``), and never earlier than the latest row of the segment was received,
+so the rule holds whatever the clock says.
 """
 
 from __future__ import annotations
@@ -155,8 +158,17 @@ class PredictionLog:
     (with a WAL) and referenced; a flush concatenates each column once per segment, so the cost per
     request is one small write, not one DataFrame per request."""
 
-    def __init__(self, root: str, spec: str, timezone: str, flush_seconds: float = 1.0, wal_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        root: str,
+        spec: str,
+        timezone: str,
+        flush_seconds: float = 1.0,
+        wal_dir: str | os.PathLike | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ):
         self.root, self.spec, self.timezone = root, spec, timezone
+        self.clock_ns = clock_ns
         self.flush_seconds = flush_seconds
         self.wal = Path(wal_dir) / spec if wal_dir is not None else None
         if self.wal is not None:
@@ -270,7 +282,8 @@ class PredictionLog:
         time is written and fsynced first, so a replay after a crash uses the same names."""
         if seg.sealed_ns is not None:
             return
-        sealed_ns = time.time_ns()  # after every row of the segment was received
+        received = [int(b["received_at_ns"].max()) for _, b in seg.blocks if len(b.get("received_at_ns", ()))]
+        sealed_ns = max([self.clock_ns(), *received])  # after every row of the segment was received
         if seg.fd is not None:
             record = wal_format.seal_record(sealed_ns)
             os.lseek(seg.fd, seg.size, os.SEEK_SET)

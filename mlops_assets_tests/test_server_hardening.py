@@ -398,3 +398,116 @@ def test_a_prediction_the_log_cannot_file_is_answered_503(models, tmp_path):
     assert status == 503 and "closed" in out["detail"]
     metrics = server.metrics.exposition().decode()
     assert 'mlops_requests_total{code="503",model="elec2",variant="stable",version="1"} 3.0' in metrics
+
+
+FLUSH = "/v1/models/elec2/flush"
+
+
+def test_no_client_can_move_a_production_servers_clock(served):
+    """A production server stamps what it logs and records with the wall clock, whatever a request
+    says: headers claiming another time, event times years back, the admin token. The replay-only
+    flush route does not exist (404, even with the token), and no other route sets time."""
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+
+    from mlops_assets.endpoint_state import EndpointState
+    from mlops_assets.prediction_store import REQUESTS, SERVED, read_since
+
+    port, server, stores = served["port"], served["server"], served["stores"]
+    rows = instances(served["rows"].iloc[:3])
+    for r in rows:
+        r["event_timestamp"] = "1997-03-04T10:00:00+00:00"
+    spoof = {
+        "X-Mlops-Replay-Time": "1997-03-04T10:00:00Z",
+        "X-Mlops-Clock": "857469600000000000",
+        "Date": "Tue, 04 Mar 1997 10:00:00 GMT",
+    }
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    status, out, _ = call(port, "POST", PREDICT, {"instances": rows}, spoof)
+    assert status == 200, out
+    assert call(port, "POST", FLUSH, None, {**ADMIN, **spoof})[0] == 404
+    assert call(port, "PUT", DEPLOY, {"stable": "3"}, {**ADMIN, **spoof})[0] == 200
+    server.log.flush()
+    after = datetime.now(UTC) + timedelta(seconds=1)
+
+    since = pd.Timestamp(before)
+    requests = read_since(stores.predictions_root, REQUESTS, "elec2", since)
+    predictions = read_since(stores.predictions_root, SERVED, "elec2", since)
+    assert len(requests) == 2 and set(requests["status"]) == {200, 404}  # the prediction and the refused flush
+    for frame in (requests, predictions):
+        assert frame["received_at"].between(since, pd.Timestamp(after)).all(), frame["received_at"]
+    assert (predictions["event_timestamp"] == pd.Timestamp("1997-03-04T10:00:00", tz="UTC")).all()  # the event's own
+    swap = [e for e in EndpointState(stores.endpoint_dir).history() if e["action"] == "server_swap"]
+    assert len(swap) == 1 and before <= datetime.fromisoformat(swap[0]["time"]) <= after
+
+
+def test_a_replay_clock_is_refused_beyond_loopback(models, tmp_path, monkeypatch):
+    """``MLOPS_REPLAY_CLOCK`` makes a server live on a replay's clock file, and only on loopback: a
+    server that would listen on any other address refuses to start, before it loads anything."""
+    from datetime import UTC, datetime
+
+    from mlops_assets.server import serve
+    from mlops_assets.server.clock import REPLAY_CLOCK_ENV, server_clock, set_file_clock
+
+    clock = tmp_path / "replay_clock"
+    moment = datetime(1997, 3, 4, 5, 35, tzinfo=UTC)
+    set_file_clock(clock, moment)
+    monkeypatch.setenv(REPLAY_CLOCK_ENV, str(clock))
+    for host in ("0.0.0.0", "::", "10.1.2.3", "models.example.com"):
+        with pytest.raises(ValueError, match="loopback"):
+            serve(models["spec"], host, free_port(), stores_in(tmp_path, models["tracking_uri"]), admin_token=TOKEN)
+    assert server_clock("127.0.0.1")() == moment and server_clock("::1")() == moment
+    monkeypatch.delenv(REPLAY_CLOCK_ENV)
+    assert server_clock("0.0.0.0") is None
+
+
+def test_a_replay_server_lives_on_the_replays_clock(models, tmp_path):
+    """On a replay's clock file: the start and a swap are recorded at the file's time; a request is
+    received at its event's time when that is later than the clock (sent at its own time), else at
+    the clock (sent late); the flush route needs the admin token and files everything at once, under
+    names no earlier than the rows they hold."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from mlops_assets.endpoint_state import EndpointState
+    from mlops_assets.prediction_store import REQUESTS, SERVED, day_dir, read_since
+    from mlops_assets.server import build_server
+    from mlops_assets.server.clock import FileClock, set_file_clock
+    from mlops_assets.server.http import create_app
+
+    clock_file = tmp_path / "replay_clock"
+    t0, t1 = datetime(1997, 3, 4, 5, 35, tzinfo=UTC), datetime(1997, 3, 4, 11, 0, tzinfo=UTC)
+    set_file_clock(clock_file, t0)
+    stores = stores_in(tmp_path, models["tracking_uri"])
+    server = build_server(models["spec"], stores, clock=FileClock(clock_file))
+
+    def at(stamp: str) -> list[dict]:
+        rows = instances(models["rows"].iloc[:2])
+        for r in rows:
+            r["event_timestamp"] = stamp
+        return rows
+
+    with live(create_app(server, admin_token=TOKEN)) as port:
+        assert call(port, "POST", PREDICT, {"instances": at("1997-03-04T10:00:00+00:00")})[0] == 200
+        assert call(port, "POST", PREDICT, {"instances": at("1997-03-03T10:00:00+00:00")})[0] == 200
+        assert call(port, "POST", FLUSH)[0] == 401
+        set_file_clock(clock_file, t1)
+        assert call(port, "PUT", DEPLOY, {"stable": "3"}, ADMIN)[0] == 200
+        status, out, _ = call(port, "POST", FLUSH, None, ADMIN)
+        assert status == 200 and out["written"] >= 2, out
+
+        requests = read_since(stores.predictions_root, REQUESTS, "elec2", pd.Timestamp("1997-01-01", tz="UTC"))
+        got = requests.sort_values("received_at")
+        assert list(got["status"]) == [200, 401, 200]
+        assert list(got["received_at"]) == [pd.Timestamp(t0)] * 2 + [pd.Timestamp("1997-03-04T10:00:00", tz="UTC")]
+        predictions = read_since(stores.predictions_root, SERVED, "elec2", pd.Timestamp(t0))
+        assert len(predictions) == 4
+        for day in ("1997-03-03", "1997-03-04"):  # filed under their events' days, named after their rows
+            from mlops_assets import files
+
+            for entry in files.listing(day_dir(stores.predictions_root, SERVED, "elec2", day), ".parquet"):
+                assert int(entry.name.split("-")[0]) >= pd.Timestamp("1997-03-04T10:00:00", tz="UTC").value
+    history = EndpointState(stores.endpoint_dir).history()
+    assert [(e["action"], datetime.fromisoformat(e["time"])) for e in history] == [("server_start", t0), ("server_swap", t1)]

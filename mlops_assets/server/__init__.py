@@ -5,6 +5,10 @@ features from the Feast online store, the prediction log in the profile's storag
 deployment the endpoint asset last decided (else the ``champion`` alias). Where each of those lives
 comes from the environment profile (``environments.runtime``), so a container is configured by its
 environment alone and reads and writes the same stores as the platform.
+
+A server started by a replay (``MLOPS_REPLAY_CLOCK`` set, loopback only) lives on the replay's
+simulated clock and answers one more admin route, ``POST /v1/models/<name>/flush``; production
+servers have neither (``server.clock`` says why).
 """
 
 from __future__ import annotations
@@ -44,11 +48,13 @@ class ServerStores:
     wal_dir: str | None = None  # local folder of the prediction log's write-ahead file (else MLOPS_WAL_DIR)
 
 
-def build_server(spec: ModelSpec, stores: ServerStores, *, log_predictions: bool = True):
+def build_server(spec: ModelSpec, stores: ServerStores, *, log_predictions: bool = True, clock=None):
     """The ``ModelServer`` of ``spec`` on ``stores``. It starts with, in this order: the deployment
     its container is pinned to (``MLOPS_DEPLOYMENT``), the endpoint's saved deployment (what was
     last recorded, also by a swap on the admin route), else the registry's ``champion``. Every
-    change it serves goes to the endpoint's audit history; ``/healthz`` reports its identity."""
+    change it serves goes to the endpoint's audit history; ``/healthz`` reports its identity.
+    ``clock``: a replay's clock (``server.clock.FileClock``) for the server and its prediction log;
+    None is the wall clock."""
     import json
 
     from mlops_assets.core.names import CHAMPION
@@ -87,7 +93,13 @@ def build_server(spec: ModelSpec, stores: ServerStores, *, log_predictions: bool
     lookup = feast_online_lookup(spec, stores.feature_store, stores.online_store_type)
     wal_dir = stores.wal_dir or os.environ.get(WAL_DIR_ENV) or None  # none: a SIGKILL loses up to a flush interval
     log = (
-        PredictionLog(stores.predictions_root, spec.name, spec.source.timestamp.timezone, wal_dir=wal_dir)
+        PredictionLog(
+            stores.predictions_root,
+            spec.name,
+            spec.source.timestamp.timezone,
+            wal_dir=wal_dir,
+            **({"clock_ns": clock.ns} if clock is not None else {}),
+        )
         if log_predictions
         else None
     )
@@ -99,6 +111,7 @@ def build_server(spec: ModelSpec, stores: ServerStores, *, log_predictions: bool
         initial=initial,
         state=state,
         identity=server_identity(stores.endpoint_dir, stores.registry_uri or stores.tracking_uri),
+        clock=clock,
     )
 
 
@@ -117,10 +130,15 @@ def api_keys(spec: ModelSpec) -> list[str] | None:
 def serve(spec: ModelSpec, host: str, port: int, stores: ServerStores, *, admin_token: str | None = None) -> None:
     """Run the server in the foreground (uvicorn, one process; uvloop and httptools when present)
     on ``stores`` (the profile's, read from the environment). The admin token is
-    ``environments.admin_token()`` unless given: ``MLOPS_ADMIN_TOKEN``, else the home's own."""
+    ``environments.admin_token()`` unless given: ``MLOPS_ADMIN_TOKEN``, else the home's own. With
+    ``MLOPS_REPLAY_CLOCK`` set the server lives on that replay's clock, and refuses to start unless
+    ``host`` is loopback (``server.clock.server_clock``)."""
     import uvicorn
 
+    from mlops_assets.server.clock import server_clock
     from mlops_assets.server.http import create_app
+
+    clock = server_clock(host)  # before anything loads: a misplaced replay clock fails at once
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if admin_token is None:
@@ -129,7 +147,7 @@ def serve(spec: ModelSpec, host: str, port: int, stores: ServerStores, *, admin_
         admin_token = home_admin_token()
     keys = api_keys(spec)
     metrics_dir = _own_metrics_dir(spec)
-    server = build_server(spec, stores)
+    server = build_server(spec, stores, clock=clock)
     cleanup = [functools.partial(shutil.rmtree, metrics_dir, ignore_errors=True)] if metrics_dir else []
     app = create_app(server, admin_token=admin_token, api_keys=keys, on_shutdown=cleanup)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", lifespan="on")

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from mlops_assets.core.requests import ParsedRequest, RequestError, merge_reques
 from mlops_assets.core.rollout import Deployment
 from mlops_assets.core.serving import OnlineLookup, Predictor, build_features
 from mlops_assets.prediction_store import FEATURE_PREFIX, REQUESTS, SERVED, LogError, PredictionLog
+from mlops_assets.server.clock import Clock, wall_clock
 from mlops_assets.server.metrics import CANARY, STABLE, Metrics
 from mlops_assets.specs import ModelSpec
 
@@ -157,7 +158,9 @@ class ModelServer:
 
     ``state`` (the endpoint's ``EndpointState``) receives an audit entry before every change of what
     is served, and the deployment a swap leaves; ``identity`` is what ``GET /healthz`` says this
-    server serves (``endpoint_state.server_identity``), compared by a deploy before it talks to us."""
+    server serves (``endpoint_state.server_identity``), compared by a deploy before it talks to us.
+    ``clock`` stamps everything the server records: the wall clock, unless the server belongs to a
+    replay (``server.clock``: then ``replay`` is True and the clock is the replay's)."""
 
     def __init__(
         self,
@@ -169,8 +172,11 @@ class ModelServer:
         initial: Deployment | Callable[[], Deployment | tuple[Deployment, str] | None] | None = None,
         state: Any = None,
         identity: dict[str, str] | None = None,
+        clock: Clock | None = None,
     ):
         self.spec = spec
+        self.clock = clock or wall_clock
+        self.replay = clock is not None
         self.schema = request_schema(spec)
         self.load_version = load_version
         self.lookup = online_lookup
@@ -254,7 +260,7 @@ class ModelServer:
         if self.state is None:
             return
         event = {
-            "time": datetime.now(UTC).isoformat(),
+            "time": self.clock().isoformat(),
             "action": action,
             **deployment.to_json(),
             "previous": before.deployment.to_json() if before else None,
@@ -292,6 +298,20 @@ class ModelServer:
             self.load_error = f"cannot serve {initial.to_json()}: {exc}"
             log.exception("initial deployment failed")
 
+    def warm_up_lookup(self) -> None:
+        """One online lookup before the first request, on the thread that will serve requests: the
+        online store's first read (Feast's registry and store connection) took ~400 ms, which the
+        first request paid; in a canary with few requests that one answer was the canary's p99 and
+        rolled it back. A store that cannot answer yet is not an error here: requests will say so."""
+        if self.lookup is None:
+            return
+        from mlops_assets.core.features import PRIOR_KEY
+
+        try:
+            self.lookup({e: [PRIOR_KEY] for e in self.spec.entities})
+        except Exception:  # reported; the first request retries and answers for itself
+            log.warning("online store warm-up failed", exc_info=True)
+
     def readiness(self) -> tuple[bool, str]:
         """(ready, why): the served versions score the probe rows now, not only when they were loaded."""
         serving = self.serving
@@ -310,13 +330,13 @@ class ModelServer:
         """Validate a decoded body and route it to a version: a ``Pending`` prediction, or the answer
         (status, body) when there is nothing to predict (not ready, bad input), already counted."""
         started = time.perf_counter()
-        received = datetime.now(UTC)
+        now = self.clock()
         request_id = os.urandom(16).hex()  # as unique as a uuid4, a third of its cost
         serving = self.serving  # the request keeps this object, whatever is deployed meanwhile
         if serving is None:
             return self.refuse(503, {"error": "not ready", "detail": self.load_error or "loading"}, started, request_id)
         try:
-            parsed = parse_request(payload, self.schema, self.spec, now=received)
+            parsed = parse_request(payload, self.schema, self.spec, now=now)
         except RequestError as exc:
             return self.refuse(
                 exc.status, {"error": "invalid request", "detail": exc.errors, "request_id": request_id}, started, request_id
@@ -329,7 +349,15 @@ class ModelServer:
             detail = [{"loc": ["body"], "msg": f"cannot be read: {type(exc).__name__}"}]
             return self.refuse(422, {"error": "invalid request", "detail": detail, "request_id": request_id}, started, request_id)
         variant, version = serving.pick()
-        return Pending(request_id, received, started, parsed, variant, version, serving.models[version])
+        return Pending(request_id, self.received_at(now, parsed), started, parsed, variant, version, serving.models[version])
+
+    def received_at(self, now: datetime, parsed: ParsedRequest) -> datetime:
+        """When a request was received: ``now``. On a replay's server only, a request whose latest event
+        is later than the replay's clock was sent at that event's time (the replay sends each event at
+        its own time, concurrently; ``server.clock``); production never reads a time from a request."""
+        if not self.replay or parsed.timestamps is None or not len(parsed.timestamps):
+            return now
+        return max(now, parsed.timestamps.max().to_pydatetime())
 
     def refuse(
         self, status: int, body: dict[str, Any], started: float | None = None, request_id: str | None = None
@@ -340,7 +368,7 @@ class ModelServer:
         self.metrics.observe(NONE, NONE, status, None, None)
         request_id = request_id or body.get("request_id") or os.urandom(16).hex()
         try:
-            self._log_request(request_id, datetime.now(UTC), NONE, "0", status, 0, seconds)
+            self._log_request(request_id, self.clock(), NONE, "0", status, 0, seconds)
         except Exception:  # the answer is already decided; a log failure is reported, not answered
             log.warning("request %s (%d): could not be written to the requests log", request_id, status, exc_info=True)
         return status, body

@@ -12,6 +12,14 @@ Routes (``<name>`` is the spec's name)::
 
 What is served and how it changes is ``server.app.ModelServer``.
 
+A replay's server (``ModelServer.replay``: started with ``MLOPS_REPLAY_CLOCK``, on loopback) has one
+more admin route, ``POST /v1/models/<name>/flush``: it writes everything logged so far to the
+prediction store before it answers, so the replay can tick the canary sensor at a simulated moment
+knowing the store holds every request sent before it (the log otherwise writes once a second of
+wall time, while a replay sends an hour of simulated traffic in a fraction of that). Production
+servers do not have the route (404): their log is written by its own thread, and nothing a client
+sends changes when.
+
 Who may do what: the deployment route always needs ``Authorization: Bearer <admin token>``
 (``environments.admin_token``: ``MLOPS_ADMIN_TOKEN`` or the home's generated token) - 401 without
 one, 403 with a wrong one. Predictions need an API key (``X-API-Key`` or ``Authorization: Bearer``)
@@ -183,6 +191,15 @@ def create_app(
             return refused(409, "deployment failed", str(exc)[:500])
         return json_response({"deployment": serving.deployment.to_json(), "loaded": sorted(serving.models)})
 
+    async def flush(request: Request) -> Response:  # a replay's server only (see the module docstring)
+        if (resp := _wrong_model(request.path_params["name"])) is not None:
+            return resp
+        token = _bearer(request.headers.get("authorization"))
+        if not _matches(token, admin):
+            return refused(401 if token is None else 403, "unauthorized", "flushing the log needs the admin token")
+        written = await asyncio.to_thread(server.log.flush) if server.log is not None else []
+        return json_response({"written": len(written)})
+
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok", "model": name, "identity": server.identity, "pid": os.getpid()})
 
@@ -204,6 +221,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await asyncio.to_thread(server.load_initial)
+        server.warm_up_lookup()  # on the event loop's thread, where requests look entities up
         # Everything loaded so far (libraries, the model) lives as long as the process: moving it out
         # of the collector's reach keeps full collections from walking it during requests, where
         # they were the slowest answers' extra tens of milliseconds.
@@ -226,6 +244,7 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/ping", readyz, methods=["GET"]),  # the SageMaker container contract
+            *([Route("/v1/models/{name}/flush", flush, methods=["POST"])] if server.replay else []),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
