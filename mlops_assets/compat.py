@@ -24,6 +24,10 @@ copy of the job (in-process executor, asset subset) for every call, so its snaps
 and subset are computed again for every run; this keeps one copy per job and asset selection and
 executes runs exactly as ``execute_in_process`` does otherwise.
 
+``frozen_dagster_clock`` (Dagster, tested in ``test_replay_canary``): Dagster's clock frozen at a
+simulated moment, for the replay's canary traffic, which ticks the ``canary_<spec>`` sensor at the
+hours of simulated traffic it sends.
+
 ``redis_connection`` (Feast, tested in ``test_storage``): the platform counts a project's rows in
 Feast's Redis online store with its own client, which must read ``MLOPS_REDIS`` exactly as Feast
 does (``password``, ``ssl``, ``ssl_ca_certs`` for Memorystore's CA, ``db``, timeouts), so it uses
@@ -148,3 +152,11 @@ class InProcessJobs:
             run_id=None,
             asset_selection=frozenset(selection),
         )
+
+
+def frozen_dagster_clock(at: datetime):
+    """A context in which Dagster's clock reads ``at`` (aware): how a replay evaluates a sensor or
+    executes a run at a simulated moment (``dagster._core.test_utils.freeze_time``)."""
+    from dagster._core.test_utils import freeze_time
+
+    return freeze_time(at)

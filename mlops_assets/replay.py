@@ -28,6 +28,13 @@ stops the servers it started when it ends, also when it fails, and stops a serve
 replay of the same home left running before it wipes that home: a server left on the port would
 answer the next replay's deploys with this home's identity (the same folders) while serving a
 registry that no longer exists.
+
+With a canary (``deployment.canary.traffic_percent``), the replay also plays the endpoint's clients
+and the ``canary_<spec>`` sensor (``replay_traffic``): while a canary is in progress, each day's
+events are sent to the server over HTTP at their own simulated times, the server stamps them on the
+replay's clock (a file the replay moves; ``server.clock``), and the sensor ticks at simulated hours,
+so a canary is started, judged and promoted or rolled back on the replay's clock. The report lists
+the canaries; the metric stays the batch predictions'.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class DayRow:
     causes: list[str] = field(default_factory=list)
     promoted: bool | None = None
     failed_checks: list[str] = field(default_factory=list)
+    canary: list[str] = field(default_factory=list)  # canary decisions this day, simulated time (replay_traffic)
 
 
 def apply_policy(spec, policy: str):
@@ -125,6 +133,9 @@ class Replay:
         self.pending_causes: set[str] = set()
         self.failing_causes: set[str] = set()
         self._setup_platform()
+        from mlops_assets.replay_traffic import for_replay
+
+        self.traffic = for_replay(self)  # endpoint traffic and canary ticks, for a spec with a local canary
 
     # -- the platform -------------------------------------------------------------------------
     def _setup_platform(self) -> None:
@@ -178,6 +189,8 @@ class Replay:
     def _execute(self, job, at: datetime, **kwargs):
         from dagster._core.test_utils import freeze_time
 
+        if self.traffic is not None:
+            self.traffic.set_clock(at)  # the replay's model server records this run's moment too
         chatter = io.StringIO()  # MLflow prints registry notices to stderr; keep the progress line clean
         with freeze_time(at), contextlib.redirect_stderr(chatter):
             result = self.in_process.execute(job, instance=self.instance, raise_on_error=False, run_config=QUIET, **kwargs)
@@ -246,6 +259,8 @@ class Replay:
 
     # -- one day --------------------------------------------------------------------------------
     def day(self, day: date, scored: bool) -> DayRow | None:
+        if self.traffic is not None:
+            self.traffic.play(day)  # the day's requests to the endpoint, while a canary is in progress
         delay = self.spec.target.label_delay_days
         at = self._arrival(day)
         self._land(day, labelled=delay == 0)
@@ -276,6 +291,8 @@ class Replay:
             if not follow_up:
                 break
             tick_at += timedelta(minutes=10)
+        if row is not None and self.traffic is not None:
+            row.canary = self.traffic.new_decisions()
         return row
 
     def _read_by_automation(self, check: str) -> bool:
@@ -335,6 +352,8 @@ class Replay:
             with _own_sigint_handler():
                 self._play(t0)
         finally:
+            if self.traffic is not None:
+                self.traffic.close()
             stopped = self.stop_endpoints()  # never leave a server for the next replay to deploy into
         if self.progress:
             print(file=sys.stderr)
@@ -359,6 +378,8 @@ class Replay:
             "seconds": round(time.perf_counter() - t0, 1),
             "home": str(self.home),
             "endpoints_stopped": stopped,
+            "canaries": self.traffic.outcomes() if self.traffic is not None else [],
+            "traffic": self.traffic.summary() if self.traffic is not None else None,
             "rows": [asdict(r) for r in self.rows],
         }
 
