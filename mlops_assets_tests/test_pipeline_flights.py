@@ -492,3 +492,18 @@ def test_endpoint_traffic_is_monitored_in_its_events_daily_partition(flights, fl
     assert performance.metadata["labelled_rows"].value == len(sent)
     # the batch checks still judge every event of the day
     assert checks["feature_drift"].metadata["rows"].value == len(events)
+
+
+def test_the_backtest_builds_the_training_set_feast_builds(flights, flight_spec):
+    """``core.backtest_data`` computes every model input without Feast (past rates, the weather and
+    plane lookups point in time, plane age): the same values as the training set's Feast join."""
+    from mlops_assets.core.backtest_data import load_history
+    from mlops_assets.core.training import feature_frame
+
+    lake = flights.home / "lake" / "training_set" / "flight_delays"
+    feast = pd.concat([pd.read_parquet(lake / "train.parquet"), pd.read_parquet(lake / "holdout.parquet")], ignore_index=True)
+    history = load_history(flight_spec, START, START + timedelta(days=DAYS))
+    assert [d.isoformat() for d in history.dates] == KEYS
+    offline = pd.concat([history.days[d].X for d in history.dates], ignore_index=True)
+    pd.testing.assert_frame_equal(offline, feature_frame(feast, flight_spec))
+    np.testing.assert_array_equal(np.concatenate([history.days[d].y for d in history.dates]), feast["label"].to_numpy())

@@ -1,0 +1,155 @@
+"""``mlops backtest``: it plays a policy as the real replay does, recommends within the budget, and
+shows its work (report, chart, the asset's metadata, the block to paste)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from datetime import date, timedelta
+
+import dagster as dg
+import pytest
+import yaml
+
+SHORT = {"start": date(1996, 7, 1), "days": 21}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("backtest_home")
+    mp.setenv("MLOPS_HOME", str(path))
+    mp.setenv("DAGSTER_HOME", str(path / "dagster"))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def short_report(home, elec2_spec):
+    from mlops_assets.backtest import run
+
+    return run(elec2_spec, SHORT["start"], SHORT["days"], 0.1)
+
+
+def test_the_backtest_plays_a_policy_exactly_as_the_replay_does(elec2_spec, tmp_path, monkeypatch):
+    """A short Elec2 replay of a trigger policy (labels a day late, a relative tolerance, a two-day
+    cooldown) through the real platform, and the backtest's play of the same spec over the same
+    days: the same retrain days, promotions and prequential accuracy."""
+    from mlops_assets.core.backtest import Candidate, Models, play
+    from mlops_assets.core.backtest_data import load_history
+    from mlops_assets.replay import replay
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    c = Candidate("triggers", 8, 2, None, 1, 0.1, True, "failing", 2, None)
+    spec = c.apply(elec2_spec.model_copy(update={"target": elec2_spec.target.model_copy(update={"label_delay_days": 1})}))
+    start, days = date(1996, 6, 3), 14
+    real = replay(spec, "default", start=start, days=days, home=tmp_path / "replay", progress=False)
+
+    history = load_history(spec, end=start + timedelta(days=days))
+    offline, _ = play(spec, Models(spec, history), Candidate.from_spec(spec), [d for d in history.dates if d >= start])
+    assert Candidate.from_spec(spec) == c
+    assert real["retrains"] >= 2, "the window must exercise the trigger"
+    assert offline.retrain_days == [r["day"] for r in real["rows"] if r["retrained"]]
+    assert offline.promotions == real["promotions"]
+    assert offline.metric == pytest.approx(real["metric"], abs=1e-9)
+
+
+def test_a_short_backtest_recommends_within_the_budget_and_explains_itself(short_report, elec2_spec):
+    from mlops_assets.core.backtest import Candidate
+
+    report, svg = short_report
+    assert report["scored_days"] == SHORT["days"] and report["start"] == SHORT["start"].isoformat()
+    assert report["budget"]["max_retrains"] == 2
+    rec = report["recommended"]
+    assert rec["retrains"] <= 2
+    peers = {p["candidate"]["retrain"]: p for p in report["peers"]}
+    assert peers["cron:1"]["retrains"] == SHORT["days"] and peers["static"]["retrains"] == 0
+    for versus in ("vs_static", "vs_cron1"):
+        ci = rec[versus]
+        assert ci["low"] <= ci["difference"] <= ci["high"], ci
+    # the recommendation's neighbourhood is at least as good as every other in the budget
+    assert all(rec["neighbourhood_metric"] >= o["neighbourhood_metric"] - 1e-12 for o in report["best_within_budget"])
+    # the block pastes into the spec and gives back the recommended candidate
+    pasted = Candidate(**rec["candidate"]).apply(elec2_spec)
+    blocks = yaml.safe_load(rec["yaml"])
+    assert blocks["policies"] == Candidate(**rec["candidate"]).spec_blocks(elec2_spec)["policies"]
+    assert Candidate.from_spec(pasted) == Candidate(**rec["candidate"])
+    # the chart draws static, cron:1, the spec's policy and the recommendation, with retrain marks
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f"{ns}polyline")) == 4
+    assert len(root.findall(f"{ns}line")) >= SHORT["days"]  # cron:1 retrains every day
+
+
+def test_fitted_models_are_kept_between_runs(short_report, elec2_spec, home):
+    from mlops_assets.backtest import run
+
+    first, _ = short_report
+    again, _ = run(elec2_spec, SHORT["start"], SHORT["days"], 0.1)
+    assert first["models_fitted"] > 50
+    assert again["models_fitted"] == 0  # every score came from the cache
+    assert again["recommended"] == first["recommended"]
+
+
+def test_the_asset_shows_the_recommendation_and_the_chart(short_report, elec2_spec, home):
+    from mlops_assets.common import key
+    from mlops_assets.factory import build_definitions
+
+    defs = build_definitions([elec2_spec])
+    asset = defs.resolve_assets_def(key("backtest", elec2_spec))
+    assert asset.op.tags.get("dagster-k8s/config")  # sized like training on Kubernetes
+    config = {"ops": {"backtest_elec2": {"config": {"start": SHORT["start"].isoformat(), "days": SHORT["days"]}}}}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([asset], run_config=config, instance=instance)  # the home's resources, bound
+        assert result.success
+        meta = result.asset_materializations_for_node("backtest_elec2")[0].metadata
+    report, _ = short_report
+    assert meta["recommended"].value == report["recommended"]["policy"]
+    assert "policies:" in meta["paste_into_spec"].value
+    assert meta["chart"].value.startswith("![plot](data:image/svg+xml;base64,")
+    written = json.loads((home / "lake" / "backtest" / "elec2" / "report.json").read_text())
+    assert written["recommended"]["policy"] == report["recommended"]["policy"]
+
+
+def test_the_command_writes_the_report_and_the_chart(short_report, elec2_spec, tmp_path, capsys):
+    from mlops_assets.cli import main
+
+    out = tmp_path / "bt.json"
+    args = ["backtest", "--spec", elec2_spec._file, "--start", SHORT["start"].isoformat(), "--days", str(SHORT["days"])]
+    assert main([*args, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["chart"].endswith("bt.svg") and ET.parse(report["chart"]).getroot().tag.endswith("svg")
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["recommended"]["policy"] == report["recommended"]["policy"]
+    with pytest.raises(SystemExit, match="--budget is a share"):
+        main([*args, "--budget", "5"])
+
+
+def test_a_flat_neighbourhood_beats_a_lucky_spike(elec2_spec):
+    """The recommendation is the best neighbourhood within the budget, not the best single point."""
+    from dataclasses import replace
+
+    from mlops_assets.core.backtest import Candidate, Outcome
+    from mlops_assets.core.backtest_choice import grid, recommend
+
+    candidates = [c for c in grid(elec2_spec) if c.retrain != "triggers" or (c.window_days, c.holdout_days) == (28, 3)]
+    spike = Candidate("triggers", 28, 3, None, 3, 0.05, True, "failing", 7, 30)
+    plateau = replace(spike, performance_window=1, tolerated_drop=0.2, cooldown_days=14, retrain_when="newly_failed")
+
+    def outcome(c: Candidate) -> Outcome:
+        metric = 0.70
+        if c == spike:
+            metric = 0.80
+        elif c.retrain == "triggers" and c.retrain_when == "newly_failed" and c.tolerated_drop >= 0.1 and c.cooldown_days >= 7:
+            metric = 0.75
+        retrains = {"cron:1": 100, "cron:3": 33, "cron:7": 14}.get(c.retrain, 5)
+        return Outcome(c, metric, retrains, 0, {}, [], [])
+
+    outcomes = {c: outcome(c) for c in candidates}
+    chosen = recommend(elec2_spec, outcomes, budget=10)
+    assert chosen.candidate != spike and chosen.metric == 0.75 and chosen.robust == 0.75
+    assert plateau in outcomes and outcomes[plateau].robust == 0.75
+    # over the budget nothing is chosen, however good
+    outcomes[spike].retrains = 50
+    assert recommend(elec2_spec, outcomes, budget=10).retrains <= 10
