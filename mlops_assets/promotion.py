@@ -47,7 +47,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     )
     def champion(context: dg.AssetExecutionContext, lake: LakeStorage, mlflow: MlflowTracking) -> dg.MaterializeResult:
         from mlops_assets.core.promotion import decide
-        from mlops_assets.core.training import baseline_scores, evaluate, feature_frame, predict_scores
+        from mlops_assets.core.training import baseline_scores, feature_frame, predict_scores
+        from mlops_assets.core.training import metric as metric_of
 
         challenger = mlflow.version_by_alias(name, CHALLENGER)
         if challenger is None:
@@ -66,10 +67,10 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             return predict_scores(mlflow.load_version(name, version.version, version.run_id), X, spec)
 
         challenger_rows = row_scores(challenger)
-        challenger_score = evaluate(y, challenger_rows, spec)[metric]
+        challenger_score = metric_of(y, challenger_rows, spec, metric)
         same = current is not None and current.version == challenger.version
         champion_rows = None if current is None or same else row_scores(current)
-        champion_score = None if current is None else challenger_score if same else evaluate(y, champion_rows, spec)[metric]
+        champion_score = None if current is None else challenger_score if same else metric_of(y, champion_rows, spec, metric)
         rolled_back = (challenger.tags or {}).get(ROLLED_BACK_TAG) == ROLLED_BACK
         evidence = None
         if same:
@@ -96,7 +97,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             client.set_registered_model_alias(name, CHAMPION, challenger.version)
         serving = challenger if promote else current
         serving_score = challenger_score if promote else champion_score
-        baseline = evaluate(y, baseline_scores(y_train, len(y), spec), spec)[metric]
+        baseline = metric_of(y, baseline_scores(y_train, len(y), spec), spec, metric)
         beats_baseline = serving is not None and (serving_score > baseline if spec.higher_is_better else serving_score < baseline)
 
         run_id = challenger.run_id

@@ -328,7 +328,7 @@ class Replay:
 
     def _score_served(self, row: DayRow, day: date) -> None:
         from mlops_assets.core.names import EVENT_ID, LABEL
-        from mlops_assets.core.training import evaluate
+        from mlops_assets.core.training import metric
         from mlops_assets.core.validation import clean_events
 
         served = self.lake.read(self.lake.partition_path("predictions", self.spec.name, day.isoformat()))
@@ -337,7 +337,7 @@ class Replay:
         row.model_version = int(served["model_version"].iloc[0])
         row.rows = len(joined)
         if len(joined):
-            row.metric = evaluate(joined[LABEL], joined["score"].to_numpy(), self.spec)[self.spec.promotion.metric]
+            row.metric = metric(joined[LABEL], joined["score"].to_numpy(), self.spec)
             self.truth.append(joined[[LABEL, "score"]])
 
     # -- the whole replay -----------------------------------------------------------------------

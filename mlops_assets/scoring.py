@@ -331,11 +331,11 @@ def _judge(spec: ModelSpec, reference, features, scores, labelled):
     holdout scores, holdout metrics): feature drift, score drift and the realised metric. Returns
     them, the realised metric, and the feature-drift table and plot (empty when not judged)."""
     from mlops_assets.core import monitoring
-    from mlops_assets.core.training import evaluate
+    from mlops_assets.core.training import metric as metric_of
 
     ref_features, ref_scores, ref_meta = reference
     metric = spec.promotion.metric
-    realised = evaluate(labelled[LABEL], labelled["score"].to_numpy(), spec)[metric] if len(labelled) else None
+    realised = metric_of(labelled[LABEL], labelled["score"].to_numpy(), spec, metric) if len(labelled) else None
     drift, table = monitoring.feature_drift(ref_features, features, spec)
     outcomes = [
         drift,

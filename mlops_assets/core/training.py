@@ -63,27 +63,36 @@ def predict_scores(model, X: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     return model.predict(X)
 
 
-def evaluate(y: pd.Series | np.ndarray, scores: np.ndarray, spec: ModelSpec) -> dict[str, float]:
-    """Every metric that fits the task, as plain floats (Dagster charts them, MLflow logs them)."""
+def _metrics(spec: ModelSpec) -> dict[str, Any]:
+    """The metrics that fit the task: name -> function of (labels as float64, scores)."""
     from sklearn import metrics as m
 
-    y = np.asarray(y, dtype="float64")
     if spec.target.task == "classification":
-        pred = (scores >= 0.5).astype(float)
-        out = {
-            "accuracy": m.accuracy_score(y, pred),
-            "f1": m.f1_score(y, pred, zero_division=0),
-            "log_loss": m.log_loss(y, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]),
-            "positive_rate": float(y.mean()),
+        return {
+            "accuracy": lambda y, s: m.accuracy_score(y, (s >= 0.5).astype(float)),
+            "f1": lambda y, s: m.f1_score(y, (s >= 0.5).astype(float), zero_division=0),
+            "log_loss": lambda y, s: m.log_loss(y, np.clip(s, 1e-7, 1 - 1e-7), labels=[0, 1]),
+            "positive_rate": lambda y, s: float(y.mean()),
+            "roc_auc": lambda y, s: m.roc_auc_score(y, s) if len(np.unique(y)) == 2 else float("nan"),
         }
-        out["roc_auc"] = m.roc_auc_score(y, scores) if len(np.unique(y)) == 2 else float("nan")
-    else:
-        out = {
-            "rmse": float(np.sqrt(m.mean_squared_error(y, scores))),
-            "mae": m.mean_absolute_error(y, scores),
-            "r2": m.r2_score(y, scores),
-        }
-    return {k: float(v) for k, v in out.items()}
+    return {
+        "rmse": lambda y, s: float(np.sqrt(m.mean_squared_error(y, s))),
+        "mae": lambda y, s: m.mean_absolute_error(y, s),
+        "r2": lambda y, s: m.r2_score(y, s),
+    }
+
+
+def evaluate(y: pd.Series | np.ndarray, scores: np.ndarray, spec: ModelSpec) -> dict[str, float]:
+    """Every metric that fits the task, as plain floats (Dagster charts them, MLflow logs them)."""
+    y = np.asarray(y, dtype="float64")
+    return {name: float(f(y, scores)) for name, f in _metrics(spec).items()}
+
+
+def metric(y: pd.Series | np.ndarray, scores: np.ndarray, spec: ModelSpec, name: str | None = None) -> float:
+    """One metric of ``evaluate`` (default: the promotion metric), computed alone: a check or a
+    replay that judges by one metric skips the others' scikit-learn calls (their input validation
+    is most of their cost on a day's rows)."""
+    return float(_metrics(spec)[name or spec.promotion.metric](np.asarray(y, dtype="float64"), scores))
 
 
 def baseline_scores(y_train: pd.Series, n: int, spec: ModelSpec) -> np.ndarray:
