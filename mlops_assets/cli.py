@@ -215,12 +215,11 @@ def run_backtest(args) -> int:
         file=sys.stderr,
     )
     print(rec["yaml"], end="", file=sys.stderr)
-    print(
-        json.dumps(
-            {k: v for k, v in report.items() if k in ("spec", "start", "end", "scored_days", "recommended", "verification")}
-            | {"recommended": {k: rec[k] for k in ("policy", "metric", "retrains", "promotions", "vs_static", "vs_cron1")}}
-        )
-    )
+    summary = {k: report[k] for k in ("spec", "start", "end", "scored_days")}
+    summary["recommended"] = {k: rec[k] for k in ("policy", "metric", "retrains", "promotions", "vs_static", "vs_cron1")}
+    if args.verify:
+        summary["verification"] = report["verification"]
+    print(json.dumps(summary))
     return 0 if report.get("verification", {}).get("within_tolerance", True) else 1
 
 
