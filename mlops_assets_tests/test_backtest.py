@@ -112,13 +112,19 @@ def test_the_asset_shows_the_recommendation_and_the_chart(short_report, elec2_sp
     assert written["recommended"]["policy"] == report["recommended"]["policy"]
 
 
-def test_the_command_writes_the_report_and_the_chart(short_report, elec2_spec, tmp_path, capsys):
+def test_the_command_writes_the_report_and_verifies_it_against_a_replay(short_report, elec2_spec, tmp_path, capsys):
+    """``--verify`` replays the recommendation through the platform over the same days: the
+    backtest's figures are within the stated tolerance of the replay's (here: equal)."""
     from mlops_assets.cli import main
 
     out = tmp_path / "bt.json"
     args = ["backtest", "--spec", elec2_spec._file, "--start", SHORT["start"].isoformat(), "--days", str(SHORT["days"])]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out), "--verify", "--home", str(tmp_path / "verify")]) == 0
     report = json.loads(out.read_text())
+    check = report["verification"]
+    assert check["within_tolerance"], check
+    assert check["replay"]["retrains"] == check["backtest"]["retrains"]
+    assert check["replay"]["metric"] == pytest.approx(check["backtest"]["metric"], abs=1e-9)
     assert report["chart"].endswith("bt.svg") and ET.parse(report["chart"]).getroot().tag.endswith("svg")
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["recommended"]["policy"] == report["recommended"]["policy"]
