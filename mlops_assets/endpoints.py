@@ -15,6 +15,11 @@ appended to the audit history: one JSON file per entry under ``history/`` beside
 table in the asset's metadata, and tags on the MLflow model versions concerned. On the local target
 the deploy goes only to this home's own server (its ``/healthz`` identity), with the admin token; a
 foreign process on the port fails the materialization, naming it (``rollout.local``).
+
+Every time here is Dagster's clock (``compat.dagster_now``): the wall clock in production, the
+simulated moment in a replay, where ``replay_traffic`` sends the endpoint its traffic while a canary
+is in progress and ticks the canary sensor at simulated hours, and the replay's server stamps its
+logs on the same clock (``server.clock``), so a canary is judged on the replay's days.
 """
 
 from datetime import datetime

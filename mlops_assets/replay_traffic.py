@@ -40,6 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from mlops_assets.core.rollout import Deployment
 
@@ -63,6 +64,7 @@ class ReplayTraffic:
         self.clock_file = self.target.run_dir / "replay_clock"
         self.target.run_dir.mkdir(parents=True, exist_ok=True)
         self.now: datetime | None = None
+        self.tz = ZoneInfo(self.spec.source.timestamp.timezone)  # of the moments it ticks and runs at, like the replay's
         self._previous_env = os.environ.get(REPLAY_CLOCK_ENV)
         os.environ[REPLAY_CLOCK_ENV] = str(self.clock_file)  # inherited by the server the automation starts
         self.sensor = replay.defs.get_sensor_def(f"canary_{self.spec.name}")
@@ -96,8 +98,6 @@ class ReplayTraffic:
         current = self.state.load()
         if current is None or current.canary is None or not self.target.is_up():
             return
-        from zoneinfo import ZoneInfo
-
         import numpy as np
 
         from mlops_assets.core.traffic import event_requests
@@ -106,10 +106,9 @@ class ReplayTraffic:
         t0 = time.perf_counter()
         events = clean_events(self.replay.source_days[day].reset_index(drop=True), self.spec, day, f"source {day}")
         times, rows = event_requests(events, self.spec)
-        tz = ZoneInfo(self.spec.source.timestamp.timezone)
         # the local day's hours, stepped in UTC (a day of a DST change has 23 or 25 of them)
-        start = datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
-        end = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz).astimezone(UTC)
+        start = datetime.combine(day, datetime.min.time(), self.tz).astimezone(UTC)
+        end = datetime.combine(day + timedelta(days=1), datetime.min.time(), self.tz).astimezone(UTC)
         step = timedelta(minutes=min(60.0, float(self.policy["window_minutes"])))
         a = start
         while a < end and current is not None and current.canary is not None:
@@ -197,6 +196,7 @@ class ReplayTraffic:
 
         from mlops_assets.compat import frozen_dagster_clock
 
+        at = at.astimezone(self.tz)
         self.set_clock(at)
         with frozen_dagster_clock(at):
             context = dg.build_sensor_context(
