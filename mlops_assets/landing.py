@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Container
 from datetime import date
 
 import dagster as dg
@@ -32,7 +33,7 @@ from mlops_assets.resources import LakeStorage
 from mlops_assets.specs import ModelSpec
 
 
-def check_landed_file(spec: ModelSpec, uri: str, content: bytes, partition_keys: set[str]) -> str | None:
+def check_landed_file(spec: ModelSpec, uri: str, content: bytes, partition_keys: Container[str]) -> str | None:
     """Why a landed file cannot be ingested, or None when it can."""
     from mlops_assets.core.sources import DataError, infer_format, parse_file, require_columns
 
@@ -103,13 +104,11 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
                     f"(fix the spec): {message}",
                     cursor=_cursor(seen, spec, False),
                 )
-        keys = None
+        keys = _PartitionKeys(daily_partitions(spec))
         requests = []
         for entry, content in pending:
             stamp = entry.stamp
             day = entry.name.split(".", 1)[0]
-            if keys is None:
-                keys = set(daily_partitions(spec).get_partition_keys())
             reason = check_landed_file(spec, entry.uri, content, keys)
             if reason:
                 target = lake.quarantine(name, entry.uri, reason)
@@ -127,6 +126,17 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
         return dg.SensorResult(run_requests=requests, cursor=_cursor(seen, spec, spec_ok))
 
     return landing
+
+
+class _PartitionKeys(Container[str]):
+    """The spec's partition keys now, asked one key at a time: listing them all (a key per day since
+    the spec's start) cost more than the rest of a tick that lands one file."""
+
+    def __init__(self, partitions: dg.PartitionsDefinition):
+        self.partitions = partitions
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.partitions.has_partition_key(key)
 
 
 SPEC_CHECKED = "<spec checked>"  # cursor entry: the hash of the spec last found to fit its files (never a file name)
