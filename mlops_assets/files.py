@@ -145,6 +145,8 @@ class Entry:
 def listing(folder: str, suffix: str = "") -> list[Entry]:
     """The visible files directly in ``folder`` (names starting with ``.`` are work files), sorted by
     name; empty when the folder does not exist."""
+    if not is_remote(folder) and os.path.isdir(filesystem(folder)[1]):
+        return _local_listing(folder, suffix)
     base = folder.rstrip("/")
     out = []
     for info in _ls(folder):
@@ -170,6 +172,27 @@ def _ls(folder: str) -> list[dict[str, Any]]:
         return fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
+
+
+def _local_listing(folder: str, suffix: str) -> list[Entry]:
+    """``listing`` of a local folder from one ``scandir`` and a ``stat`` per visible regular file (a
+    link is not one, as fsspec reports it), stamped as ``_stamp`` stamps fsspec's ``mtime`` and
+    ``size``. fsspec's ``ls`` asks ``info`` of every entry (a dict of ten fields, two stats for a
+    link): a folder of 944 files took 14-16 ms to list that way against 8-11 ms, and the landing
+    sensor and the ingest list the landing folder, which grows by a file a day, every day."""
+    base = folder.rstrip("/")
+    out = []
+    with os.scandir(filesystem(folder)[1]) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or not name.endswith(suffix) or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            out.append(Entry(name, f"{base}/{name}", st.st_size, f"{st.st_mtime}:{st.st_size}"))
+    return sorted(out, key=lambda e: e.name)
 
 
 def _stamp(info: dict[str, Any]) -> str:
