@@ -75,7 +75,8 @@ class ReplayTraffic:
         self.cursor: str | None = None
         self.run_keys: set[str] = set()
         self.counts = None  # core.traffic.SideCounts of the canary in progress
-        self.reported = 0  # audit decisions already given to a day row
+        self.reported: set[str] = set()  # audit entries already given to a day row
+        self._canary: str | None = None  # the version of the latest canary started (a rollback names it)
         self.requests, self.seconds, self.days = 0, 0.0, 0
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
@@ -220,14 +221,21 @@ class ReplayTraffic:
 
     # -- what the report says -------------------------------------------------------------------
     def new_decisions(self) -> list[str]:
-        """The canary decisions recorded since the last call, as ``"<action> v<version> at <time>"``
-        (simulated time): what a day row shows."""
-        decisions = [e for e in self.state.history(decisions_only=True) if e.get("action") in CANARY_ACTIONS]
-        fresh, self.reported = decisions[self.reported :], len(decisions)
+        """The canary decisions recorded since the last call, as ``"<action> v<canary> at <time>"``
+        (simulated time): what a day row shows. Reads only the audit entries it has not seen (one
+        file each, named by when it was written: ``EndpointState.record``)."""
+        from mlops_assets import files
+
+        fresh = [e for e in files.listing(self.state.history_dir, ".json") if e.uri not in self.reported]
+        self.reported.update(e.uri for e in fresh)
         out = []
-        for e in fresh:
-            version = e.get("canary") or e.get("stable")
-            out.append(f"{e['action']} v{version} at {e['time'][:19]}")
+        for entry in fresh:
+            e = json.loads(files.read_text(entry.uri))
+            action = e.get("action")
+            if action in ("canary_started", "canary_restarted"):
+                self._canary = e.get("canary")
+            if action in CANARY_ACTIONS:  # the canary concerned (after a rollback the entry holds the stable)
+                out.append(f"{action} v{self._canary} at {e['time'][:19]}")
         return out
 
     def outcomes(self) -> list[dict[str, Any]]:

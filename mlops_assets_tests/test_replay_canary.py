@@ -84,7 +84,7 @@ def test_a_replay_starts_judges_and_decides_a_canary_on_its_clock(flight_spec, r
     # the day rows carry the decisions; the report says what the traffic cost
     day_events = [e for r in report["rows"] for e in r["canary"]]
     assert f"canary_started v{c['version']} at {c['started'][:19]}" in day_events
-    assert any(e.startswith(f"{c['decision']} v") for e in day_events), day_events
+    assert f"{c['decision']} v{c['version']} at {at.isoformat()[:19]}" in day_events, day_events
     assert report["traffic"]["requests"] >= 2 * MIN_REQUESTS and report["traffic"]["days"] >= 1
     assert report["metric"] is not None and all(r["metric"] is not None for r in report["rows"])
     # the server and the clock variable are gone with the replay
