@@ -159,3 +159,25 @@ def test_a_flat_neighbourhood_beats_a_lucky_spike(elec2_spec):
     # over the budget nothing is chosen, however good
     outcomes[spike].retrains = 50
     assert recommend(elec2_spec, outcomes, budget=10).retrains <= 10
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_backtests_fast_metrics_equal_the_platforms(task, elec2_spec):
+    """The backtest computes a metric half a million times, in numpy; ``core.training.evaluate``
+    (scikit-learn) is what the gate and the replay report: they agree on every metric."""
+    import numpy as np
+
+    from mlops_assets.core.backtest import metric_value
+    from mlops_assets.core.training import evaluate
+
+    rng = np.random.default_rng(3)
+    spec = elec2_spec.model_copy(update={"target": elec2_spec.target.model_copy(update={"task": task})})
+    if task == "classification":
+        y = (rng.random(500) < 0.4).astype(float)
+        s = np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1)
+    else:
+        y = rng.gamma(2.0, 50.0, 500)
+        s = y + rng.normal(0, 20, 500)
+    for name, value in evaluate(y, s, spec).items():
+        if name != "positive_rate":
+            assert metric_value(name, y, s) == pytest.approx(value, rel=1e-9, abs=1e-12), name
