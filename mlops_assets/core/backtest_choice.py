@@ -9,7 +9,9 @@ shift in when retrains happen moves Elec2's accuracy by up to a point. So a trig
 scored by the **median metric of its grid neighbourhood** (itself and every candidate one step away
 in one setting): a setting that only works at one exact point is not recommended over one whose
 neighbours work too. Within the retrain budget (a share of the scored days: ``cron:1`` retrains
-every day), the best neighbourhood wins; ``static`` and slow crons compete on their own metric.
+every day), the best neighbourhood sets the bar, and among the candidates within one standard error
+of it the freshest (most retrains) is recommended (``recommend``). Fixed schedules form one axis
+from ``cron:1`` to ``static``.
 """
 
 from __future__ import annotations
@@ -80,9 +82,9 @@ def better(spec: ModelSpec, a: float, b: float) -> bool:
     return a > b if spec.higher_is_better else a < b
 
 
-def recommend(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int) -> Outcome:
+def best_neighbourhood(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int) -> Outcome:
     """The candidate with the best neighbourhood metric among those with at most ``budget``
-    retrains; a tie goes to fewer retrains."""
+    retrains (each such outcome gets its ``robust`` figure); a tie goes to fewer retrains."""
     axes = grid_axes(spec)
     sign = 1 if spec.higher_is_better else -1
     best, best_key = None, None
@@ -97,6 +99,21 @@ def recommend(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int) 
     if best is None:
         raise ValueError("no candidate stays within the retrain budget")  # static always does: unreachable
     return best
+
+
+def recommend(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int, noise: float) -> Outcome:
+    """Among the candidates within the budget whose neighbourhood metric is within ``noise`` (one
+    standard error of the best one's difference to ``cron:1``) of the best, the one that retrains
+    most; then the better neighbourhood.
+
+    The one-standard-error rule: what the history cannot tell apart is decided by a prior, and on a
+    drifting series the prior is freshness, as in the gate's tie rule. A policy that retrained
+    rarely in the history because the history happened to be calm (Elec2's first months) is the
+    one that falls behind when drift comes; within the budget, a fresher model is the safer bet."""
+    best = best_neighbourhood(spec, outcomes, budget)
+    sign = 1 if spec.higher_is_better else -1
+    pool = [o for o in outcomes.values() if o.retrains <= budget and sign * o.robust >= sign * best.robust - noise - 1e-12]
+    return max(pool, key=lambda o: (o.retrains, sign * o.robust, sign * o.metric))
 
 
 def _schedule_neighbours(c: Candidate) -> list[Candidate]:

@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from mlops_assets.core.backtest import Candidate, Models, Outcome
-from mlops_assets.core.backtest_choice import difference_interval, grid, peer, recommend, run_grid, spec_candidate
+from mlops_assets.core.backtest_choice import (
+    best_neighbourhood,
+    difference_interval,
+    grid,
+    peer,
+    recommend,
+    run_grid,
+    spec_candidate,
+)
 from mlops_assets.core.backtest_data import load_history
 from mlops_assets.specs import ModelSpec
 
@@ -85,8 +93,11 @@ def backtest(
         cache.parent.mkdir(parents=True, exist_ok=True)
         models.store(cache)
     budget = math.floor(budget_share * len(scored))
-    chosen = recommend(spec, outcomes, budget)
     static, daily = peer(outcomes, "static"), peer(outcomes, "cron:1")
+    best = best_neighbourhood(spec, outcomes, budget)
+    spread = difference_interval(spec, served[best.candidate], served[daily])
+    noise = (spread["high"] - spread["low"]) / (2 * 1.96)  # one standard error of the difference
+    chosen = recommend(spec, outcomes, budget, noise)
     chosen.extra = {
         "vs_static": difference_interval(spec, served[chosen.candidate], served[static]),
         "vs_cron1": difference_interval(spec, served[chosen.candidate], served[daily]),
@@ -109,6 +120,8 @@ def backtest(
         "scored_days": len(scored),
         "rejected_days": {d.isoformat(): why for d, why in history.rejected.items() if scored[0] <= d <= scored[-1]},
         "budget": {"share_of_days": budget_share, "max_retrains": budget},
+        "best_neighbourhood": best.summary(),
+        "one_standard_error": noise,
         "candidates": len(outcomes),
         "models_fitted": models.fits,
         "peers": [o.summary() for c, o in outcomes.items() if c.retrain != "triggers"],
