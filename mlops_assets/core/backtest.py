@@ -48,7 +48,7 @@ class Candidate:
     performance_window: int = 1
     tolerated_drop: float = 0.05
     relative: bool = True  # tolerated_drop is a fraction of the champion's holdout metric
-    retrain_when: str = "failing"  # "failing" | "newly_failed"
+    retrain_when: str = "failing"  # "failing" | "newly_failed" | "never" (the performance check's)
     cooldown_days: int = 7
     model_days: int | None = 30
 
@@ -76,7 +76,7 @@ class Candidate:
             performance_window=p.performance.window_days,
             tolerated_drop=p.performance.tolerated_drop,
             relative=p.performance.relative,
-            retrain_when=p.performance.retrain_when if p.performance.retrain_when != "never" else "never",
+            retrain_when=p.performance.retrain_when,
             cooldown_days=math.ceil(p.cooldown_days - 1 / 24) if p.cooldown_days else 0,
             model_days=math.floor(p.freshness.model_days) if p.freshness.model_days else None,
         )
