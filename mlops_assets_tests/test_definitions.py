@@ -62,7 +62,7 @@ def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_s
 
     defs = build_definitions([flight_spec, elec2_spec])
     specs = defs.resolve_all_asset_specs()
-    assert len(specs) == 2 * 9 + 1  # flight_delays has a deployment: its endpoint asset
+    assert len(specs) == 2 * 10 + 1  # 10 per spec (backtest_<spec> included); flight_delays also has its endpoint
     assert {s.key.to_user_string() for s in specs if s.key.to_user_string().startswith("endpoint_")} == {"endpoint_flight_delays"}
     for s in specs:
         spec = flight_spec if s.key.to_user_string().endswith("flight_delays") else elec2_spec
