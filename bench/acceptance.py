@@ -41,9 +41,9 @@ def main() -> int:
     warnings.filterwarnings("ignore", module="dagster")
 
     from mlops_assets.backtest import compare, run
-    from mlops_assets.core.backtest import Candidate, Models, play
+    from mlops_assets.core.backtest import Candidate, play
     from mlops_assets.core.backtest_data import load_history
-    from mlops_assets.core.backtest_report import cache_key
+    from mlops_assets.core.backtest_report import cached_models
     from mlops_assets.environments import backtest_dir, replay_home
     from mlops_assets.replay import replay
     from mlops_assets.specs import find_spec
@@ -80,10 +80,7 @@ def main() -> int:
     W, H = spec.training.window_days, spec.training.holdout_days
     peers = {"static": Candidate("static", W, H), "cron:1": Candidate("cron:1", W, H), "recommended": chosen}
     scored = [d for d in dates if d >= cut]
-    models = Models(spec, load_history(spec))
-    cache = backtest_dir(spec.name) / f"scores-{cache_key(spec)}.pkl"
-    if cache.exists():
-        models.load(cache)
+    models, cache = cached_models(spec, history, backtest_dir(spec.name))  # the history read once
     result["out_of_sample"] = {"start": scored[0].isoformat(), "end": scored[-1].isoformat(), "scored_days": len(scored)}
     offline = {}
     for name, c in peers.items():

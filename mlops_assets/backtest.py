@@ -99,9 +99,9 @@ def verify(spec: ModelSpec, report: dict, home: Path | None = None, which: str =
     platform over the report's days and compare it with the backtest's own figures for those days."""
     from datetime import timedelta
 
-    from mlops_assets.core.backtest import Candidate, Models, play
+    from mlops_assets.core.backtest import Candidate, play
     from mlops_assets.core.backtest_data import load_history
-    from mlops_assets.core.backtest_report import cache_key
+    from mlops_assets.core.backtest_report import cached_models
     from mlops_assets.environments import backtest_dir
     from mlops_assets.replay import replay
 
@@ -115,10 +115,7 @@ def verify(spec: ModelSpec, report: dict, home: Path | None = None, which: str =
     policy = "default" if candidate.retrain == "triggers" else candidate.retrain
     real = replay(played, policy, start=start, days=(end - start).days + 1, home=home, progress=False)
     history = load_history(spec, end=end + timedelta(days=1))
-    models = Models(spec, history)
-    cache = backtest_dir(spec.name) / f"scores-{cache_key(spec)}.pkl"
-    if cache.exists():
-        models.load(cache)
+    models, _ = cached_models(spec, history, backtest_dir(spec.name))
     days = [d for d in history.dates if start <= d <= end]
     offline, _ = play(spec, models, candidate, days)
     return compare(real, offline.metric, offline.retrains, offline.promotions)

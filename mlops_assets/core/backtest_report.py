@@ -54,6 +54,16 @@ def cache_key(spec: ModelSpec) -> str:
     return hashlib.sha256(f"{decides}{spec.training.min_rows}".encode()).hexdigest()[:16]
 
 
+def cached_models(spec: ModelSpec, history, cache_dir: Path | None) -> tuple[Models, Path | None]:
+    """The per-day models over ``history``, with the scores an earlier backtest of the spec kept in
+    ``cache_dir`` (the file ``Models.store`` writes back to)."""
+    models = Models(spec, history)
+    cache = (cache_dir / f"scores-{cache_key(spec)}.pkl") if cache_dir else None
+    if cache is not None and cache.exists():
+        models.load(cache)
+    return models, cache
+
+
 def backtest(
     spec: ModelSpec,
     *,
@@ -75,10 +85,7 @@ def backtest(
         raise ValueError(
             f"{spec.name}: fewer than 2 days to score from {start or 'the replay start'} (history {history.dates[0]}..{history.dates[-1]})"
         )
-    models = Models(spec, history)
-    cache = (cache_dir / f"scores-{cache_key(spec)}.pkl") if cache_dir else None
-    if cache is not None and cache.exists():
-        models.load(cache)
+    models, cache = cached_models(spec, history, cache_dir)
     candidates = candidates or grid(spec)
     own = spec_candidate(spec, candidates)
     if own not in candidates:
