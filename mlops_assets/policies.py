@@ -13,6 +13,8 @@ Nothing retrains unless a policy says so. For each spec:
   fails in long runs and rarely *newly* fails, and a challenger the gate rejected leaves the failing
   champion serving. Such a trigger is not latched: a failure that clears during the cooldown
   retrains nothing.
+* ``policies.budget_days`` caps how many retrains there are, whatever fires them: on average at
+  most one per ``budget_days`` since the model's first training; a due retrain beyond it waits.
 * ``training_set_<spec>`` evaluates the same retrain decision, and the model is only requested
   together with it: a retrain always runs training set + model (+ gate) in one run on fresh data.
 * ``policies.retrain`` swaps those triggers for ``static`` (no automation on training set and
@@ -30,6 +32,7 @@ freshness daemon having run (and replays with simulated time behave like product
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import warnings
 from datetime import timedelta
@@ -120,6 +123,39 @@ class CheckFailing(dg.AutomationCondition):
         )
 
 
+class WithinBudget(dg.AutomationCondition):
+    """True while a retrain now stays within the spec's retrain budget: at most one retrain per
+    ``budget`` on average since the model was first trained (its first materialization).
+
+    Evaluated last in the retrain condition, so it reads the event log only when a retrain is
+    otherwise due: the first materialization, then at most as many later ones as the budget allows.
+    Times are the events' own (simulated in a replay), with the cooldown's hour of slack."""
+
+    def __init__(self, model_key: dg.AssetKey, budget: timedelta):
+        self._model_key = model_key
+        self._budget = budget
+
+    @property
+    def name(self) -> str:
+        return f"within the retrain budget (one per {self._budget.total_seconds() / 86400:g} days)"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        instance = context.asset_graph_view.instance
+        first = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=self._model_key), limit=1, ascending=True)
+        within = True
+        if first.records:
+            since = first.records[0]
+            elapsed = context.evaluation_time.timestamp() - since.timestamp + 3600
+            earned = math.floor(elapsed / self._budget.total_seconds())  # retrains allowed so far, this one included
+            later = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=self._model_key, after_storage_id=since.storage_id), limit=max(earned, 1)
+            )
+            within = len(later.records) < earned
+        return dg.AutomationResult(
+            context=context, true_subset=context.candidate_subset if within else context.get_empty_subset()
+        )
+
+
 # Each monitoring check on predictions_<spec> and the spec policy that governs it (policies.drift or
 # policies.performance); the policy's name is also the retrain cause a replay reports. The served_
 # checks judge the endpoint's prediction log and exist only for specs with a deployment.
@@ -174,7 +210,7 @@ def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition | None:
     if spec.policies.cron_days:
         n = spec.policies.cron_days  # an hour's slack so a daily tick is never a few minutes early
         due = (~UpdatedWithin(timedelta(days=n, hours=-1)) & ~A.missing()).with_label(f"{TRIGGER_CRON} every {n} days")
-        return due & ~A.in_progress() & ~A.any_deps_in_progress()
+        return _within_budget(spec, due & ~A.in_progress() & ~A.any_deps_in_progress())
     due = retrain_triggers(spec).since(A.newly_requested() | A.newly_updated())
     _, failing = check_triggers(spec)
     if failing is not None:
@@ -185,7 +221,13 @@ def retrain_condition(spec: ModelSpec) -> dg.AutomationCondition | None:
         cooldown = timedelta(days=spec.policies.cooldown_days, hours=-1)
         condition = condition & ~UpdatedWithin(cooldown)
     upstream_failing = A.asset_matches(key("dataset", spec), A.any_checks_match(A.check_failed(), blocking_only=True))
-    return condition & ~upstream_failing.with_label("an upstream blocking check is failing")
+    return _within_budget(spec, condition & ~upstream_failing.with_label("an upstream blocking check is failing"))
+
+
+def _within_budget(spec: ModelSpec, condition: dg.AutomationCondition) -> dg.AutomationCondition:
+    if not spec.policies.budget_days:
+        return condition
+    return condition & WithinBudget(key("model", spec), timedelta(days=spec.policies.budget_days))
 
 
 def automation_condition(stage: str, spec: ModelSpec) -> dg.AutomationCondition | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import date, timedelta
 
 import dagster as dg
@@ -33,23 +34,27 @@ def short_report(home, elec2_spec):
 
 def test_the_backtest_plays_a_policy_exactly_as_the_replay_does(elec2_spec, tmp_path, monkeypatch):
     """A short Elec2 replay of a trigger policy (labels a day late, a relative tolerance, a two-day
-    cooldown) through the real platform, and the backtest's play of the same spec over the same
-    days: the same retrain days, promotions and prequential accuracy."""
+    cooldown, a retrain budget of one per four days that holds back retrains the cooldown allows)
+    through the real platform, and the backtest's play of the same spec over the same days: the
+    same retrain days, promotions and prequential accuracy."""
     from mlops_assets.core.backtest import Candidate, Models, play
     from mlops_assets.core.backtest_data import load_history
     from mlops_assets.replay import replay
 
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
-    c = Candidate("triggers", 8, 2, None, 1, 0.1, True, "failing", 2, None)
+    c = Candidate("triggers", 8, 2, None, 1, 0.1, True, "failing", 2, None, budget_days=4)
     spec = c.apply(elec2_spec.model_copy(update={"target": elec2_spec.target.model_copy(update={"label_delay_days": 1})}))
     start, days = date(1996, 6, 3), 14
     real = replay(spec, "default", start=start, days=days, home=tmp_path / "replay", progress=False)
 
     history = load_history(spec, end=start + timedelta(days=days))
-    offline, _ = play(spec, Models(spec, history), Candidate.from_spec(spec), [d for d in history.dates if d >= start])
+    models, scored = Models(spec, history), [d for d in history.dates if d >= start]
+    offline, _ = play(spec, models, Candidate.from_spec(spec), scored)
+    unbudgeted, _ = play(spec, models, replace(c, budget_days=None), scored)
     assert Candidate.from_spec(spec) == c
     assert real["retrains"] >= 2, "the window must exercise the trigger"
+    assert unbudgeted.retrains > offline.retrains == days // 4, "the budget must hold retrains back"
     assert offline.retrain_days == [r["day"] for r in real["rows"] if r["retrained"]]
     assert offline.promotions == real["promotions"]
     assert offline.metric == pytest.approx(real["metric"], abs=1e-9)

@@ -14,7 +14,8 @@ needs hundreds of them. The backtest keeps what decides the numbers and drops th
   ``window_days`` labelled days the champion served against its own holdout metric; ``failing``
   retrains while the newest verdict since the last training fails (the day's first tick still sees
   the day before's), ``newly_failed`` once per new failure, both at most once per cooldown; the
-  model's freshness retrains it once it is older than ``model_days``.
+  model's freshness retrains it once it is older than ``model_days``; a retrain beyond the budget
+  (one per ``budget_days`` on average since the first model) waits.
 
 Drift checks are not played: a candidate shows drift and does not retrain on it
 (``retrain_when: never``), which is what the recommended block says. ``mlops backtest`` checks the
@@ -51,6 +52,7 @@ class Candidate:
     retrain_when: str = "failing"  # "failing" | "newly_failed" | "never" (the performance check's)
     cooldown_days: int = 7
     model_days: int | None = 30
+    budget_days: float | None = None  # at most one retrain per budget_days on average (policies.budget_days)
 
     @property
     def label(self) -> str:
@@ -61,6 +63,8 @@ class Candidate:
                 f"cd {self.cooldown_days} fresh {self.model_days or '-'}"
             )
         gate = f"conf {self.confidence:g}" if self.confidence else "point"
+        if self.budget_days:
+            base += f" budget {self.budget_days:g}"
         return f"{base} | train {self.window_days}/{self.holdout_days} | {gate}"
 
     @classmethod
@@ -79,6 +83,7 @@ class Candidate:
             retrain_when=p.performance.retrain_when,
             cooldown_days=math.ceil(p.cooldown_days - 1 / 24) if p.cooldown_days else 0,
             model_days=math.floor(p.freshness.model_days) if p.freshness.model_days else None,
+            budget_days=p.budget_days if retrain != "static" else None,
         )
 
     def spec_blocks(self, spec: ModelSpec) -> dict:
@@ -99,6 +104,8 @@ class Candidate:
             }
         else:
             policies = {"retrain": self.retrain}
+        if self.budget_days and self.retrain != "static":
+            policies["budget_days"] = self.budget_days
         out = {"policies": policies}
         if (self.window_days, self.holdout_days) != (spec.training.window_days, spec.training.holdout_days):
             out["training"] = {"window_days": self.window_days, "holdout_days": self.holdout_days}
@@ -347,6 +354,8 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
                 pending, fresh_flagged = pending or "freshness", True
             trigger = trigger or pending
             cause = trigger if trigger and age >= c.cooldown_days else None
+        if cause is not None and c.budget_days and retrains + 1 > math.floor((day - bootstrap).days / c.budget_days):
+            cause = None  # the budget is spent: the trigger waits, as in the cooldown
         if cause is None:
             continue
         challenger = day if models.trainable(W, H, day) else None

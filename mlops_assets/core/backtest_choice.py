@@ -9,7 +9,8 @@ shift in when retrains happen moves Elec2's accuracy by up to a point. So a trig
 scored by the **median metric of its grid neighbourhood** (itself and every candidate one step away
 in one setting): a setting that only works at one exact point is not recommended over one whose
 neighbours work too. Within the retrain budget (a share of the scored days: ``cron:1`` retrains
-every day), the best neighbourhood sets the bar, and among the candidates within one standard error
+every day; every trigger candidate enforces it with ``policies.budget_days``), the best
+neighbourhood sets the bar, and among the candidates within one standard error
 of it the freshest (most retrains) is recommended (``recommend``). Fixed schedules form one axis
 from ``cron:1`` to ``static``.
 """
@@ -46,13 +47,23 @@ def training_designs(spec: ModelSpec) -> list[tuple[int, int]]:
     return designs
 
 
-def grid(spec: ModelSpec) -> list[Candidate]:
-    """The peers (``static``, ``cron:N`` at the spec's training design) and the trigger candidates."""
+def budget_days(budget_share: float) -> int | None:
+    """The ``policies.budget_days`` that holds a policy to ``budget_share`` of the days (None: no
+    retrain at all is allowed, which only ``static`` meets)."""
+    return math.ceil(1 / budget_share - 1e-9) if budget_share > 0 else None
+
+
+def grid(spec: ModelSpec, budget_share: float = 0.1) -> list[Candidate]:
+    """The peers (``static``, ``cron:N`` at the spec's training design) and the trigger candidates,
+    each held to the budget by ``budget_days``: a trigger policy that stayed within the budget on
+    the history may not on the days that follow (drift comes in bursts), so the budget is part of
+    the policy, not only a filter on the backtest's figures."""
     W, H = spec.training.window_days, spec.training.holdout_days
     fresh = math.floor(spec.policies.freshness.model_days) if spec.policies.freshness.model_days else None
     peers = [Candidate("static", W, H), *(Candidate(f"cron:{n}", W, H) for n in CRON_PEERS)]
+    budget = budget_days(budget_share)
     triggers = [
-        Candidate("triggers", w, h, conf, pw, drop, True, when, cd, fresh)
+        Candidate("triggers", w, h, conf, pw, drop, True, when, cd, fresh, budget)
         for w, h in training_designs(spec)
         for conf in CONFIDENCES
         for pw in PERFORMANCE_WINDOWS

@@ -86,7 +86,7 @@ def backtest(
             f"{spec.name}: fewer than 2 days to score from {start or 'the replay start'} (history {history.dates[0]}..{history.dates[-1]})"
         )
     models, cache = cached_models(spec, history, cache_dir)
-    candidates = candidates or grid(spec)
+    candidates = candidates or grid(spec, budget_share)
     own = spec_candidate(spec, candidates)
     if own not in candidates:
         candidates = [*candidates, own]

@@ -314,14 +314,23 @@ class FreshnessSpec(_Strict):
 class PoliciesSpec(_Strict):
     """When the model retrains by itself: a drift or performance check newly fails (or, per the
     check's ``retrain_when``, keeps failing), the model's freshness fails, or its code version
-    changes; never within ``cooldown_days`` of the last training, never while it is already
-    training, never while an upstream blocking check fails.
+    changes; never within ``cooldown_days`` of the last training, never beyond the retrain budget
+    (``budget_days``: the cooldown bounds how close two retrains come, the budget how many there are
+    over months, whatever the monitoring says), never while it is already training, never while an
+    upstream blocking check fails.
     ``retrain`` replaces those triggers by ``static`` (never) or ``cron:N`` (every N days)."""
 
     drift: DriftPolicy = DriftPolicy()
     performance: PerformancePolicy = PerformancePolicy()
     freshness: FreshnessSpec = FreshnessSpec()
     cooldown_days: float = Field(7.0, ge=0)
+    budget_days: float | None = Field(
+        None,
+        gt=0,
+        description="Retrain budget: on average at most one retrain per budget_days days, counted from the "
+        "model's first training (10: at most 10 % of the retrains of 'cron:1'). A trigger that fires while the "
+        "budget is spent waits, as in the cooldown, until enough days have passed. Unset: no budget.",
+    )
     retrain: str = Field(
         "default",
         pattern=r"^(default|static|cron:[1-9][0-9]*)$",
