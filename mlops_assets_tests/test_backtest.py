@@ -95,7 +95,7 @@ def test_fitted_models_are_kept_between_runs(short_report, elec2_spec, home):
 
     first, _ = short_report
     again, _ = run(elec2_spec, SHORT["start"], SHORT["days"], 0.1)
-    assert first["models_fitted"] > 50
+    assert first["models_fitted"] >= SHORT["days"]  # cron:1 alone trains one model per scored day
     assert again["models_fitted"] == 0  # every score came from the cache
     assert again["recommended"] == first["recommended"]
 
@@ -147,8 +147,9 @@ def test_a_flat_neighbourhood_beats_a_lucky_spike(elec2_spec):
     from mlops_assets.core.backtest import Candidate, Outcome
     from mlops_assets.core.backtest_choice import grid, recommend
 
+    assert all(c.budget_days == 10 for c in grid(elec2_spec, 0.1) if c.retrain == "triggers")  # the budget, enforced
     candidates = [c for c in grid(elec2_spec) if c.retrain != "triggers" or (c.window_days, c.holdout_days) == (28, 3)]
-    spike = Candidate("triggers", 28, 3, None, 3, 0.05, True, "failing", 7, 30)
+    spike = Candidate("triggers", 28, 3, None, 3, 0.05, True, "failing", 7, 30, budget_days=10)  # grid(): budget 0.1
     plateau = replace(spike, performance_window=1, tolerated_drop=0.2, cooldown_days=14, retrain_when="newly_failed")
 
     def outcome(c: Candidate) -> Outcome:
