@@ -80,6 +80,9 @@ def main() -> int:
     W, H = spec.training.window_days, spec.training.holdout_days
     peers = {"static": Candidate("static", W, H), "cron:1": Candidate("cron:1", W, H), "recommended": chosen}
     scored = [d for d in dates if d >= cut]
+    # every replay's home, fixed now: a replay points MLOPS_HOME at its own home, so a home resolved
+    # after one would be nested in it (and wiped with it by the next run of that replay)
+    homes = {name: replay_home(spec.name, f"acceptance-{name}") for name in peers}
     models, cache = cached_models(spec, history, backtest_dir(spec.name))  # the history read once
     result["out_of_sample"] = {"start": scored[0].isoformat(), "end": scored[-1].isoformat(), "scored_days": len(scored)}
     offline = {}
@@ -107,7 +110,7 @@ def main() -> int:
                 policy,
                 start=scored[0],
                 days=len(scored),
-                home=replay_home(spec.name, f"acceptance-{name}"),
+                home=homes[name],
                 progress=False,
             )
             o = offline[name]
