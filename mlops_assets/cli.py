@@ -54,8 +54,9 @@ def demo(spec_name: str, start: date, days: int) -> int:
 
     import dagster as dg
 
+    from mlops_assets.common import key
+    from mlops_assets.core.names import job_name
     from mlops_assets.definitions import defs
-    from mlops_assets.jobs import job_name
     from mlops_assets.specs import find_spec
 
     t0 = time.perf_counter()
@@ -86,7 +87,7 @@ def demo(spec_name: str, start: date, days: int) -> int:
         run("deploy")  # the endpoint asset: starts (or hot-swaps) the local server and verifies it
 
     def meta(stage: str) -> dict:
-        event = instance.get_latest_materialization_event(dg.AssetKey(f"{stage}_{spec_name}"))
+        event = instance.get_latest_materialization_event(key(stage, spec_name))
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}  # type: ignore[union-attr]
 
     model, gate = meta("model"), meta("champion")

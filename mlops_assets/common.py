@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from mlops_assets import k8s
+from mlops_assets.core.names import asset_name
 from mlops_assets.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -31,11 +32,8 @@ STAGE_VERSIONS = {
 }
 
 
-def asset_name(stage: str, spec: ModelSpec | str) -> str:
-    return f"{stage}_{spec if isinstance(spec, str) else spec.name}"
-
-
 def key(stage: str, spec: ModelSpec | str) -> dg.AssetKey:
+    """A spec's asset key of one stage (its name from ``core.names``)."""
     return dg.AssetKey(asset_name(stage, spec))
 
 

@@ -28,7 +28,7 @@ import dagster as dg
 
 from mlops_assets.common import asset_kwargs, failure, key
 from mlops_assets.compat import dagster_now
-from mlops_assets.core.names import CANARY_REASON_TAG, CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG
+from mlops_assets.core.names import CANARY_REASON_TAG, CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG, sensor_name
 from mlops_assets.resources import EndpointDeployer, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
 
@@ -197,7 +197,7 @@ def canary_sensor(spec: ModelSpec, job) -> dg.SensorDefinition | None:
         return None
 
     @dg.sensor(
-        name=f"canary_{spec.name}",
+        name=sensor_name("canary", spec),
         job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,

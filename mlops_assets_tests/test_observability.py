@@ -200,8 +200,7 @@ def test_counters_gate_outcomes_champion_and_run_owners():
 
     assert [gate_outcome(d) for d in ("promoted", "kept champion", "no champion")] == ["promoted", "rejected", "rejected"]
     assert drift_share({"drifted_share": 0.25}) == 0.25 and drift_share({"evaluated": False, "rows": 3}) is None
-    from mlops_assets.common import asset_name
-    from mlops_assets.jobs import job_name
+    from mlops_assets.core.names import asset_name, job_name
 
     names = ["flights", "flights_eu", "elec2"]
     owners = {asset_name(stage, n): n for n in names for stage in ("raw", "dataset", "model", "champion")}

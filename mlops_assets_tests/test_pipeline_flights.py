@@ -163,8 +163,8 @@ def test_gate_keeps_the_champion_when_challenger_is_not_better_by_the_margin(fli
     strict = flights.specs["flight_delays"].model_copy(
         update={"promotion": flights.specs["flight_delays"].promotion.model_copy(update={"margin": 0.9})}
     )
+    from mlops_assets.core.names import job_name
     from mlops_assets.factory import build_definitions
-    from mlops_assets.jobs import job_name
     from mlops_assets_tests.conftest import QUIET
 
     defs = build_definitions([strict])
@@ -193,8 +193,8 @@ def test_gate_with_a_confidence_decides_on_a_paired_test_and_records_it(flights)
     interval and the p-value are in the gate's metadata and its check."""
     spec = flights.specs["flight_delays"]
     careful = spec.model_copy(update={"promotion": spec.promotion.model_copy(update={"confidence": 0.9})})
+    from mlops_assets.core.names import job_name
     from mlops_assets.factory import build_definitions
-    from mlops_assets.jobs import job_name
     from mlops_assets_tests.conftest import QUIET
 
     before = flights.latest("champion_flight_delays")["champion_version"]
@@ -222,9 +222,9 @@ def test_failed_training_ends_its_mlflow_run_failed(flights):
     broken = spec.model_copy(update={"estimator": spec.estimator.model_copy(update={"params": {"max_iter": -5}})})
     from mlflow import MlflowClient
 
+    from mlops_assets.core.names import job_name
     from mlops_assets.environments import mlflow_tracking_uri
     from mlops_assets.factory import build_definitions
-    from mlops_assets.jobs import job_name
     from mlops_assets_tests.conftest import QUIET
 
     defs = build_definitions([broken])
