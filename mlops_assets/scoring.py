@@ -268,26 +268,40 @@ MONITORING_CHECKS = {
 
 def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     name = spec.name
-
-    @dg.asset(
-        **asset_kwargs(
-            "predictions",
-            spec,
-            f"Batch scores of the '{CHAMPION}' model for the day's events, with the version that scored "
-            "them and the features it saw; monitoring checks over the policy windows; the realised "
-            "metric once labels are known.",
-            {"mlflow", "parquet"},
-        ),
-        partitions_def=daily_partitions(spec),
-        deps=[key("features", spec), key("champion", spec)],
-        check_specs=[
-            dg.AssetCheckSpec(check, asset=key("predictions", spec), description=MONITORING_CHECKS[check])
-            for check in monitoring_checks(spec)
-        ],
+    kwargs = asset_kwargs(
+        "predictions",
+        spec,
+        f"Batch scores of the '{CHAMPION}' model for the day's events, with the version that scored "
+        "them and the features it saw; monitoring checks over the policy windows; the realised "
+        "metric once labels are known.",
+        {"mlflow", "parquet"},
     )
-    def predictions(
-        context: dg.AssetExecutionContext, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking
-    ) -> dg.MaterializeResult:
+    op_name, op_tags = kwargs.pop("name"), kwargs.pop("op_tags")
+    asset_key = key("predictions", spec)
+
+    # A multi-asset of one asset, because only ``can_subset`` makes Dagster's check outputs optional:
+    # a monitoring check that could not be judged (too few rows, an undefined metric) yields no result,
+    # and Dagster then resolves its planned execution to SKIPPED when the run succeeds, instead of
+    # showing a pass. The same flag lets the UI materialize the predictions without their checks.
+    @dg.multi_asset(
+        name=op_name,
+        op_tags=op_tags,
+        specs=[
+            dg.AssetSpec(
+                asset_key, deps=[key("features", spec), key("champion", spec)], partitions_def=daily_partitions(spec), **kwargs
+            )
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(check, asset=asset_key, description=MONITORING_CHECKS[check]) for check in monitoring_checks(spec)
+        ],
+        can_subset=True,
+    )
+    def predictions(context: dg.AssetExecutionContext, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking):
+        if asset_key not in context.selected_asset_keys:
+            raise failure(
+                f"the monitoring checks of {asset_key.to_user_string()} are judged when a day is scored: "
+                "materialize the predictions (with their checks)"
+            )
         champion = mlflow.version_by_alias(name, CHAMPION)
         if champion is None:
             raise failure(f"model '{name}' has no '{CHAMPION}' yet; run the train job (it ends with the promotion gate)")
@@ -320,8 +334,17 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 spec, day, lake, reference, int(champion.version), meta
             )
             outcomes += served_outcomes
-        check_results = [check_result(o, dg.AssetCheckSeverity.WARN, **extra.get(o.name, {})) for o in outcomes]
-        return dg.MaterializeResult(metadata=meta, check_results=check_results)
+        selected = {k.name for k in context.selected_asset_check_keys if k.asset_key == asset_key}
+        check_results = []
+        for o in outcomes:
+            if o.name not in selected:
+                continue
+            if o.judged:
+                check_results.append(check_result(o, dg.AssetCheckSeverity.WARN, **extra.get(o.name, {})))
+            else:  # no result: Dagster shows the check as skipped; the reason stays on the materialization
+                meta[f"not_judged_{o.name}"] = dg.MetadataValue.text(o.description)
+                context.log.info(f"{o.name} {o.description}")
+        yield dg.MaterializeResult(asset_key=asset_key, metadata=meta, check_results=check_results)
 
     return [predictions]
 

@@ -64,3 +64,34 @@ def test_names_are_built_in_one_module(elec2_spec):
     assert {names.sensor_name("landing", elec2_spec), names.AUTOMATION_SENSOR} <= sensors
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert {names.asset_name(s, elec2_spec) for s in ("raw", "dataset", "model", "champion", "predictions")} <= keys
+
+
+def test_a_skipped_check_after_a_failure_reads_as_not_failing():
+    """``latest_check_failure`` (read by the ``CheckFailing`` automation conditions) on real runs of a
+    one-asset multi-asset like ``predictions_<spec>``: a check that fails, then one run in which it could
+    not judge (no result: Dagster resolves it to skipped), then one in which it passes. The skipped run
+    clears the failure, as a not-judged verdict did when it was reported as a pass: a policy acts on the
+    newest verdict, and a day with nothing to judge is no evidence that the model still fails."""
+    import dagster as dg
+
+    from mlops_assets.compat import latest_check_failure
+
+    verdicts = iter([False, None, True])
+
+    @dg.multi_asset(specs=[dg.AssetSpec("scored")], check_specs=[dg.AssetCheckSpec("drift", asset="scored")], can_subset=True)
+    def scored():
+        passed = next(verdicts)
+        yield dg.MaterializeResult(
+            asset_key="scored",
+            check_results=[] if passed is None else [dg.AssetCheckResult(check_name="drift", passed=passed)],
+        )
+
+    check = dg.AssetCheckKey(dg.AssetKey("scored"), "drift")
+    with dg.instance_for_test() as instance:
+        assert latest_check_failure(instance, check) is None  # never ran
+        assert dg.materialize([scored], instance=instance).success
+        assert latest_check_failure(instance, check) is not None
+        assert dg.materialize([scored], instance=instance).success  # the check is skipped, the step succeeds
+        assert latest_check_failure(instance, check) is None
+        assert dg.materialize([scored], instance=instance).success
+        assert latest_check_failure(instance, check) is None

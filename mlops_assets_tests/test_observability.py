@@ -188,8 +188,7 @@ def test_a_check_that_was_not_judged_never_reads_as_passed():
     assert check_state(None, passed=None, metadata={}, **judged) == "not_judged"  # never ran
     assert check_state("PLANNED", passed=None, metadata={}, run_finished=True) == "not_judged"  # its step failed
     assert check_state("PLANNED", passed=None, metadata={}, run_finished=False) == "running"
-    # core.monitoring's "not judged: 12 rows (policy minimum 30)" is a pass with evaluated False
-    assert check_state("SUCCEEDED", passed=True, metadata={"evaluated": False, "rows": 12}, **judged) == "not_judged"
+    # a monitoring check that could not judge yields no result: its planned record resolves to skipped
     # the canary check outside a canary passes without a comparison
     assert check_state("SUCCEEDED", passed=True, metadata={"action": "deploy"}, check="canary", **judged) == "not_judged"
     assert check_state("SUCCEEDED", passed=True, metadata={"comparison": "|...|"}, check="canary", **judged) == "passed"
@@ -199,7 +198,7 @@ def test_counters_gate_outcomes_champion_and_run_owners():
     from mlops_assets.core.pipeline_metrics import Totals, drift_share, gate_outcome, spec_of_run
 
     assert [gate_outcome(d) for d in ("promoted", "kept champion", "no champion")] == ["promoted", "rejected", "rejected"]
-    assert drift_share({"drifted_share": 0.25}) == 0.25 and drift_share({"evaluated": False, "rows": 3}) is None
+    assert drift_share({"drifted_share": 0.25}) == 0.25 and drift_share({"rows": 3}) is None
     from mlops_assets.core.names import asset_name, job_name
 
     names = ["flights", "flights_eu", "elec2"]
@@ -348,6 +347,41 @@ def test_exporter_reports_the_pipeline_of_a_real_home(home):
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 1}
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 1}
     assert samples(collector, "mlops_pipeline_failed_runs_total")[(f"ingest_{SPEC}",)] == 1
+
+
+def test_a_monitoring_check_that_could_not_judge_is_skipped_not_passed(home):
+    """The real scoring run of the home: nothing was served yet, so the three ``served_*`` checks had no
+    rows to judge. They yield no result: Dagster records them as planned and resolves them to skipped
+    once the run succeeded (never "Passed"), the step still succeeds, the batch checks keep their
+    verdicts, and the reason each was not judged is on the predictions' materialization."""
+    import asyncio
+
+    import dagster as dg
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus
+
+    asset = dg.AssetKey(f"predictions_{SPEC}")
+    evaluated = home.check_results(asset.to_user_string())
+    served = ("served_feature_drift", "served_prediction_drift", "served_performance")
+    assert {"feature_drift", "prediction_drift", "performance"} <= set(evaluated)
+    assert not set(served) & set(evaluated), "a check that could not judge has no evaluation"
+
+    def resolved(check: str):
+        key = dg.AssetCheckKey(asset, check)
+        record = home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+        return asyncio.run(record.resolve_status(LoadingContextForTest(home.instance)))
+
+    for check in served:
+        assert resolved(check) == AssetCheckExecutionResolvedStatus.SKIPPED, check
+    batch = {check: resolved(check) for check in ("feature_drift", "prediction_drift", "performance")}
+    expected = {True: AssetCheckExecutionResolvedStatus.SUCCEEDED, False: AssetCheckExecutionResolvedStatus.FAILED}
+    assert batch == {check: expected[evaluated[check]] for check in batch}
+
+    reasons = home.latest(asset.to_user_string())
+    minimum = home.spec.policies.drift.min_rows
+    assert reasons["not_judged_served_feature_drift"] == f"not judged: 0 rows (policy minimum {minimum})."
+    assert reasons["not_judged_served_performance"].startswith("not judged: 0 labelled rows")
+    assert not any(k.startswith("not_judged_") for k in reasons if k.removeprefix("not_judged_") in batch)
 
 
 def test_exporter_reports_its_own_failure_not_stale_numbers(home):

@@ -1,5 +1,6 @@
 """Monitoring a scored day against the champion's training reference: feature drift, prediction
-drift and (once labels are known) performance. Each verdict is a ``CheckOutcome``.
+drift and (once labels are known) performance. Each verdict is a ``CheckOutcome``; one that could
+not be judged (too few rows, an undefined metric) has ``passed`` None and says why in its description.
 
 Served rows are whatever callers sent: values no statistic can take (+-inf, 1e308, text in a
 numeric column, values outside the spec's ``checks.ranges``) are left out of the statistics and
@@ -104,7 +105,9 @@ def performance(realised: float | None, labelled_rows: int, reference: float, sp
     if realised is None or labelled_rows < policy.min_rows:
         return _not_judged("performance", labelled_rows, policy.min_rows, what="labelled rows")
     if np.isnan(realised):  # e.g. ROC AUC on a day whose labels are all one class
-        return CheckOutcome("performance", True, f"not judged: {metric} is undefined on this day's labels.", {"evaluated": False})
+        return CheckOutcome(
+            "performance", None, f"not judged: {metric} is undefined on this day's labels.", {"labelled_rows": labelled_rows}
+        )
     drop = (realised - reference) if metric in LOWER_IS_BETTER else (reference - realised)
     tolerated = policy.tolerated_drop * abs(reference) if policy.relative else policy.tolerated_drop
     ok = bool(drop <= tolerated)
@@ -125,4 +128,4 @@ def performance(realised: float | None, labelled_rows: int, reference: float, sp
 
 
 def _not_judged(name: str, rows: int, minimum: int, what: str = "rows") -> CheckOutcome:
-    return CheckOutcome(name, True, f"not judged: {rows} {what} (policy minimum {minimum}).", {"evaluated": False, "rows": rows})
+    return CheckOutcome(name, None, f"not judged: {rows} {what} (policy minimum {minimum}).", {"rows": rows})

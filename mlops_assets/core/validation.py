@@ -101,12 +101,19 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
 
 @dataclass(frozen=True)
 class CheckOutcome:
-    """One rule's verdict on one partition, with what a person needs to see why."""
+    """One rule's verdict on one partition, with what a person needs to see why.
+
+    ``passed`` is None when the rule could not be judged (too few rows, an undefined metric): that
+    is neither a pass nor a failure, and the glue must not report it as either."""
 
     name: str
-    passed: bool
+    passed: bool | None
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> bool:
+        return self.passed is not None
 
 
 def dataset_checks(df: pd.DataFrame, spec: ModelSpec) -> list[CheckOutcome]:
