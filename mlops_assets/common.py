@@ -84,8 +84,46 @@ def asset_kwargs(stage: str, spec: ModelSpec, description: str, kinds: set[str])
     }
 
 
-def md_table(df: pd.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
-    return dg.MetadataValue.md(df.head(max_rows).to_markdown(index=False, floatfmt=".4g"))
+def table_metadata(rows: pd.DataFrame | list[dict], max_rows: int = 30) -> dg.MetadataValue:
+    """Rows as Dagster's native table (``MetadataValue.table``): the UI renders it in place, sortable,
+    where a markdown table sits behind "Show Markdown". Each column gets the type all its values
+    share (bool, int, float, else string); a missing value (None, NaN) is a null cell, never a
+    made-up 0 or an empty string."""
+    import math
+
+    import numpy as np
+
+    frame = hasattr(rows, "to_dict")  # pandas is imported where frames are made, not here (cheap to load)
+    records = rows.head(max_rows).to_dict("records") if frame else list(rows)[:max_rows]
+    columns = list(rows.columns) if frame else list(dict.fromkeys(k for r in records for k in r))
+
+    def plain(v):
+        if isinstance(v, np.generic):
+            v = v.item()
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    cells = [{c: plain(r.get(c)) for c in columns} for r in records]
+    types = {}
+    for c in columns:
+        values = [r[c] for r in cells if r[c] is not None]
+        if values and all(isinstance(v, bool) for v in values):
+            types[c] = "bool"
+        elif values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            types[c] = "int"
+        elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            types[c] = "float"
+        else:
+            types[c] = "string"
+    for r in cells:
+        for c in columns:
+            if r[c] is not None and types[c] == "string":
+                r[c] = str(r[c])
+            elif r[c] is not None and types[c] == "float":
+                r[c] = float(r[c])
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({str(c): v for c, v in r.items()}) for r in cells],
+        schema=dg.TableSchema(columns=[dg.TableColumn(str(c), types[c]) for c in columns]),
+    )
 
 
 def svg_markdown(svg: str) -> dg.MetadataValue:

@@ -26,7 +26,7 @@ from datetime import datetime
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, failure, key
+from mlops_assets.common import asset_kwargs, failure, key, table_metadata
 from mlops_assets.compat import dagster_now
 from mlops_assets.core.names import CANARY_REASON_TAG, CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG, sensor_name
 from mlops_assets.resources import EndpointDeployer, LakeStorage, MlflowTracking
@@ -57,22 +57,27 @@ def canary_verdict(spec: ModelSpec, lake: LakeStorage, current, now: datetime):
 
 
 def _history_table(history: list[dict]) -> dg.MetadataValue:
-    rows = ["| time | action | stable | canary | share % | reason |", "|---|---|---|---|---|---|"]
-    for e in history[-HISTORY_ROWS:][::-1]:
-        reason = str(e.get("reason", "")).replace("|", "/")
-        rows.append(
-            f"| {e['time'][:19]} | {e['action']} | {e.get('stable') or ''} | {e.get('canary') or ''} "
-            f"| {e.get('canary_percent') or 0:g} | {reason} |"
-        )
-    return dg.MetadataValue.md("\n".join(rows))
+    """The newest decisions of the endpoint, newest first, as a native table."""
+    return table_metadata(
+        [
+            {
+                "time": e["time"][:19],
+                "action": e["action"],
+                "stable": e.get("stable"),
+                "canary": e.get("canary"),
+                "canary_percent": e.get("canary_percent"),
+                "reason": e.get("reason"),
+            }
+            for e in history[-HISTORY_ROWS:][::-1]
+        ],
+        max_rows=HISTORY_ROWS,
+    )
 
 
 def _verdict_table(verdict) -> dg.MetadataValue:
-    rows = ["| criterion | stable | canary | limit | passed |", "|---|---|---|---|---|"]
-    for r in verdict.table:
-        passed = "" if r["passed"] is None else ("yes" if r["passed"] else "**no**")
-        rows.append(f"| {r['criterion']} | {r['stable']} | {r['canary']} | {r['limit']} | {passed} |")
-    return dg.MetadataValue.md("\n".join(rows))
+    """The canary's criteria (stable side, canary side, limit, passed; passed is empty for a criterion
+    that only informs, like the request counts)."""
+    return table_metadata(verdict.table, max_rows=len(verdict.table))
 
 
 def build(spec: ModelSpec) -> list:

@@ -21,8 +21,8 @@ from mlops_assets.common import (
     days_before,
     failure,
     key,
-    md_table,
     svg_markdown,
+    table_metadata,
 )
 from mlops_assets.core.names import CHAMPION, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.policies import SERVED_PREFIX, monitoring_checks
@@ -365,7 +365,7 @@ def _judge(spec: ModelSpec, reference, features, scores, labelled):
         monitoring.prediction_drift(ref_scores, scores, spec),
         monitoring.performance(realised, len(labelled), ref_meta["holdout"][metric], spec),
     ]
-    plot = {"per_feature": md_table(table, max_rows=200), "plot": _drift_plot(table)} if not table.empty else {}
+    plot = {"per_feature": table_metadata(table, max_rows=200), "plot": _drift_plot(table)} if not table.empty else {}
     return outcomes, realised, plot
 
 

@@ -384,6 +384,25 @@ def test_a_monitoring_check_that_could_not_judge_is_skipped_not_passed(home):
     assert not any(k.startswith("not_judged_") for k in reasons if k.removeprefix("not_judged_") in batch)
 
 
+def test_tables_in_check_and_asset_metadata_are_native_tables(home):
+    """The drift check's per-feature table and the training set's null counts, read back from the
+    event log of the home's real runs: Dagster tables (typed schema, one record per row), which the UI
+    renders in place; the plot stays an image in markdown."""
+    import dagster as dg
+
+    key = dg.AssetCheckKey(dg.AssetKey(f"predictions_{SPEC}"), "feature_drift")
+    evaluation = home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation
+    table = evaluation.metadata["per_feature"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert sorted(r.data["column"] for r in table.records) == sorted(home.spec.feature_names)
+    types = {c.name: c.type for c in table.schema.columns}
+    assert types["column"] == "string" and types["drifted"] == "bool" and types["strength"] == "float"
+    assert all(isinstance(r.data["drifted"], bool) for r in table.records)
+    assert evaluation.metadata["plot"].value.startswith("![plot](data:image/svg+xml;base64,")
+    nulls = home.latest(f"training_set_{SPEC}")["feature_nulls"]
+    assert isinstance(nulls, dg.TableMetadataValue) and nulls.records
+
+
 def test_exporter_reports_its_own_failure_not_stale_numbers(home):
     """An instance that cannot be read: the scrape says so (up 0, one more error) and carries no
     pipeline numbers from an earlier read."""
