@@ -91,7 +91,8 @@ def demo(spec_name: str, start: date, days: int) -> int:
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}  # type: ignore[union-attr]
 
     model, gate = meta("model"), meta("champion")
-    print(f"\nchampion of {spec_name}: version {gate['champion_version']} ({gate['decision']}: {gate['reason']})")
+    serving = f"version {gate['champion_version']}" if "champion_version" in gate else "no version"  # none: no champion yet
+    print(f"\nchampion of {spec_name}: {serving} ({gate['decision']}: {gate['reason']})")
     for k, v in model.items():
         if k.startswith(("holdout_", "baseline_")) and isinstance(v, float):
             print(f"  {k:<24} {v:.4f}")

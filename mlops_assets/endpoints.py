@@ -162,12 +162,13 @@ def build(spec: ModelSpec) -> list:
             "reason": plan.reason,
             "target": d.target,
             "stable_version": int(dep.stable),
-            "canary_version": int(dep.canary) if dep.canary else 0,
-            "canary_percent": float(dep.canary_percent),
             "applied": str(applied.get("action", "")),
             "verified": dg.MetadataValue.json(verified),
             "history": _history_table(state.history()),
         }
+        if dep.canary:  # without a canary there is no canary version or share: no 0 stands in for them
+            meta["canary_version"] = int(dep.canary)
+            meta["canary_percent"] = float(dep.canary_percent)
         if applied.get("url"):
             meta["url"] = dg.MetadataValue.url(applied["url"])
         check_meta = {"action": plan.action}

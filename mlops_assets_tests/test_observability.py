@@ -342,7 +342,7 @@ def test_exporter_reports_the_pipeline_of_a_real_home(home):
     # counters only grow, and a second read fetches only what is new: a rollback recorded by the
     # endpoint asset (its metadata, as endpoints.py writes it) is counted once
     home.instance.report_runless_asset_event(
-        dg.AssetMaterialization(f"endpoint_{SPEC}", metadata={"action": "rolled_back", "stable_version": 1, "canary_version": 0})
+        dg.AssetMaterialization(f"endpoint_{SPEC}", metadata={"action": "rolled_back", "stable_version": 1})
     )
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 1}
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 1}
@@ -401,6 +401,35 @@ def test_tables_in_check_and_asset_metadata_are_native_tables(home):
     assert evaluation.metadata["plot"].value.startswith("![plot](data:image/svg+xml;base64,")
     nulls = home.latest(f"training_set_{SPEC}")["feature_nulls"]
     assert isinstance(nulls, dg.TableMetadataValue) and nulls.records
+
+
+def test_numbers_are_measurements_never_settings_or_placeholders(home):
+    """What Dagster charts over partitions and runs (numeric metadata) is measured; the policy a verdict
+    applied is one text entry; what does not exist is absent, not 0 or NaN: the first gate had no
+    champion (no champion score, no version before), and the endpoint serves no canary."""
+    import dagster as dg
+
+    metric = home.spec.promotion.metric
+    first_gate, second_gate = (
+        {k: v.value for k, v in r.asset_materialization.metadata.items()}
+        for r in home.instance.fetch_materializations(dg.AssetKey(f"champion_{SPEC}"), limit=2, ascending=True).records
+    )
+    assert first_gate["decision"] == "promoted" and f"challenger_{metric}" in first_gate
+    assert f"champion_{metric}" not in first_gate and "champion_version_before" not in first_gate
+    assert second_gate[f"champion_{metric}"] > 0 and second_gate["champion_version_before"] == 1
+    assert "margin" not in second_gate and str(home.spec.promotion.margin) in second_gate["policy"]
+
+    # the deploy run's materialization (an earlier test reports a rollback event after it)
+    deployed = home.instance.fetch_materializations(dg.AssetKey(f"endpoint_{SPEC}"), limit=1, ascending=True).records[0]
+    endpoint = {k: v.value for k, v in deployed.asset_materialization.metadata.items()}
+    assert endpoint["action"] == "deploy" and endpoint["stable_version"] == 1
+    assert "canary_version" not in endpoint and "canary_percent" not in endpoint
+
+    for check in ("feature_drift", "prediction_drift", "performance"):
+        key = dg.AssetCheckKey(dg.AssetKey(f"predictions_{SPEC}"), check)
+        metadata = home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation.metadata
+        assert isinstance(metadata["policy"], dg.TextMetadataValue), check
+        assert not {"tolerated_drop", "threshold", "drift_share", "min_rows"} & set(metadata), check
 
 
 def test_exporter_reports_its_own_failure_not_stale_numbers(home):

@@ -203,7 +203,7 @@ def test_gate_with_a_confidence_decides_on_a_paired_test_and_records_it(flights)
         defs.resolve_job_def(job_name("train", careful)).execute_in_process(instance=flights.instance, run_config=QUIET).success
     )
     gate = flights.latest("champion_flight_delays")
-    assert gate["test"] == "delong" and gate["confidence"] == 0.9
+    assert gate["test"] == "delong" and "with 90% confidence (delong)" in gate["policy"] and "confidence" not in gate
     assert gate["improvement_low"] <= gate["improvement_roc_auc"] <= gate["improvement_high"]
     assert gate["improvement_roc_auc"] == pytest.approx(gate["challenger_roc_auc"] - gate["champion_roc_auc"], abs=1e-9)
     promoted = gate["p_value"] <= 0.1

@@ -22,6 +22,9 @@ TABLE_COLUMNS = ["column", "method", "score", "threshold", "drifted", "current_m
 # the current window's values left out of the statistics, per kind (``core.drift``)
 EXCLUDED_COLUMNS = ["current_non_finite", "current_out_of_range", "current_not_numeric"]
 
+# Numeric metadata is what Dagster charts over partitions: only figures measured on the window. The
+# policy a verdict applied (limits, thresholds, minimums: constant settings) is one text entry.
+
 
 def drift_strength(col: ColumnDrift) -> float:
     """How far past its threshold a column is, on one scale for every test: > 1 means drifted.
@@ -66,6 +69,8 @@ def feature_drift(reference: pd.DataFrame, today: pd.DataFrame, spec: ModelSpec)
             "reference_rows": len(reference),
             "excluded_values": sum(excluded.values()),
             "excluded_by_feature": ", ".join(f"{c}: {n}" for c, n in excluded.items()) or "none",
+            "policy": f"{policy.method} per feature; drifted when a share >= {policy.drift_share:g} of the tested "
+            f"features drift; judged on >= {policy.min_rows} rows",
         },
     )
     return outcome, table
@@ -91,7 +96,7 @@ def prediction_drift(reference_scores: np.ndarray, today_scores: np.ndarray, spe
         {
             "method": col.method,
             "score": col.score,
-            "threshold": col.threshold,
+            "policy": f"{col.method} on the scores, drifted beyond {col.threshold:g}; judged on >= {policy.min_rows} finite scores",
             "mean_score": float(np.mean(today_scores)),
             "reference_mean_score": float(np.mean(reference_scores)),
             "excluded_scores": int((~finite).sum()),  # non-finite or not numbers: left out
@@ -121,8 +126,13 @@ def performance(realised: float | None, labelled_rows: int, reference: float, sp
             f"realised_{metric}": realised,
             f"reference_{metric}": reference,
             "drop": drop,
-            "tolerated_drop": tolerated,
             "labelled_rows": labelled_rows,
+            "policy": (
+                f"tolerated drop {policy.tolerated_drop:.0%} of the champion's holdout {metric} ({tolerated:.4g})"
+                if policy.relative
+                else f"tolerated drop {tolerated:g} of {metric}"
+            )
+            + f"; judged on >= {policy.min_rows} labelled rows",
         },
     )
 

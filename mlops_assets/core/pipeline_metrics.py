@@ -137,7 +137,7 @@ class Totals:
 
     def gate_decided(self, spec: str, decision: str, champion_version: int | None, timestamp: float) -> None:
         self.gate[(spec, gate_outcome(decision))] += 1
-        if champion_version:  # 0: no model serves
+        if champion_version:  # absent (no model serves; older records wrote 0)
             self._champion(spec, int(champion_version), timestamp)
 
     def endpoint_acted(self, spec: str, action: str, stable_version: int | None, timestamp: float) -> None:

@@ -160,14 +160,14 @@ def dataset_checks(df: pd.DataFrame, spec: ModelSpec) -> list[CheckOutcome]:
         "ranges",
         not range_rows,
         "Numeric columns stay within the spec's declared ranges.",
-        {"violations": "; ".join(range_rows) or "none", "columns_checked": len(c.ranges)},
+        {"violations": "; ".join(range_rows) or "none", "policy": f"ranges of {len(c.ranges)} columns (checks.ranges)"},
     )
 
     rows = CheckOutcome(
         "row_count",
         len(df) >= c.min_rows,
         f"At least {c.min_rows} rows in the partition.",
-        {"rows": len(df), "min_rows": c.min_rows},
+        {"rows": len(df), "policy": f"at least {c.min_rows} rows (checks.min_rows)"},
     )
     return [schema, nulls, ranges, rows]
 
