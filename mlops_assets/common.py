@@ -56,6 +56,19 @@ def daily_partitions(spec: ModelSpec) -> dg.DailyPartitionsDefinition:
     return _daily(spec.partitions.start, spec.partitions.end, spec.source.timestamp.timezone)
 
 
+def asset_with_optional_checks(kwargs: dict, *, deps: list, check_specs: list, partitions_def=None):
+    """``@dg.asset(**kwargs, deps=…, check_specs=…)`` whose checks may yield no result: a one-asset
+    ``multi_asset`` with ``can_subset=True``, the only way Dagster makes check outputs optional (an
+    ``@asset`` fails its step when a declared check yields nothing). A check left without a result is
+    resolved to SKIPPED once the run succeeds: how a check that could not be judged stays off "Passed".
+    The function yields its ``MaterializeResult`` with ``asset_key`` set, and results only for the
+    checks in ``context.selected_asset_check_keys``."""
+    kwargs = dict(kwargs)
+    name, op_tags = kwargs.pop("name"), kwargs.pop("op_tags")
+    spec = dg.AssetSpec(check_specs[0].asset_key, deps=deps, partitions_def=partitions_def, **kwargs)
+    return dg.multi_asset(name=name, op_tags=op_tags, specs=[spec], check_specs=check_specs, can_subset=True)
+
+
 def day_of(partition_key: str) -> date:
     return date.fromisoformat(partition_key)
 

@@ -26,7 +26,7 @@ from datetime import datetime
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, failure, key, table_metadata
+from mlops_assets.common import asset_kwargs, asset_with_optional_checks, failure, key, table_metadata
 from mlops_assets.compat import dagster_now
 from mlops_assets.core.names import CANARY_REASON_TAG, CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG, sensor_name
 from mlops_assets.resources import EndpointDeployer, LakeStorage, MlflowTracking
@@ -87,8 +87,11 @@ def build(spec: ModelSpec) -> list:
     d = spec.deployment
     kinds = {"mlflow", {"local": "python", "kubernetes": "kubernetes", "sagemaker": "sagemaker"}[d.target]}
 
-    @dg.asset(
-        **asset_kwargs(
+    endpoint_key = key("endpoint", spec)
+
+    # The canary check yields a result only when a canary was judged: outside a canary it is skipped.
+    @asset_with_optional_checks(
+        asset_kwargs(
             "endpoint",
             spec,
             f"The {d.target} endpoint serving '{name}': the '{CHAMPION}' version "
@@ -105,15 +108,15 @@ def build(spec: ModelSpec) -> list:
         check_specs=[
             dg.AssetCheckSpec(
                 "canary",
-                asset=key("endpoint", spec),
+                asset=endpoint_key,
                 description="During a canary: the canary's error rate, p99 latency and (with labels) metric against "
                 "the stable version's. Fails when the canary was rolled back.",
             )
         ],
     )
-    def endpoint(
-        context: dg.AssetExecutionContext, deployer: EndpointDeployer, mlflow: MlflowTracking, lake: LakeStorage
-    ) -> dg.MaterializeResult:
+    def endpoint(context: dg.AssetExecutionContext, deployer: EndpointDeployer, mlflow: MlflowTracking, lake: LakeStorage):
+        if endpoint_key not in context.selected_asset_keys:
+            raise failure(f"the canary check of {endpoint_key.to_user_string()} is judged when it runs: materialize it")
         from mlops_assets.core.rollout import plan_deployment
         from mlops_assets.endpoint_state import EndpointState
 
@@ -171,17 +174,18 @@ def build(spec: ModelSpec) -> list:
             meta["canary_percent"] = float(dep.canary_percent)
         if applied.get("url"):
             meta["url"] = dg.MetadataValue.url(applied["url"])
-        check_meta = {"action": plan.action}
-        if verdict is not None:
-            check_meta["comparison"] = _verdict_table(verdict)
-        description = {
-            "rolled_back": f"canary v{current.canary if current else ''} rolled back: {plan.reason}",
-            "promoted": f"canary promoted: {plan.reason}",
-            "canary_waiting": f"canary v{dep.canary} at {dep.canary_percent:g} %: {plan.reason}",
-        }.get(plan.action, f"no canary to judge ({plan.action}: {plan.reason})")
-        return dg.MaterializeResult(
-            metadata=meta,
-            check_results=[
+        check_results = []
+        if verdict is None and plan.action != "rolled_back":  # no canary ran: nothing to judge, no result
+            meta["not_judged_canary"] = dg.MetadataValue.text(f"no canary to judge ({plan.action}: {plan.reason})")
+        elif any(k.name == "canary" for k in context.selected_asset_check_keys):
+            check_meta = {"action": plan.action}
+            if verdict is not None:
+                check_meta["comparison"] = _verdict_table(verdict)
+            description = {
+                "rolled_back": f"canary v{current.canary if current else ''} rolled back: {plan.reason}",
+                "promoted": f"canary promoted: {plan.reason}",
+            }.get(plan.action, f"canary v{dep.canary} at {dep.canary_percent:g} %: {plan.reason}")
+            check_results.append(
                 dg.AssetCheckResult(
                     check_name="canary",
                     passed=plan.action != "rolled_back",
@@ -189,8 +193,8 @@ def build(spec: ModelSpec) -> list:
                     description=description,
                     metadata=check_meta,
                 )
-            ],
-        )
+            )
+        yield dg.MaterializeResult(asset_key=endpoint_key, metadata=meta, check_results=check_results)
 
     assets: list = [endpoint]
     return assets

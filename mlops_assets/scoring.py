@@ -15,6 +15,7 @@ import dagster as dg
 
 from mlops_assets.common import (
     asset_kwargs,
+    asset_with_optional_checks,
     check_result,
     daily_partitions,
     day_of,
@@ -276,25 +277,17 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         "metric once labels are known.",
         {"mlflow", "parquet"},
     )
-    op_name, op_tags = kwargs.pop("name"), kwargs.pop("op_tags")
     asset_key = key("predictions", spec)
 
-    # A multi-asset of one asset, because only ``can_subset`` makes Dagster's check outputs optional:
-    # a monitoring check that could not be judged (too few rows, an undefined metric) yields no result,
-    # and Dagster then resolves its planned execution to SKIPPED when the run succeeds, instead of
-    # showing a pass. The same flag lets the UI materialize the predictions without their checks.
-    @dg.multi_asset(
-        name=op_name,
-        op_tags=op_tags,
-        specs=[
-            dg.AssetSpec(
-                asset_key, deps=[key("features", spec), key("champion", spec)], partitions_def=daily_partitions(spec), **kwargs
-            )
-        ],
+    # A monitoring check that could not be judged (too few rows, an undefined metric) yields no result:
+    # Dagster shows it skipped, never passed. The UI may also materialize the predictions without checks.
+    @asset_with_optional_checks(
+        kwargs,
+        deps=[key("features", spec), key("champion", spec)],
+        partitions_def=daily_partitions(spec),
         check_specs=[
             dg.AssetCheckSpec(check, asset=asset_key, description=MONITORING_CHECKS[check]) for check in monitoring_checks(spec)
         ],
-        can_subset=True,
     )
     def predictions(context: dg.AssetExecutionContext, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking):
         if asset_key not in context.selected_asset_keys:

@@ -27,8 +27,9 @@ PREFIX = "mlops_pipeline_"
 CHECK_STATES = ("passed", "failed", "not_judged", "running")
 GATE_OUTCOMES = ("promoted", "rejected")
 DRIFT_SOURCES = {"batch": "feature_drift", "served": "served_feature_drift"}  # source -> check of predictions_<spec>
-# Checks that answer "passed" when there was nothing to judge, and the metadata entry only a verdict
-# has: the endpoint's canary check outside a canary carries no comparison table.
+# Checks whose records written before they were skipped when there was nothing to judge answer
+# "passed", and the metadata entry only a verdict has: the endpoint's canary check outside a canary
+# carried no comparison table (it now yields no result there, so its record resolves to skipped).
 VERDICT_METADATA = {"canary": "comparison"}
 PROMOTED = "promoted"  # the promotion gate's decision when the alias moved
 
@@ -44,8 +45,8 @@ def check_state(
     check never ran); ``metadata`` the evaluation's metadata as plain values; ``run_finished``
     whether the run of a ``PLANNED`` record has ended (then the check was never evaluated: its step
     failed or was skipped; the monitoring checks of ``predictions_<spec>`` yield no result when they
-    could not judge, so Dagster resolves them to skipped). The canary check (``check``) passes
-    without a comparison when no canary runs: that is not a pass either."""
+    could not judge, so Dagster resolves them to skipped; so does the canary check outside a canary).
+    A canary record of an older version passed without a comparison (``check``): not a pass either."""
     if status is None:
         return "not_judged"
     if status == "PLANNED":
