@@ -147,7 +147,7 @@ def svg_markdown(svg: str) -> dg.MetadataValue:
 
 def check_result(outcome, severity: dg.AssetCheckSeverity, **extra_metadata) -> dg.AssetCheckResult:
     """A core ``CheckOutcome`` (name, verdict, description, metadata) as a Dagster check result. An
-    outcome that was not judged has no verdict to report: callers leave it out (``judged_results``)."""
+    outcome that was not judged has no verdict to report: callers leave it out, and Dagster skips the check."""
     if not outcome.judged:
         raise ValueError(f"check {outcome.name} was not judged ({outcome.description}): it has no result to report")
     return dg.AssetCheckResult(
