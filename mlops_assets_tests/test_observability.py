@@ -189,6 +189,8 @@ def test_a_check_that_was_not_judged_never_reads_as_passed():
     assert check_state("PLANNED", passed=None, metadata={}, run_finished=True) == "not_judged"  # its step failed
     assert check_state("PLANNED", passed=None, metadata={}, run_finished=False) == "running"
     # a monitoring check that could not judge yields no result: its planned record resolves to skipped
+    # a record written before that: a pass with evaluated False
+    assert check_state("SUCCEEDED", passed=True, metadata={"evaluated": False, "rows": 12}, **judged) == "not_judged"
     # the canary check outside a canary passes without a comparison
     assert check_state("SUCCEEDED", passed=True, metadata={"action": "deploy"}, check="canary", **judged) == "not_judged"
     assert check_state("SUCCEEDED", passed=True, metadata={"comparison": "|...|"}, check="canary", **judged) == "passed"
@@ -198,7 +200,11 @@ def test_counters_gate_outcomes_champion_and_run_owners():
     from mlops_assets.core.pipeline_metrics import Totals, drift_share, gate_outcome, spec_of_run
 
     assert [gate_outcome(d) for d in ("promoted", "kept champion", "no champion")] == ["promoted", "rejected", "rejected"]
-    assert drift_share({"drifted_share": 0.25}) == 0.25 and drift_share({"rows": 3}) is None
+    assert (
+        drift_share({"drifted_share": 0.25}) == 0.25
+        and drift_share({"rows": 3}) is None
+        and drift_share({"evaluated": False, "drifted_share": 0.0}) is None
+    )
     from mlops_assets.core.names import asset_name, job_name
 
     names = ["flights", "flights_eu", "elec2"]

@@ -53,7 +53,8 @@ def check_state(
         return "not_judged" if run_finished else "running"
     if status == "FAILED" or passed is False:
         return "failed"
-    if check in VERDICT_METADATA and VERDICT_METADATA[check] not in metadata:
+    # records written before not-judged checks were skipped: a pass with ``evaluated: False``
+    if metadata.get("evaluated") is False or (check in VERDICT_METADATA and VERDICT_METADATA[check] not in metadata):
         return "not_judged"
     return "passed"
 
@@ -66,7 +67,10 @@ def gate_outcome(decision: str) -> str:
 
 def drift_share(metadata: Mapping[str, Any]) -> float | None:
     """The share of drifted features a feature-drift evaluation measured, or None when it carries
-    none (a check that could not judge has no evaluation at all: no share is made up)."""
+    none (a check that could not judge has no evaluation at all, or, in records written before, one
+    with ``evaluated: False``: no share is made up)."""
+    if metadata.get("evaluated") is False:
+        return None
     share = metadata.get("drifted_share")
     return float(share) if isinstance(share, (int, float)) and not isinstance(share, bool) else None
 
