@@ -81,6 +81,7 @@ def main() -> None:
     import dagster as dg
     import pandas as pd
 
+    from mlops_assets.common import key
     from mlops_assets.environments import resources
     from mlops_assets.factory import build_definitions
     from mlops_assets.specs import ModelSpec
@@ -116,12 +117,12 @@ def main() -> None:
             cursors[spec.name] = json.dumps(seen, sort_keys=True)
             for stage in ("raw", "dataset", "features", "online_features", "predictions"):
                 for day in days[:-1]:
-                    instance.report_runless_asset_event(dg.AssetMaterialization(f"{stage}_{spec.name}", partition=day))
+                    instance.report_runless_asset_event(dg.AssetMaterialization(key(stage, spec), partition=day))
             for day in days[:-1]:
                 for check in ("feature_drift", "prediction_drift", "performance"):
                     instance.report_runless_asset_event(
                         dg.AssetCheckEvaluation(
-                            asset_key=dg.AssetKey(f"predictions_{spec.name}"),
+                            asset_key=key("predictions", spec),
                             check_name=check,
                             passed=True,
                             metadata={},
@@ -130,7 +131,7 @@ def main() -> None:
                         )
                     )
             for stage in ("feature_store", "training_set", "model", "champion"):
-                instance.report_runless_asset_event(dg.AssetMaterialization(f"{stage}_{spec.name}"))
+                instance.report_runless_asset_event(dg.AssetMaterialization(key(stage, spec)))
         setup_s = time.perf_counter() - t
         sensors = [defs.resolve_sensor_def(f"landing_{s.name}") for s in specs]
         cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor  # first evaluation

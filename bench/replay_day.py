@@ -64,10 +64,10 @@ def worker(profile: str, warmup_days: int, days: int) -> dict:
     import dagster as dg
 
     from mlops_assets.cli import land
+    from mlops_assets.core.names import job_name, sensor_name
     from mlops_assets.core.sources import read_table, split_days
     from mlops_assets.environments import current_env, instance_yaml, runtime
     from mlops_assets.factory import build_definitions
-    from mlops_assets.jobs import job_name
     from mlops_assets.specs import find_spec
 
     if current_env() != profile:
@@ -80,7 +80,7 @@ def worker(profile: str, warmup_days: int, days: int) -> dict:
     defs = build_definitions([spec])
     resources = runtime()
     lake = resources["lake"]
-    sensor = defs.get_sensor_def(f"landing_{spec.name}")
+    sensor = defs.get_sensor_def(sensor_name("landing", spec))
     jobs = {kind: defs.resolve_job_def(job_name(kind, spec)) for kind in ("register", "ingest", "train", "score")}
 
     def run(kind: str, partition: str | None = None) -> None:

@@ -161,10 +161,11 @@ def prepare_flights(home: Path, redis_connection: str, days: int) -> dict[str, A
     import pandas as pd
 
     from mlops_assets.cli import land
+    from mlops_assets.common import key
+    from mlops_assets.core.names import job_name
     from mlops_assets.core.sources import day_start_utc
     from mlops_assets.environments import ensure_dagster_home, runtime
     from mlops_assets.factory import build_definitions
-    from mlops_assets.jobs import job_name
     from mlops_assets.resources import FeastFeatureStore
     from mlops_assets.specs import find_spec
 
@@ -190,7 +191,7 @@ def prepare_flights(home: Path, redis_connection: str, days: int) -> dict[str, A
     for k in keys:
         run("ingest", k)
     run("train")
-    champion = instance.get_latest_materialization_event(dg.AssetKey(f"champion_{FLIGHTS}"))
+    champion = instance.get_latest_materialization_event(key("champion", FLIGHTS))
     version = str(champion.asset_materialization.metadata["champion_version"].value)
     instance.dispose()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, md_table, svg_markdown
+from mlops_assets.common import asset_kwargs, svg_markdown, table_metadata
 from mlops_assets.resources import LakeStorage
 from mlops_assets.specs import ModelSpec
 
@@ -86,7 +86,7 @@ def summary_metadata(report: dict, svg: str) -> dict:
         "retrain_budget": report["budget"]["max_retrains"],
         "period": f"{report['start']}..{report['end']} ({report['scored_days']} days)",
         "paste_into_spec": dg.MetadataValue.md(f"```yaml\n{rec['yaml']}```"),
-        "policies": md_table(table),
+        "policies": table_metadata(table),
         "intervals": dg.MetadataValue.json(ci),
         "candidates": report["candidates"],
         "models_fitted": report["models_fitted"],

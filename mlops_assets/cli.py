@@ -54,8 +54,9 @@ def demo(spec_name: str, start: date, days: int) -> int:
 
     import dagster as dg
 
+    from mlops_assets.common import key
+    from mlops_assets.core.names import job_name
     from mlops_assets.definitions import defs
-    from mlops_assets.jobs import job_name
     from mlops_assets.specs import find_spec
 
     t0 = time.perf_counter()
@@ -86,11 +87,12 @@ def demo(spec_name: str, start: date, days: int) -> int:
         run("deploy")  # the endpoint asset: starts (or hot-swaps) the local server and verifies it
 
     def meta(stage: str) -> dict:
-        event = instance.get_latest_materialization_event(dg.AssetKey(f"{stage}_{spec_name}"))
+        event = instance.get_latest_materialization_event(key(stage, spec_name))
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}  # type: ignore[union-attr]
 
     model, gate = meta("model"), meta("champion")
-    print(f"\nchampion of {spec_name}: version {gate['champion_version']} ({gate['decision']}: {gate['reason']})")
+    serving = f"version {gate['champion_version']}" if "champion_version" in gate else "no version"  # none: no champion yet
+    print(f"\nchampion of {spec_name}: {serving} ({gate['decision']}: {gate['reason']})")
     for k, v in model.items():
         if k.startswith(("holdout_", "baseline_")) and isinstance(v, float):
             print(f"  {k:<24} {v:.4f}")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from mlops_assets import k8s
+from mlops_assets.core.names import asset_name
 from mlops_assets.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -31,11 +32,8 @@ STAGE_VERSIONS = {
 }
 
 
-def asset_name(stage: str, spec: ModelSpec | str) -> str:
-    return f"{stage}_{spec if isinstance(spec, str) else spec.name}"
-
-
 def key(stage: str, spec: ModelSpec | str) -> dg.AssetKey:
+    """A spec's asset key of one stage (its name from ``core.names``)."""
     return dg.AssetKey(asset_name(stage, spec))
 
 
@@ -56,6 +54,19 @@ def _daily(start: date, end: date | None, timezone: str) -> dg.DailyPartitionsDe
 def daily_partitions(spec: ModelSpec) -> dg.DailyPartitionsDefinition:
     """Daily partitions in the spec's timezone: partition '2013-01-05' is that local day."""
     return _daily(spec.partitions.start, spec.partitions.end, spec.source.timestamp.timezone)
+
+
+def asset_with_optional_checks(kwargs: dict, *, deps: list, check_specs: list, partitions_def=None):
+    """``@dg.asset(**kwargs, deps=…, check_specs=…)`` whose checks may yield no result: a one-asset
+    ``multi_asset`` with ``can_subset=True``, the only way Dagster makes check outputs optional (an
+    ``@asset`` fails its step when a declared check yields nothing). A check left without a result is
+    resolved to SKIPPED once the run succeeds: how a check that could not be judged stays off "Passed".
+    The function yields its ``MaterializeResult`` with ``asset_key`` set, and results only for the
+    checks in ``context.selected_asset_check_keys``."""
+    kwargs = dict(kwargs)
+    name, op_tags = kwargs.pop("name"), kwargs.pop("op_tags")
+    spec = dg.AssetSpec(check_specs[0].asset_key, deps=deps, partitions_def=partitions_def, **kwargs)
+    return dg.multi_asset(name=name, op_tags=op_tags, specs=[spec], check_specs=check_specs, can_subset=True)
 
 
 def day_of(partition_key: str) -> date:
@@ -86,8 +97,46 @@ def asset_kwargs(stage: str, spec: ModelSpec, description: str, kinds: set[str])
     }
 
 
-def md_table(df: pd.DataFrame, max_rows: int = 30) -> dg.MetadataValue:
-    return dg.MetadataValue.md(df.head(max_rows).to_markdown(index=False, floatfmt=".4g"))
+def table_metadata(rows: pd.DataFrame | list[dict], max_rows: int = 30) -> dg.MetadataValue:
+    """Rows as Dagster's native table (``MetadataValue.table``): the UI renders it in place, sortable,
+    where a markdown table sits behind "Show Markdown". Each column gets the type all its values
+    share (bool, int, float, else string); a missing value (None, NaN) is a null cell, never a
+    made-up 0 or an empty string."""
+    import math
+
+    import numpy as np
+
+    frame = hasattr(rows, "to_dict")  # pandas is imported where frames are made, not here (cheap to load)
+    records = rows.head(max_rows).to_dict("records") if frame else list(rows)[:max_rows]
+    columns = list(rows.columns) if frame else list(dict.fromkeys(k for r in records for k in r))
+
+    def plain(v):
+        if isinstance(v, np.generic):
+            v = v.item()
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    cells = [{c: plain(r.get(c)) for c in columns} for r in records]
+    types = {}
+    for c in columns:
+        values = [r[c] for r in cells if r[c] is not None]
+        if values and all(isinstance(v, bool) for v in values):
+            types[c] = "bool"
+        elif values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            types[c] = "int"
+        elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            types[c] = "float"
+        else:
+            types[c] = "string"
+    for r in cells:
+        for c in columns:
+            if r[c] is not None and types[c] == "string":
+                r[c] = str(r[c])
+            elif r[c] is not None and types[c] == "float":
+                r[c] = float(r[c])
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({str(c): v for c, v in r.items()}) for r in cells],
+        schema=dg.TableSchema(columns=[dg.TableColumn(str(c), types[c]) for c in columns]),
+    )
 
 
 def svg_markdown(svg: str) -> dg.MetadataValue:
@@ -97,7 +146,10 @@ def svg_markdown(svg: str) -> dg.MetadataValue:
 
 
 def check_result(outcome, severity: dg.AssetCheckSeverity, **extra_metadata) -> dg.AssetCheckResult:
-    """A core ``CheckOutcome`` (name, verdict, description, metadata) as a Dagster check result."""
+    """A core ``CheckOutcome`` (name, verdict, description, metadata) as a Dagster check result. An
+    outcome that was not judged has no verdict to report: callers leave it out, and Dagster skips the check."""
+    if not outcome.judged:
+        raise ValueError(f"check {outcome.name} was not judged ({outcome.description}): it has no result to report")
     return dg.AssetCheckResult(
         check_name=outcome.name,
         passed=outcome.passed,

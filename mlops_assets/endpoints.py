@@ -26,9 +26,9 @@ from datetime import datetime
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, failure, key
+from mlops_assets.common import asset_kwargs, asset_with_optional_checks, failure, key, table_metadata
 from mlops_assets.compat import dagster_now
-from mlops_assets.core.names import CANARY_REASON_TAG, CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG
+from mlops_assets.core.names import CANARY_REASON_TAG, CHAMPION, ROLLED_BACK, ROLLED_BACK_TAG, sensor_name
 from mlops_assets.resources import EndpointDeployer, LakeStorage, MlflowTracking
 from mlops_assets.specs import ModelSpec
 
@@ -57,22 +57,27 @@ def canary_verdict(spec: ModelSpec, lake: LakeStorage, current, now: datetime):
 
 
 def _history_table(history: list[dict]) -> dg.MetadataValue:
-    rows = ["| time | action | stable | canary | share % | reason |", "|---|---|---|---|---|---|"]
-    for e in history[-HISTORY_ROWS:][::-1]:
-        reason = str(e.get("reason", "")).replace("|", "/")
-        rows.append(
-            f"| {e['time'][:19]} | {e['action']} | {e.get('stable') or ''} | {e.get('canary') or ''} "
-            f"| {e.get('canary_percent') or 0:g} | {reason} |"
-        )
-    return dg.MetadataValue.md("\n".join(rows))
+    """The newest decisions of the endpoint, newest first, as a native table."""
+    return table_metadata(
+        [
+            {
+                "time": e["time"][:19],
+                "action": e["action"],
+                "stable": e.get("stable"),
+                "canary": e.get("canary"),
+                "canary_percent": e.get("canary_percent"),
+                "reason": e.get("reason"),
+            }
+            for e in history[-HISTORY_ROWS:][::-1]
+        ],
+        max_rows=HISTORY_ROWS,
+    )
 
 
 def _verdict_table(verdict) -> dg.MetadataValue:
-    rows = ["| criterion | stable | canary | limit | passed |", "|---|---|---|---|---|"]
-    for r in verdict.table:
-        passed = "" if r["passed"] is None else ("yes" if r["passed"] else "**no**")
-        rows.append(f"| {r['criterion']} | {r['stable']} | {r['canary']} | {r['limit']} | {passed} |")
-    return dg.MetadataValue.md("\n".join(rows))
+    """The canary's criteria (stable side, canary side, limit, passed; passed is empty for a criterion
+    that only informs, like the request counts)."""
+    return table_metadata(verdict.table, max_rows=len(verdict.table))
 
 
 def build(spec: ModelSpec) -> list:
@@ -82,8 +87,11 @@ def build(spec: ModelSpec) -> list:
     d = spec.deployment
     kinds = {"mlflow", {"local": "python", "kubernetes": "kubernetes", "sagemaker": "sagemaker"}[d.target]}
 
-    @dg.asset(
-        **asset_kwargs(
+    endpoint_key = key("endpoint", spec)
+
+    # The canary check yields a result only when a canary was judged: outside a canary it is skipped.
+    @asset_with_optional_checks(
+        asset_kwargs(
             "endpoint",
             spec,
             f"The {d.target} endpoint serving '{name}': the '{CHAMPION}' version "
@@ -100,15 +108,15 @@ def build(spec: ModelSpec) -> list:
         check_specs=[
             dg.AssetCheckSpec(
                 "canary",
-                asset=key("endpoint", spec),
+                asset=endpoint_key,
                 description="During a canary: the canary's error rate, p99 latency and (with labels) metric against "
                 "the stable version's. Fails when the canary was rolled back.",
             )
         ],
     )
-    def endpoint(
-        context: dg.AssetExecutionContext, deployer: EndpointDeployer, mlflow: MlflowTracking, lake: LakeStorage
-    ) -> dg.MaterializeResult:
+    def endpoint(context: dg.AssetExecutionContext, deployer: EndpointDeployer, mlflow: MlflowTracking, lake: LakeStorage):
+        if endpoint_key not in context.selected_asset_keys:
+            raise failure(f"the canary check of {endpoint_key.to_user_string()} is judged when it runs: materialize it")
         from mlops_assets.core.rollout import plan_deployment
         from mlops_assets.endpoint_state import EndpointState
 
@@ -157,25 +165,27 @@ def build(spec: ModelSpec) -> list:
             "reason": plan.reason,
             "target": d.target,
             "stable_version": int(dep.stable),
-            "canary_version": int(dep.canary) if dep.canary else 0,
-            "canary_percent": float(dep.canary_percent),
             "applied": str(applied.get("action", "")),
             "verified": dg.MetadataValue.json(verified),
             "history": _history_table(state.history()),
         }
+        if dep.canary:  # without a canary there is no canary version or share: no 0 stands in for them
+            meta["canary_version"] = int(dep.canary)
+            meta["canary_percent"] = float(dep.canary_percent)
         if applied.get("url"):
             meta["url"] = dg.MetadataValue.url(applied["url"])
-        check_meta = {"action": plan.action}
-        if verdict is not None:
-            check_meta["comparison"] = _verdict_table(verdict)
-        description = {
-            "rolled_back": f"canary v{current.canary if current else ''} rolled back: {plan.reason}",
-            "promoted": f"canary promoted: {plan.reason}",
-            "canary_waiting": f"canary v{dep.canary} at {dep.canary_percent:g} %: {plan.reason}",
-        }.get(plan.action, f"no canary to judge ({plan.action}: {plan.reason})")
-        return dg.MaterializeResult(
-            metadata=meta,
-            check_results=[
+        check_results = []
+        if verdict is None and plan.action != "rolled_back":  # no canary ran: nothing to judge, no result
+            meta["not_judged_canary"] = dg.MetadataValue.text(f"no canary to judge ({plan.action}: {plan.reason})")
+        elif any(k.name == "canary" for k in context.selected_asset_check_keys):
+            check_meta = {"action": plan.action}
+            if verdict is not None:
+                check_meta["comparison"] = _verdict_table(verdict)
+            description = {
+                "rolled_back": f"canary v{current.canary if current else ''} rolled back: {plan.reason}",
+                "promoted": f"canary promoted: {plan.reason}",
+            }.get(plan.action, f"canary v{dep.canary} at {dep.canary_percent:g} %: {plan.reason}")
+            check_results.append(
                 dg.AssetCheckResult(
                     check_name="canary",
                     passed=plan.action != "rolled_back",
@@ -183,8 +193,8 @@ def build(spec: ModelSpec) -> list:
                     description=description,
                     metadata=check_meta,
                 )
-            ],
-        )
+            )
+        yield dg.MaterializeResult(asset_key=endpoint_key, metadata=meta, check_results=check_results)
 
     assets: list = [endpoint]
     return assets
@@ -197,7 +207,7 @@ def canary_sensor(spec: ModelSpec, job) -> dg.SensorDefinition | None:
         return None
 
     @dg.sensor(
-        name=f"canary_{spec.name}",
+        name=sensor_name("canary", spec),
         job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,

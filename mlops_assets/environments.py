@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from mlops_assets.compat import QUEUED_RUN_COORDINATOR
 from mlops_assets.resources import EndpointDeployer, FeastFeatureStore, LakeStorage, MlflowTracking
 from mlops_assets.server import ADMIN_TOKEN_ENV
 
@@ -273,8 +274,8 @@ storage:
     postgres_db:
 {pg}
 run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
+  module: {QUEUED_RUN_COORDINATOR[0]}
+  class: {QUEUED_RUN_COORDINATOR[1]}
   config:
     max_concurrent_runs: {max_concurrent_runs}
 telemetry:

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from mlops_assets.common import STAGE_VERSIONS, asset_name, key
+from mlops_assets.common import STAGE_VERSIONS, key
+from mlops_assets.core.names import asset_name
 from mlops_assets.core.pipeline_metrics import (
     DRIFT_SOURCES,
     PREFIX,

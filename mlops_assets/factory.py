@@ -25,6 +25,7 @@ from mlops_assets import (
     scoring,
     training,
 )
+from mlops_assets.core import names
 from mlops_assets.spec_check import raise_for, static_problems
 from mlops_assets.specs import ModelSpec, load_specs
 
@@ -44,7 +45,7 @@ def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
         spec_jobs = jobs.build(spec)
         all_jobs += spec_jobs
         sensors.append(landing.build(spec))
-        deploy_job = next((j for j in spec_jobs if j.name == jobs.job_name("deploy", spec)), None)
+        deploy_job = next((j for j in spec_jobs if j.name == names.job_name("deploy", spec)), None)
         if (canary := endpoints.canary_sensor(spec, deploy_job)) is not None:
             sensors.append(canary)
     return dg.Definitions(

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, daily_partitions, day_of, days_before, failure, key, md_table
+from mlops_assets.common import asset_kwargs, daily_partitions, day_of, days_before, failure, key, table_metadata
 from mlops_assets.core.names import EVENTS_VIEW, FEATURE_SERVICE, lookup_view_name
 from mlops_assets.resources import FeastFeatureStore, LakeStorage
 from mlops_assets.specs import ModelSpec
@@ -98,7 +98,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 "dagster/row_count": written.get(EVENTS_VIEW, len(today)),
                 "history_days_available": history_available,
                 "history_days_wanted": history_days,
-                "rows_per_table": md_table(pd.DataFrame({"feature_view": list(written), "rows": list(written.values())})),
+                "rows_per_table": table_metadata(pd.DataFrame({"feature_view": list(written), "rows": list(written.values())})),
             }
         )
 

@@ -16,7 +16,7 @@ import hashlib
 
 import dagster as dg
 
-from mlops_assets.common import asset_kwargs, check_result, daily_partitions, day_of, failure, key, md_table
+from mlops_assets.common import asset_kwargs, check_result, daily_partitions, day_of, failure, key, table_metadata
 from mlops_assets.core.names import LABEL
 from mlops_assets.resources import LakeStorage
 from mlops_assets.specs import ModelSpec
@@ -156,7 +156,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 label_stat: float(df[LABEL].mean()) if len(df) else float("nan"),
                 "accepted": accepted,
                 "path": dg.MetadataValue.path(out),
-                "preview": md_table(df.head(10)),
+                "preview": table_metadata(df.head(10)),
             },
             check_results=[
                 check_result(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from mlops_assets.common import key
+from mlops_assets.core.names import job_name
 from mlops_assets.specs import ModelSpec
 
 STAGES = {
@@ -21,10 +22,6 @@ STAGES = {
     "score": ("predictions",),
     "deploy": ("endpoint",),
 }
-
-
-def job_name(kind: str, spec: ModelSpec | str) -> str:
-    return f"{kind}_{spec if isinstance(spec, str) else spec.name}"
 
 
 def build(spec: ModelSpec) -> list[dg.UnresolvedAssetJobDefinition]:

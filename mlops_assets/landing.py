@@ -28,7 +28,7 @@ from datetime import date
 import dagster as dg
 
 from mlops_assets.common import daily_partitions, key
-from mlops_assets.jobs import job_name
+from mlops_assets.core.names import job_name, sensor_name
 from mlops_assets.resources import LakeStorage
 from mlops_assets.specs import ModelSpec
 
@@ -70,7 +70,7 @@ def build(spec: ModelSpec) -> dg.SensorDefinition:
     name = spec.name
 
     @dg.sensor(
-        name=f"landing_{name}",
+        name=sensor_name("landing", name),
         job_name=job_name("ingest", spec),
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,

@@ -40,9 +40,9 @@ from datetime import timedelta
 import dagster as dg
 
 from mlops_assets.common import key
+from mlops_assets.core.names import AUTOMATION_SENSOR
 from mlops_assets.specs import ModelSpec
 
-AUTOMATION_SENSOR = "mlops_automation"
 # Labels of the retrain triggers: the UI shows them in the evaluation tree, and a replay reads the
 # cause of each retrain from them (the freshness and cron labels go on with their figures).
 TRIGGER_CHECK = "check "  # + "<check name>" + TRIGGER_NEWLY or TRIGGER_FAILING
@@ -109,15 +109,12 @@ class CheckFailing(dg.AutomationCondition):
         return self._label
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
-        from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+        from mlops_assets.compat import latest_check_failure
 
-        instance = context.asset_graph_view.instance
-        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([self._check_key]).get(self._check_key)
-        failing = record is not None and record.status == AssetCheckExecutionRecordStatus.FAILED
+        failed_at = latest_check_failure(context.asset_graph_view.instance, self._check_key)
+        failing = failed_at is not None
         if failing and self._since_training and (trained_at := _latest_materialization_time(context)) is not None:
-            # the evaluation event's time (simulated in a replay), not the row's database time
-            judged_at = record.event.timestamp if record.event is not None else record.create_timestamp
-            failing = judged_at > trained_at
+            failing = failed_at > trained_at  # the evaluation's time (simulated in a replay)
         return dg.AutomationResult(
             context=context, true_subset=context.candidate_subset if failing else context.get_empty_subset()
         )

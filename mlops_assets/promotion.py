@@ -109,11 +109,11 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             client.set_tag(run_id, "mlops.promotion_reason", reason)
         decision = "promoted" if promote else "kept champion" if current else "no champion"
         serving_text = f"v{serving.version} ({metric} {serving_score:.4f})" if serving else "no model"
-        scores = {
-            f"challenger_{metric}": challenger_score,
-            f"champion_{metric}": champion_score if champion_score is not None else float("nan"),
-            f"baseline_{metric}": baseline,
-        }
+        # Numbers only where there is one: without a champion there is no champion score (the decision
+        # says "no champion"), and no version 0 stands in for a missing one.
+        scores = {f"challenger_{metric}": challenger_score, f"baseline_{metric}": baseline}
+        if champion_score is not None:
+            scores[f"champion_{metric}"] = champion_score
         tested = {}
         if evidence is not None:
             tested = {
@@ -122,18 +122,24 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 "improvement_low": evidence.low,
                 "improvement_high": evidence.high,
                 "p_value": evidence.p_value,
-                "confidence": evidence.confidence,
             }
+        # the gate's settings, as text: constant per spec, nothing to chart over time
+        policy = f"promote when {metric} is at least {spec.promotion.margin:g} better than the champion's"
+        if evidence is not None:
+            policy += f", with {evidence.confidence:.0%} confidence ({evidence.test})"
         meta = {
             **scores,
             **tested,
             "decision": decision,
             "reason": reason,
+            "policy": policy,
             "challenger_version": int(challenger.version),
-            "champion_version_before": int(current.version) if current else 0,
-            "champion_version": int(serving.version) if serving else 0,
             "mlflow_model_version": dg.MetadataValue.url(mlflow.model_version_url(name, (serving or challenger).version)),
         }
+        if current is not None:
+            meta["champion_version_before"] = int(current.version)
+        if serving is not None:
+            meta["champion_version"] = int(serving.version)
         context.log.info(f"{name}: {decision} (challenger v{challenger.version}): {reason}")
         return dg.MaterializeResult(
             metadata=meta,
@@ -147,7 +153,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                         **scores,
                         **tested,
                         "decision": decision,
-                        "serving_version": int(serving.version) if serving else 0,
+                        "policy": policy,
+                        **({"serving_version": int(serving.version)} if serving is not None else {}),
                     },
                 )
             ],

@@ -155,9 +155,10 @@ class Replay:
 
         import dagster as dg
 
-        from mlops_assets.compat import InProcessJobs
+        from mlops_assets.common import key
+        from mlops_assets.compat import InProcessJobs, held_connection_instance
+        from mlops_assets.core.names import job_name, sensor_name
         from mlops_assets.factory import build_definitions
-        from mlops_assets.jobs import job_name
         from mlops_assets.resources.feast import cached_feature_store
 
         cached_feature_store.cache_clear()  # this home's Feast registry is new, even at a path seen before
@@ -165,16 +166,16 @@ class Replay:
         self.defs = build_definitions([self.spec])
         # In memory by default: the Dagster bookkeeping of a thousand simulated days costs half the
         # replay's time in SQLite. ``keep_instance`` writes it to the home so the UI can open it.
-        self.instance = dg.DagsterInstance.from_config(str(dagster_home)) if self.keep_instance else _ephemeral_instance()
+        self.instance = dg.DagsterInstance.from_config(str(dagster_home)) if self.keep_instance else held_connection_instance()
         self.lake = resources()["lake"]
-        self.landing = self.defs.get_sensor_def(f"landing_{self.spec.name}")
+        self.landing = self.defs.get_sensor_def(sensor_name("landing", self.spec))
         # as the daemon does, a tick builds only the resources the sensor asks for (the lake), not all
         self.landing_resources = {k: self.defs.resources[k] for k in self.landing.required_resource_keys}
         self.ingest_job = self.defs.resolve_job_def(job_name("ingest", self.spec))
         self.train_job = self.defs.resolve_job_def(job_name("train", self.spec))
         self.assets_job = self.defs.resolve_implicit_global_asset_job_def()
         self.repository = self.defs.get_repository_def()
-        self.key = lambda stage: dg.AssetKey(f"{stage}_{self.spec.name}")
+        self.key = lambda stage: key(stage, self.spec)
         self.in_process = InProcessJobs()
 
     def _arrival(self, day: date) -> datetime:
@@ -190,12 +191,12 @@ class Replay:
         self.lake.land(self.spec.name, day.isoformat(), rows)
 
     def _execute(self, job, at: datetime, **kwargs):
-        from dagster._core.test_utils import freeze_time
+        from mlops_assets.compat import frozen_dagster_clock
 
         if self.traffic is not None:
             self.traffic.set_clock(at)  # the replay's model server records this run's moment too
         chatter = io.StringIO()  # MLflow prints registry notices to stderr; keep the progress line clean
-        with freeze_time(at), contextlib.redirect_stderr(chatter):
+        with frozen_dagster_clock(at), contextlib.redirect_stderr(chatter):
             result = self.in_process.execute(job, instance=self.instance, raise_on_error=False, run_config=QUIET, **kwargs)
         if not result.success:
             failed = [e.message for e in result.all_events if e.is_failure][:1]
@@ -203,10 +204,10 @@ class Replay:
         return result
 
     def _sensor_tick(self, at: datetime) -> None:
-        from dagster._core.test_utils import freeze_time
+        from mlops_assets.compat import frozen_dagster_clock
 
         dg = self.dg
-        with freeze_time(at):
+        with frozen_dagster_clock(at):
             context = dg.build_sensor_context(
                 instance=self.instance,
                 cursor=self.landing_cursor,
@@ -223,10 +224,10 @@ class Replay:
     def _automation_tick(self, at: datetime) -> list[tuple[str | None, list]]:
         """One evaluation of every automation condition; returns the runs it requests, grouped the
         way the daemon groups them (one run per partition key), scoring runs first."""
-        from dagster._core.test_utils import freeze_time
+        from mlops_assets.compat import frozen_dagster_clock
 
         dg = self.dg
-        with freeze_time(at), warnings.catch_warnings():
+        with frozen_dagster_clock(at), warnings.catch_warnings():
             warnings.simplefilter("ignore", dg.BetaWarning)  # the evaluator selects source assets (beta)
             result = dg.evaluate_automation_conditions(
                 defs=self.defs, instance=self.instance, cursor=self.automation_cursor, evaluation_time=at
@@ -470,113 +471,6 @@ def _own_sigint_handler():
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _ephemeral_instance():
-    """``DagsterInstance.ephemeral()``, with an event log that reuses the one SQLite connection it
-    holds for the in-memory database's life.
-
-    Dagster's in-memory event log opens a fresh connection (and sets two PRAGMAs) for every read
-    and write, about 440 times a simulated day: 8 % of a replay's time (py-spy, 200 Elec2 days).
-    Sharing it, 100 replayed Elec2 days took 81 and 74 s of CPU against 95 and 87 s. Its calls are
-    already serialised by a lock, so sharing the connection changes nothing else. Built like
-    ``dagster._core.instance.factory.create_ephemeral_instance``."""
-    import threading
-    from contextlib import contextmanager
-
-    import dagster as dg
-    import sqlalchemy as db
-    from dagster._core.instance.types import InstanceType
-    from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher
-    from dagster._core.run_coordinator import DefaultRunCoordinator
-    from dagster._core.storage.event_log import InMemoryEventLogStorage
-    from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
-    from dagster._core.storage.root import TemporaryLocalArtifactStorage
-    from dagster._core.storage.runs import InMemoryRunStorage
-
-    class HeldConnectionEventLog(InMemoryEventLogStorage):
-        def __init__(self):
-            self._tables: dict[str, bool] = {}
-            self._asset_key_cols: dict[str, bool] = {}
-            super().__init__()
-            # per connection in SQLite, so set once on the held one (journal_mode is moot in memory)
-            self._held_conn.execute(db.text("PRAGMA foreign_keys=ON;")).close()
-            self._held_conn.commit()
-
-        @contextmanager
-        def _connect(self):
-            with self._db_lock, self._held_conn.begin():
-                yield self._held_conn
-
-        # The schema of the in-memory database is created with it and never changes, but Dagster
-        # asks about it (tables, asset-key columns) several times per event written or read, on a
-        # new connection each time: 1.7 % of a replay (py-spy, 120 Elec2 days). Each answer once.
-        def has_table(self, table_name: str) -> bool:
-            if table_name not in self._tables:
-                self._tables[table_name] = super().has_table(table_name)
-            return self._tables[table_name]
-
-        def has_asset_key_col(self, column_name: str) -> bool:
-            if column_name not in self._asset_key_cols:
-                self._asset_key_cols[column_name] = super().has_asset_key_col(column_name)
-            return self._asset_key_cols[column_name]
-
-        def _has_asset_key_col_on_connection(self, conn, column_name: str) -> bool:
-            if column_name not in self._asset_key_cols:
-                self._asset_key_cols[column_name] = super()._has_asset_key_col_on_connection(conn, column_name)
-            return self._asset_key_cols[column_name]
-
-    class HeldConnectionRunStorage(InMemoryRunStorage):
-        """The same for the run storage, which also opened a connection (and set two PRAGMAs) per
-        call and read the runs table's columns per run event: 3 % of a full Elec2 replay. Its calls
-        nest (a run event asks for the columns inside its transaction), so an inner one joins the
-        transaction in progress; a re-entrant lock keeps threads out of each other's."""
-
-        def __init__(self):
-            self._lock = threading.RLock()
-            self._schema: dict[str, bool] = {}
-            super().__init__()
-            self._held_conn.execute(db.text("PRAGMA foreign_keys=ON;")).close()
-            self._held_conn.commit()
-
-        @contextmanager
-        def connect(self):
-            with self._lock:
-                if self._held_conn.in_transaction():
-                    yield self._held_conn
-                else:
-                    with self._held_conn.begin():
-                        yield self._held_conn
-
-        def _schema_answer(self, name: str, ask) -> bool:
-            if name not in self._schema:
-                self._schema[name] = ask()
-            return self._schema[name]
-
-        def has_run_stats_index_cols(self) -> bool:
-            return self._schema_answer("run_stats", super().has_run_stats_index_cols)
-
-        def has_bulk_actions_selector_cols(self) -> bool:
-            return self._schema_answer("bulk_actions_selector", super().has_bulk_actions_selector_cols)
-
-        def has_backfill_id_column(self) -> bool:
-            return self._schema_answer("backfill_id", super().has_backfill_id_column)
-
-        def has_bulk_action_job_name_column(self) -> bool:
-            return self._schema_answer("bulk_action_job_name", super().has_bulk_action_job_name_column)
-
-        def has_backfill_tags_table(self) -> bool:
-            return self._schema_answer("backfill_tags", super().has_backfill_tags_table)
-
-    return dg.DagsterInstance(
-        instance_type=InstanceType.EPHEMERAL,
-        local_artifact_storage=TemporaryLocalArtifactStorage(),
-        run_storage=HeldConnectionRunStorage(),
-        event_storage=HeldConnectionEventLog(),
-        compute_log_manager=NoOpComputeLogManager(),
-        run_coordinator=DefaultRunCoordinator(),
-        run_launcher=SyncInMemoryRunLauncher(),
-    )
 
 
 def replay(

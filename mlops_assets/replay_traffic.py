@@ -52,9 +52,9 @@ class ReplayTraffic:
     """The endpoint traffic and canary ticks of one ``replay.Replay`` (see the module docstring)."""
 
     def __init__(self, replay):
+        from mlops_assets.core.names import job_name, sensor_name
         from mlops_assets.endpoint_state import EndpointState
         from mlops_assets.environments import resources
-        from mlops_assets.jobs import job_name
         from mlops_assets.server.clock import REPLAY_CLOCK_ENV
 
         self.replay, self.spec = replay, replay.spec
@@ -67,7 +67,7 @@ class ReplayTraffic:
         self.tz = ZoneInfo(self.spec.source.timestamp.timezone)  # of the moments it ticks and runs at, like the replay's
         self._previous_env = os.environ.get(REPLAY_CLOCK_ENV)
         os.environ[REPLAY_CLOCK_ENV] = str(self.clock_file)  # inherited by the server the automation starts
-        self.sensor = replay.defs.get_sensor_def(f"canary_{self.spec.name}")
+        self.sensor = replay.defs.get_sensor_def(sensor_name("canary", self.spec))
         # as the daemon does, a tick builds only the resources the sensor asks for (the lake)
         self.resources = {k: replay.defs.resources[k] for k in self.sensor.required_resource_keys}
         self.deploy_job = replay.defs.resolve_job_def(job_name("deploy", self.spec))

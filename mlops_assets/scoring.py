@@ -15,14 +15,15 @@ import dagster as dg
 
 from mlops_assets.common import (
     asset_kwargs,
+    asset_with_optional_checks,
     check_result,
     daily_partitions,
     day_of,
     days_before,
     failure,
     key,
-    md_table,
     svg_markdown,
+    table_metadata,
 )
 from mlops_assets.core.names import CHAMPION, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.policies import SERVED_PREFIX, monitoring_checks
@@ -268,26 +269,32 @@ MONITORING_CHECKS = {
 
 def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     name = spec.name
+    kwargs = asset_kwargs(
+        "predictions",
+        spec,
+        f"Batch scores of the '{CHAMPION}' model for the day's events, with the version that scored "
+        "them and the features it saw; monitoring checks over the policy windows; the realised "
+        "metric once labels are known.",
+        {"mlflow", "parquet"},
+    )
+    asset_key = key("predictions", spec)
 
-    @dg.asset(
-        **asset_kwargs(
-            "predictions",
-            spec,
-            f"Batch scores of the '{CHAMPION}' model for the day's events, with the version that scored "
-            "them and the features it saw; monitoring checks over the policy windows; the realised "
-            "metric once labels are known.",
-            {"mlflow", "parquet"},
-        ),
-        partitions_def=daily_partitions(spec),
+    # A monitoring check that could not be judged (too few rows, an undefined metric) yields no result:
+    # Dagster shows it skipped, never passed. The UI may also materialize the predictions without checks.
+    @asset_with_optional_checks(
+        kwargs,
         deps=[key("features", spec), key("champion", spec)],
+        partitions_def=daily_partitions(spec),
         check_specs=[
-            dg.AssetCheckSpec(check, asset=key("predictions", spec), description=MONITORING_CHECKS[check])
-            for check in monitoring_checks(spec)
+            dg.AssetCheckSpec(check, asset=asset_key, description=MONITORING_CHECKS[check]) for check in monitoring_checks(spec)
         ],
     )
-    def predictions(
-        context: dg.AssetExecutionContext, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking
-    ) -> dg.MaterializeResult:
+    def predictions(context: dg.AssetExecutionContext, lake: LakeStorage, feast: FeastFeatureStore, mlflow: MlflowTracking):
+        if asset_key not in context.selected_asset_keys:
+            raise failure(
+                f"the monitoring checks of {asset_key.to_user_string()} are judged when a day is scored: "
+                "materialize the predictions (with their checks)"
+            )
         champion = mlflow.version_by_alias(name, CHAMPION)
         if champion is None:
             raise failure(f"model '{name}' has no '{CHAMPION}' yet; run the train job (it ends with the promotion gate)")
@@ -320,8 +327,17 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 spec, day, lake, reference, int(champion.version), meta
             )
             outcomes += served_outcomes
-        check_results = [check_result(o, dg.AssetCheckSeverity.WARN, **extra.get(o.name, {})) for o in outcomes]
-        return dg.MaterializeResult(metadata=meta, check_results=check_results)
+        selected = {k.name for k in context.selected_asset_check_keys if k.asset_key == asset_key}
+        check_results = []
+        for o in outcomes:
+            if o.name not in selected:
+                continue
+            if o.judged:
+                check_results.append(check_result(o, dg.AssetCheckSeverity.WARN, **extra.get(o.name, {})))
+            else:  # no result: Dagster shows the check as skipped; the reason stays on the materialization
+                meta[f"not_judged_{o.name}"] = dg.MetadataValue.text(o.description)
+                context.log.info(f"{o.name} {o.description}")
+        yield dg.MaterializeResult(asset_key=asset_key, metadata=meta, check_results=check_results)
 
     return [predictions]
 
@@ -342,7 +358,7 @@ def _judge(spec: ModelSpec, reference, features, scores, labelled):
         monitoring.prediction_drift(ref_scores, scores, spec),
         monitoring.performance(realised, len(labelled), ref_meta["holdout"][metric], spec),
     ]
-    plot = {"per_feature": md_table(table, max_rows=200), "plot": _drift_plot(table)} if not table.empty else {}
+    plot = {"per_feature": table_metadata(table, max_rows=200), "plot": _drift_plot(table)} if not table.empty else {}
     return outcomes, realised, plot
 
 

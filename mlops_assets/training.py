@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets import files
-from mlops_assets.common import asset_kwargs, failure, key, md_table, svg_markdown
+from mlops_assets.common import asset_kwargs, failure, key, svg_markdown, table_metadata
 from mlops_assets.core.names import CHALLENGER, EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.resources import FeastFeatureStore, LakeStorage, MlflowTracking
 from mlops_assets.resources.mlflow import log_pipeline
@@ -106,7 +106,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 "partitions_used": len(usable),
                 "partitions_missing": dg.MetadataValue.json(sorted(set(window) - set(usable))),
                 "label_mean_train": float(train[LABEL].mean()),
-                "feature_nulls": md_table(nulls, max_rows=100),
+                "feature_nulls": table_metadata(nulls, max_rows=100),
             }
         )
 

@@ -83,7 +83,7 @@ class Platform:
         return land(self.specs[spec_name], start, days)
 
     def run(self, kind: str, spec_name: str, partition: str | None = None, raise_on_error: bool = False, run_config=None):
-        from mlops_assets.jobs import job_name
+        from mlops_assets.core.names import job_name
 
         job = self.defs.resolve_job_def(job_name(kind, spec_name))
         return job.execute_in_process(

@@ -116,6 +116,7 @@ def test_the_asset_shows_the_recommendation_and_the_chart(short_report, elec2_sp
     assert meta["recommended"].value == report["recommended"]["policy"]
     assert "policies:" in meta["paste_into_spec"].value
     assert meta["chart"].value.startswith("![plot](data:image/svg+xml;base64,")
+    assert isinstance(meta["policies"], dg.TableMetadataValue) and meta["policies"].records  # rendered in place
     written = json.loads((home / "lake" / "backtest" / "elec2" / "report.json").read_text())
     assert written["recommended"]["policy"] == report["recommended"]["policy"]
 

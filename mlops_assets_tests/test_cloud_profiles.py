@@ -76,7 +76,7 @@ class CloudPlatform:
         self.lake = self.resources["lake"]
 
     def run(self, kind: str, partition: str | None = None):
-        from mlops_assets.jobs import job_name
+        from mlops_assets.core.names import job_name
 
         job = self.defs.resolve_job_def(job_name(kind, self.spec.name))
         result = job.execute_in_process(instance=self.instance, partition_key=partition, raise_on_error=False, run_config=QUIET)

@@ -320,7 +320,7 @@ def test_dataset_checks_all_pass_on_clean_frame(spec):
     result = outcomes(clean_day(s, 10), s)
     assert set(result) == {"schema", "nulls", "ranges", "row_count"}
     assert all(c.passed for c in result.values()), {k: c.metadata for k, c in result.items()}
-    assert result["row_count"].metadata == {"rows": 10, "min_rows": 10}
+    assert result["row_count"].metadata == {"rows": 10, "policy": "at least 10 rows (checks.min_rows)"}
 
 
 def test_ranges_check_fails_and_names_the_column(spec):
@@ -343,7 +343,7 @@ def test_row_count_check_fails_below_min_rows(spec):
     s = with_checks(spec, min_rows=11)
     result = outcomes(clean_day(s, 10), s)
     assert not result["row_count"].passed
-    assert result["row_count"].metadata == {"rows": 10, "min_rows": 11}
+    assert result["row_count"].metadata == {"rows": 10, "policy": "at least 11 rows (checks.min_rows)"}
     assert result["ranges"].passed and result["nulls"].passed
 
 

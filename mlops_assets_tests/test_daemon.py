@@ -105,3 +105,9 @@ def test_daemon_runs_landing_sensor_and_automation(tmp_path, monkeypatch):
         assert len(by_landing) == 1  # the 11 days already ingested (same bytes) are not ingested again
         assert scored is not None, f"automation did not score {yesterday}\n{log}"
         assert yesterday.isoformat() in instance.get_materialized_partitions(dg.AssetKey("predictions_elec2_live"))
+        # the monitoring checks ride along with the predictions the automation requested (they have no
+        # automation condition of their own), although predictions_<spec> is subsettable
+        planned = instance.all_logs(scored.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED)
+        assert {"feature_drift", "prediction_drift", "performance"} <= {
+            e.dagster_event.event_specific_data.check_name for e in planned
+        }

@@ -188,7 +188,8 @@ def test_a_check_that_was_not_judged_never_reads_as_passed():
     assert check_state(None, passed=None, metadata={}, **judged) == "not_judged"  # never ran
     assert check_state("PLANNED", passed=None, metadata={}, run_finished=True) == "not_judged"  # its step failed
     assert check_state("PLANNED", passed=None, metadata={}, run_finished=False) == "running"
-    # core.monitoring's "not judged: 12 rows (policy minimum 30)" is a pass with evaluated False
+    # a monitoring check that could not judge yields no result: its planned record resolves to skipped
+    # a record written before that: a pass with evaluated False
     assert check_state("SUCCEEDED", passed=True, metadata={"evaluated": False, "rows": 12}, **judged) == "not_judged"
     # the canary check outside a canary passes without a comparison
     assert check_state("SUCCEEDED", passed=True, metadata={"action": "deploy"}, check="canary", **judged) == "not_judged"
@@ -199,9 +200,12 @@ def test_counters_gate_outcomes_champion_and_run_owners():
     from mlops_assets.core.pipeline_metrics import Totals, drift_share, gate_outcome, spec_of_run
 
     assert [gate_outcome(d) for d in ("promoted", "kept champion", "no champion")] == ["promoted", "rejected", "rejected"]
-    assert drift_share({"drifted_share": 0.25}) == 0.25 and drift_share({"evaluated": False, "rows": 3}) is None
-    from mlops_assets.common import asset_name
-    from mlops_assets.jobs import job_name
+    assert (
+        drift_share({"drifted_share": 0.25}) == 0.25
+        and drift_share({"rows": 3}) is None
+        and drift_share({"evaluated": False, "drifted_share": 0.0}) is None
+    )
+    from mlops_assets.core.names import asset_name, job_name
 
     names = ["flights", "flights_eu", "elec2"]
     owners = {asset_name(stage, n): n for n in names for stage in ("raw", "dataset", "model", "champion")}
@@ -344,11 +348,94 @@ def test_exporter_reports_the_pipeline_of_a_real_home(home):
     # counters only grow, and a second read fetches only what is new: a rollback recorded by the
     # endpoint asset (its metadata, as endpoints.py writes it) is counted once
     home.instance.report_runless_asset_event(
-        dg.AssetMaterialization(f"endpoint_{SPEC}", metadata={"action": "rolled_back", "stable_version": 1, "canary_version": 0})
+        dg.AssetMaterialization(f"endpoint_{SPEC}", metadata={"action": "rolled_back", "stable_version": 1})
     )
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 1}
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 1}
     assert samples(collector, "mlops_pipeline_failed_runs_total")[(f"ingest_{SPEC}",)] == 1
+
+
+def test_a_monitoring_check_that_could_not_judge_is_skipped_not_passed(home):
+    """The real scoring run of the home: nothing was served yet, so the three ``served_*`` checks had no
+    rows to judge. They yield no result: Dagster records them as planned and resolves them to skipped
+    once the run succeeded (never "Passed"), the step still succeeds, the batch checks keep their
+    verdicts, and the reason each was not judged is on the predictions' materialization."""
+    import asyncio
+
+    import dagster as dg
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus
+
+    asset = dg.AssetKey(f"predictions_{SPEC}")
+    evaluated = home.check_results(asset.to_user_string())
+    served = ("served_feature_drift", "served_prediction_drift", "served_performance")
+    assert {"feature_drift", "prediction_drift", "performance"} <= set(evaluated)
+    assert not set(served) & set(evaluated), "a check that could not judge has no evaluation"
+
+    def resolved(check: str):
+        key = dg.AssetCheckKey(asset, check)
+        record = home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+        return asyncio.run(record.resolve_status(LoadingContextForTest(home.instance)))
+
+    for check in served:
+        assert resolved(check) == AssetCheckExecutionResolvedStatus.SKIPPED, check
+    batch = {check: resolved(check) for check in ("feature_drift", "prediction_drift", "performance")}
+    expected = {True: AssetCheckExecutionResolvedStatus.SUCCEEDED, False: AssetCheckExecutionResolvedStatus.FAILED}
+    assert batch == {check: expected[evaluated[check]] for check in batch}
+
+    reasons = home.latest(asset.to_user_string())
+    minimum = home.spec.policies.drift.min_rows
+    assert reasons["not_judged_served_feature_drift"] == f"not judged: 0 rows (policy minimum {minimum})."
+    assert reasons["not_judged_served_performance"].startswith("not judged: 0 labelled rows")
+    assert not any(k.startswith("not_judged_") for k in reasons if k.removeprefix("not_judged_") in batch)
+
+
+def test_tables_in_check_and_asset_metadata_are_native_tables(home):
+    """The drift check's per-feature table and the training set's null counts, read back from the
+    event log of the home's real runs: Dagster tables (typed schema, one record per row), which the UI
+    renders in place; the plot stays an image in markdown."""
+    import dagster as dg
+
+    key = dg.AssetCheckKey(dg.AssetKey(f"predictions_{SPEC}"), "feature_drift")
+    evaluation = home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation
+    table = evaluation.metadata["per_feature"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert sorted(r.data["column"] for r in table.records) == sorted(home.spec.feature_names)
+    types = {c.name: c.type for c in table.schema.columns}
+    assert types["column"] == "string" and types["drifted"] == "bool" and types["strength"] == "float"
+    assert all(isinstance(r.data["drifted"], bool) for r in table.records)
+    assert evaluation.metadata["plot"].value.startswith("![plot](data:image/svg+xml;base64,")
+    nulls = home.latest(f"training_set_{SPEC}")["feature_nulls"]
+    assert isinstance(nulls, dg.TableMetadataValue) and nulls.records
+
+
+def test_numbers_are_measurements_never_settings_or_placeholders(home):
+    """What Dagster charts over partitions and runs (numeric metadata) is measured; the policy a verdict
+    applied is one text entry; what does not exist is absent, not 0 or NaN: the first gate had no
+    champion (no champion score, no version before), and the endpoint serves no canary."""
+    import dagster as dg
+
+    metric = home.spec.promotion.metric
+    first_gate, second_gate = (
+        {k: v.value for k, v in r.asset_materialization.metadata.items()}
+        for r in home.instance.fetch_materializations(dg.AssetKey(f"champion_{SPEC}"), limit=2, ascending=True).records
+    )
+    assert first_gate["decision"] == "promoted" and f"challenger_{metric}" in first_gate
+    assert f"champion_{metric}" not in first_gate and "champion_version_before" not in first_gate
+    assert second_gate[f"champion_{metric}"] > 0 and second_gate["champion_version_before"] == 1
+    assert "margin" not in second_gate and str(home.spec.promotion.margin) in second_gate["policy"]
+
+    # the deploy run's materialization (an earlier test reports a rollback event after it)
+    deployed = home.instance.fetch_materializations(dg.AssetKey(f"endpoint_{SPEC}"), limit=1, ascending=True).records[0]
+    endpoint = {k: v.value for k, v in deployed.asset_materialization.metadata.items()}
+    assert endpoint["action"] == "deploy" and endpoint["stable_version"] == 1
+    assert "canary_version" not in endpoint and "canary_percent" not in endpoint
+
+    for check in ("feature_drift", "prediction_drift", "performance"):
+        key = dg.AssetCheckKey(dg.AssetKey(f"predictions_{SPEC}"), check)
+        metadata = home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation.metadata
+        assert isinstance(metadata["policy"], dg.TextMetadataValue), check
+        assert not {"tolerated_drop", "threshold", "drift_share", "min_rows"} & set(metadata), check
 
 
 def test_exporter_reports_its_own_failure_not_stale_numbers(home):

@@ -252,8 +252,8 @@ def materialize_endpoint(ctx, instance):
     )
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     mat = result.asset_materializations_for_node(f"endpoint_{SPEC}")[0].metadata
-    (check,) = result.get_asset_check_evaluations()
-    return {k: v.value for k, v in mat.items()}, check
+    checks = result.get_asset_check_evaluations()  # none outside a canary: the canary check is skipped
+    return {k: v.value for k, v in mat.items()}, checks[0] if checks else None
 
 
 def test_the_container_environment_is_the_aws_profile(remote):
@@ -314,7 +314,7 @@ def test_the_endpoint_canaries_the_remote_server_rolls_back_and_promotes(remote)
     t0 = time.monotonic()
     with dg.instance_for_test() as instance:
         meta, check = materialize_endpoint(ctx, instance)  # the server answers already: hot-swapped, not started
-        assert meta["action"] == "deploy" and meta["stable_version"] == int(v1) and check.passed, meta
+        assert meta["action"] == "deploy" and meta["stable_version"] == int(v1) and check is None, meta
         assert meta["applied"] == "hot-swapped (no restart)", meta
         assert not (Path(ctx["resources"]["deployer"].local_run_dir(SPEC)) / "server.pid").exists()  # nothing started here
 
@@ -358,5 +358,5 @@ def test_the_endpoint_canaries_the_remote_server_rolls_back_and_promotes(remote)
     assert {e["action"] for e in everything} - {e["action"] for e in history} <= {"server_start", "server_swap"}
     assert sum(k.startswith(f"platform/endpoints/{SPEC}/history/") for k in keys) == len(everything) > 5, keys
     assert json.loads(files.read_text(files.join(folder, "deployment.json")))["stable"] == v3
-    assert "| rolled_back |" in meta["history"] and "| promoted |" in meta["history"]
+    assert {"rolled_back", "promoted"} <= {r.data["action"] for r in meta["history"].records}
     print(f"\nremote canary timings: {ctx['timings']} canary rounds {canary_s:.1f} s")

@@ -9,7 +9,8 @@ import shutil
 import pytest
 import yaml
 
-from mlops_assets import environments, jobs
+from mlops_assets import environments
+from mlops_assets.core import names
 from mlops_assets_tests.conftest import DATA_DIR, REPO
 from mlops_assets_tests.infra_tools import actionlint, load_script
 
@@ -54,7 +55,7 @@ def test_ci_runs_the_readme_test_command_the_spec_jobs_and_builds_both_images():
     pipeline = runs(ci["jobs"]["pipeline"])
     spec = ci["jobs"]["pipeline"]["env"]["SPEC"]
     for kind in ("register", "ingest", "train", "score"):
-        assert f'-j "{jobs.job_name(kind, "$SPEC")}"' in pipeline
+        assert f'-j "{names.job_name(kind, "$SPEC")}"' in pipeline
     assert "dagster job execute -m mlops_assets.definitions" in pipeline and spec == "flight_delays"
 
     targets = set(re.findall(r"^FROM \S+ AS (\S+)", (REPO / "infra" / "Dockerfile").read_text(), re.MULTILINE))
@@ -74,8 +75,8 @@ def test_promotion_to_production_needs_the_protected_environment_and_the_gate():
     environment = promote["environment"]
     assert (environment["name"] if isinstance(environment, dict) else environment) == "production"
     assert promote["needs"] == "train" and "needs.train.outputs.decision == 'promoted'" in promote["if"]
-    assert f'-j "{jobs.job_name("train", "$SPEC")}"' in runs(train)
-    assert f'-j "{jobs.job_name("deploy", "$SPEC")}"' in runs(promote)
+    assert f'-j "{names.job_name("train", "$SPEC")}"' in runs(train)
+    assert f'-j "{names.job_name("deploy", "$SPEC")}"' in runs(promote)
     # both jobs set exactly the variables the cloud profiles read (Terraform outputs carry the same names)
     profile = {getattr(environments.CLOUD_VARS, f) for f in environments.CloudVars.__dataclass_fields__}
     profile |= set(environments.DAGSTER_PG_VARS)

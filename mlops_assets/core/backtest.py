@@ -349,7 +349,7 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
                 if failing_now and not previous_failing:
                     pending = pending or "performance"
                 trigger = None
-            previous_failing = failing_now  # a verdict not judged is recorded as passed
+            previous_failing = failing_now  # a verdict not judged is not failing (Dagster skips the check)
             if c.model_days and age > c.model_days and not fresh_flagged:
                 pending, fresh_flagged = pending or "freshness", True
             trigger = trigger or pending

@@ -1,5 +1,6 @@
 """Monitoring a scored day against the champion's training reference: feature drift, prediction
-drift and (once labels are known) performance. Each verdict is a ``CheckOutcome``.
+drift and (once labels are known) performance. Each verdict is a ``CheckOutcome``; one that could
+not be judged (too few rows, an undefined metric) has ``passed`` None and says why in its description.
 
 Served rows are whatever callers sent: values no statistic can take (+-inf, 1e308, text in a
 numeric column, values outside the spec's ``checks.ranges``) are left out of the statistics and
@@ -20,6 +21,9 @@ LOWER_IS_BETTER = {"log_loss", "rmse", "mae"}
 TABLE_COLUMNS = ["column", "method", "score", "threshold", "drifted", "current_missing_share", "constant_reference"]
 # the current window's values left out of the statistics, per kind (``core.drift``)
 EXCLUDED_COLUMNS = ["current_non_finite", "current_out_of_range", "current_not_numeric"]
+
+# Numeric metadata is what Dagster charts over partitions: only figures measured on the window. The
+# policy a verdict applied (limits, thresholds, minimums: constant settings) is one text entry.
 
 
 def drift_strength(col: ColumnDrift) -> float:
@@ -65,6 +69,8 @@ def feature_drift(reference: pd.DataFrame, today: pd.DataFrame, spec: ModelSpec)
             "reference_rows": len(reference),
             "excluded_values": sum(excluded.values()),
             "excluded_by_feature": ", ".join(f"{c}: {n}" for c, n in excluded.items()) or "none",
+            "policy": f"{policy.method} per feature; drifted when a share >= {policy.drift_share:g} of the tested "
+            f"features drift; judged on >= {policy.min_rows} rows",
         },
     )
     return outcome, table
@@ -90,7 +96,7 @@ def prediction_drift(reference_scores: np.ndarray, today_scores: np.ndarray, spe
         {
             "method": col.method,
             "score": col.score,
-            "threshold": col.threshold,
+            "policy": f"{col.method} on the scores, drifted beyond {col.threshold:g}; judged on >= {policy.min_rows} finite scores",
             "mean_score": float(np.mean(today_scores)),
             "reference_mean_score": float(np.mean(reference_scores)),
             "excluded_scores": int((~finite).sum()),  # non-finite or not numbers: left out
@@ -104,7 +110,9 @@ def performance(realised: float | None, labelled_rows: int, reference: float, sp
     if realised is None or labelled_rows < policy.min_rows:
         return _not_judged("performance", labelled_rows, policy.min_rows, what="labelled rows")
     if np.isnan(realised):  # e.g. ROC AUC on a day whose labels are all one class
-        return CheckOutcome("performance", True, f"not judged: {metric} is undefined on this day's labels.", {"evaluated": False})
+        return CheckOutcome(
+            "performance", None, f"not judged: {metric} is undefined on this day's labels.", {"labelled_rows": labelled_rows}
+        )
     drop = (realised - reference) if metric in LOWER_IS_BETTER else (reference - realised)
     tolerated = policy.tolerated_drop * abs(reference) if policy.relative else policy.tolerated_drop
     ok = bool(drop <= tolerated)
@@ -118,11 +126,16 @@ def performance(realised: float | None, labelled_rows: int, reference: float, sp
             f"realised_{metric}": realised,
             f"reference_{metric}": reference,
             "drop": drop,
-            "tolerated_drop": tolerated,
             "labelled_rows": labelled_rows,
+            "policy": (
+                f"tolerated drop {policy.tolerated_drop:.0%} of the champion's holdout {metric} ({tolerated:.4g})"
+                if policy.relative
+                else f"tolerated drop {tolerated:g} of {metric}"
+            )
+            + f"; judged on >= {policy.min_rows} labelled rows",
         },
     )
 
 
 def _not_judged(name: str, rows: int, minimum: int, what: str = "rows") -> CheckOutcome:
-    return CheckOutcome(name, True, f"not judged: {rows} {what} (policy minimum {minimum}).", {"evaluated": False, "rows": rows})
+    return CheckOutcome(name, None, f"not judged: {rows} {what} (policy minimum {minimum}).", {"rows": rows})

@@ -1,4 +1,31 @@
-"""Column and table names shared by every stage (kept free of imports so the code location loads fast)."""
+"""Every name the platform builds: assets, jobs, sensors, columns and tables.
+
+The one place they are made (kept free of imports so the code location loads fast): the asset
+factory, the jobs, the sensors, the replay, the CLI and the exporter all read them from here, so a
+name changes in one line. ``mlops_assets.common.key`` wraps ``asset_name`` in a Dagster asset key.
+"""
+
+AUTOMATION_SENSOR = "mlops_automation"  # the one automation sensor of the code location
+
+
+def _spec_name(spec) -> str:
+    return spec if isinstance(spec, str) else spec.name
+
+
+def asset_name(stage: str, spec) -> str:
+    """A spec's asset of one stage (``model_flight_delays``)."""
+    return f"{stage}_{_spec_name(spec)}"
+
+
+def job_name(kind: str, spec) -> str:
+    """A spec's job (``train_flight_delays``): register, ingest, train, score, deploy."""
+    return f"{kind}_{_spec_name(spec)}"
+
+
+def sensor_name(kind: str, spec) -> str:
+    """A spec's sensor (``landing_flight_delays``, ``canary_flight_delays``)."""
+    return f"{kind}_{_spec_name(spec)}"
+
 
 EVENT_ID = "event_id"
 EVENT_TS = "event_timestamp"

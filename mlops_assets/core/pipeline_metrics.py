@@ -21,13 +21,15 @@ from mlops_assets.core.names import ROLLED_BACK  # also the endpoint asset's act
 
 PREFIX = "mlops_pipeline_"
 # A check's latest result, one state per series (a Prometheus "state set"): only "passed" counts as
-# passed. A check that never ran, whose step failed before it was judged, or that said "not judged"
-# (too few rows, an undefined metric) is not_judged; one planned in a run still going is running.
+# passed. A check that never ran, whose step failed before it was judged, or that its step left
+# unjudged (too few rows, an undefined metric: Dagster resolves it to skipped) is not_judged; one
+# planned in a run still going is running.
 CHECK_STATES = ("passed", "failed", "not_judged", "running")
 GATE_OUTCOMES = ("promoted", "rejected")
 DRIFT_SOURCES = {"batch": "feature_drift", "served": "served_feature_drift"}  # source -> check of predictions_<spec>
-# Checks that answer "passed" when there was nothing to judge, and the metadata entry only a verdict
-# has: the endpoint's canary check outside a canary carries no comparison table.
+# Checks whose records written before they were skipped when there was nothing to judge answer
+# "passed", and the metadata entry only a verdict has: the endpoint's canary check outside a canary
+# carried no comparison table (it now yields no result there, so its record resolves to skipped).
 VERDICT_METADATA = {"canary": "comparison"}
 PROMOTED = "promoted"  # the promotion gate's decision when the alias moved
 
@@ -42,15 +44,16 @@ def check_state(
     ``status`` is Dagster's record status (``PLANNED``, ``SUCCEEDED``, ``FAILED``; None when the
     check never ran); ``metadata`` the evaluation's metadata as plain values; ``run_finished``
     whether the run of a ``PLANNED`` record has ended (then the check was never evaluated: its step
-    failed or was skipped). The platform's monitoring checks answer "passed" with ``evaluated:
-    False`` when they could not judge (``core.monitoring``), and the canary check (``check``) passes
-    without a comparison when no canary runs: neither is a pass."""
+    failed or was skipped; the monitoring checks of ``predictions_<spec>`` yield no result when they
+    could not judge, so Dagster resolves them to skipped; so does the canary check outside a canary).
+    A canary record of an older version passed without a comparison (``check``): not a pass either."""
     if status is None:
         return "not_judged"
     if status == "PLANNED":
         return "not_judged" if run_finished else "running"
     if status == "FAILED" or passed is False:
         return "failed"
+    # records written before not-judged checks were skipped: a pass with ``evaluated: False``
     if metadata.get("evaluated") is False or (check in VERDICT_METADATA and VERDICT_METADATA[check] not in metadata):
         return "not_judged"
     return "passed"
@@ -63,8 +66,9 @@ def gate_outcome(decision: str) -> str:
 
 
 def drift_share(metadata: Mapping[str, Any]) -> float | None:
-    """The share of drifted features a feature-drift evaluation measured, or None when it did not
-    judge (too few rows: no share was measured, and none is made up)."""
+    """The share of drifted features a feature-drift evaluation measured, or None when it carries
+    none (a check that could not judge has no evaluation at all, or, in records written before, one
+    with ``evaluated: False``: no share is made up)."""
     if metadata.get("evaluated") is False:
         return None
     share = metadata.get("drifted_share")
@@ -138,7 +142,7 @@ class Totals:
 
     def gate_decided(self, spec: str, decision: str, champion_version: int | None, timestamp: float) -> None:
         self.gate[(spec, gate_outcome(decision))] += 1
-        if champion_version:  # 0: no model serves
+        if champion_version:  # absent (no model serves; older records wrote 0)
             self._champion(spec, int(champion_version), timestamp)
 
     def endpoint_acted(self, spec: str, action: str, stable_version: int | None, timestamp: float) -> None:

@@ -101,12 +101,19 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
 
 @dataclass(frozen=True)
 class CheckOutcome:
-    """One rule's verdict on one partition, with what a person needs to see why."""
+    """One rule's verdict on one partition, with what a person needs to see why.
+
+    ``passed`` is None when the rule could not be judged (too few rows, an undefined metric): that
+    is neither a pass nor a failure, and the glue must not report it as either."""
 
     name: str
-    passed: bool
+    passed: bool | None
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> bool:
+        return self.passed is not None
 
 
 def dataset_checks(df: pd.DataFrame, spec: ModelSpec) -> list[CheckOutcome]:
@@ -153,14 +160,14 @@ def dataset_checks(df: pd.DataFrame, spec: ModelSpec) -> list[CheckOutcome]:
         "ranges",
         not range_rows,
         "Numeric columns stay within the spec's declared ranges.",
-        {"violations": "; ".join(range_rows) or "none", "columns_checked": len(c.ranges)},
+        {"violations": "; ".join(range_rows) or "none", "policy": f"ranges of {len(c.ranges)} columns (checks.ranges)"},
     )
 
     rows = CheckOutcome(
         "row_count",
         len(df) >= c.min_rows,
         f"At least {c.min_rows} rows in the partition.",
-        {"rows": len(df), "min_rows": c.min_rows},
+        {"rows": len(df), "policy": f"at least {c.min_rows} rows (checks.min_rows)"},
     )
     return [schema, nulls, ranges, rows]
 

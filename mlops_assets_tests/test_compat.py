@@ -1,0 +1,97 @@
+"""Dagster's (and ibis's, Feast's) private APIs are used through ``mlops_assets.compat`` only, and an
+upgrade that moves one of them fails here, naming it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mlops_assets
+
+PACKAGE = Path(mlops_assets.__file__).parent
+
+
+def test_every_private_api_the_platform_uses_still_exists(monkeypatch):
+    from mlops_assets import compat
+
+    missing = compat.missing_private_apis()
+    assert not missing, f"a library upgrade removed or moved: {missing} (see mlops_assets/compat.py)"
+    # the check is live: a name that is gone is reported by its full path
+    monkeypatch.setattr(compat, "PRIVATE_APIS", (*compat.PRIVATE_APIS, ("dagster._core.test_utils", "no_such_helper")))
+    assert compat.missing_private_apis() == ["dagster._core.test_utils.no_such_helper"]
+
+
+def test_no_module_but_compat_imports_dagster_internals():
+    """An import of ``dagster._…`` anywhere else is a private API outside the inventory."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "compat.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            modules = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            offenders += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {m}" for m in modules if m.startswith("dagster._")]
+    assert not offenders, offenders
+
+
+def test_the_inventory_lists_every_private_dagster_import_of_compat():
+    """compat's own ``dagster._`` imports are all in ``PRIVATE_APIS``, so the first test covers them."""
+    from mlops_assets.compat import PRIVATE_APIS
+
+    listed = {(module, path.split(".")[0]) for module, path in PRIVATE_APIS}
+    source = ast.parse((PACKAGE / "compat.py").read_text())
+    imported = {
+        (node.module, alias.name)
+        for node in ast.walk(source)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dagster._")
+        for alias in node.names
+    }
+    assert imported and imported <= listed, imported - listed
+
+
+def test_names_are_built_in_one_module(elec2_spec):
+    """The definitions' assets, jobs and sensors carry the names ``core.names`` builds."""
+    from mlops_assets.core import names
+    from mlops_assets.factory import build_definitions
+
+    defs = build_definitions([elec2_spec])
+    jobs = {j.name for j in defs.jobs if not j.name.startswith("__")}
+    assert {names.job_name(k, elec2_spec) for k in ("register", "ingest", "train", "score")} <= jobs
+    sensors = {s.name for s in defs.sensors}
+    assert {names.sensor_name("landing", elec2_spec), names.AUTOMATION_SENSOR} <= sensors
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert {names.asset_name(s, elec2_spec) for s in ("raw", "dataset", "model", "champion", "predictions")} <= keys
+
+
+def test_a_skipped_check_after_a_failure_reads_as_not_failing():
+    """``latest_check_failure`` (read by the ``CheckFailing`` automation conditions) on real runs of a
+    one-asset multi-asset like ``predictions_<spec>``: a check that fails, then one run in which it could
+    not judge (no result: Dagster resolves it to skipped), then one in which it passes. The skipped run
+    clears the failure, as a not-judged verdict did when it was reported as a pass: a policy acts on the
+    newest verdict, and a day with nothing to judge is no evidence that the model still fails."""
+    import dagster as dg
+
+    from mlops_assets.compat import latest_check_failure
+
+    verdicts = iter([False, None, True])
+
+    @dg.multi_asset(specs=[dg.AssetSpec("scored")], check_specs=[dg.AssetCheckSpec("drift", asset="scored")], can_subset=True)
+    def scored():
+        passed = next(verdicts)
+        yield dg.MaterializeResult(
+            asset_key="scored",
+            check_results=[] if passed is None else [dg.AssetCheckResult(check_name="drift", passed=passed)],
+        )
+
+    check = dg.AssetCheckKey(dg.AssetKey("scored"), "drift")
+    with dg.instance_for_test() as instance:
+        assert latest_check_failure(instance, check) is None  # never ran
+        assert dg.materialize([scored], instance=instance).success
+        assert latest_check_failure(instance, check) is not None
+        assert dg.materialize([scored], instance=instance).success  # the check is skipped, the step succeeds
+        assert latest_check_failure(instance, check) is None
+        assert dg.materialize([scored], instance=instance).success
+        assert latest_check_failure(instance, check) is None
