@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from datetime import date
 
 import dagster as dg
@@ -300,5 +301,10 @@ def test_the_warm_up_ingests_the_days_the_first_models_past_rates_read(flight_sp
         assert lookback == 28
         assert replay.warmup[0] == start - timedelta(days=t.window_days + t.holdout_days + lookback)
         assert replay.warmup[-1] == start - timedelta(days=1)
-    finally:
+    finally:  # a replay that never runs still gives the process its environment back (the replay clock)
+        if replay.traffic is not None:
+            replay.traffic.close()
         replay.stop_endpoints()
+    from mlops_assets.server.clock import REPLAY_CLOCK_ENV
+
+    assert REPLAY_CLOCK_ENV not in os.environ
