@@ -243,7 +243,17 @@ def test_a_server_started_by_hand_leaves_no_temp_folder(flight_spec, tmp_path):
     env |= {"MLOPS_HOME": str(home), "MLOPS_ENV": "local", "TMPDIR": str(temp), "MLFLOW_TRACKING_URI": mlflow_tracking_uri(home)}
     cmd = [sys.executable, "-m", "mlops_assets.cli", "serve", "--spec", str(spec_file), "--port", str(port)]
     with (tmp_path / "server.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # started as a container starts it: SIGTERM at its default disposition (an ignored SIGTERM is
+        # inherited through exec, and something earlier in the test session leaves it ignored here:
+        # uvicorn's re-raise would then be a no-op and the server exit 0 after its atexit hooks)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),  # noqa: PLW1509 - one signal call
+        )
     try:
         deadline = time.monotonic() + 120
         folders: list[str] = []
