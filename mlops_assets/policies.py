@@ -144,10 +144,10 @@ class WithinBudget(dg.AutomationCondition):
             since = first.records[0]
             elapsed = context.evaluation_time.timestamp() - since.timestamp + 3600
             earned = math.floor(elapsed / self._budget.total_seconds())  # retrains allowed so far, this one included
-            later = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=self._model_key, after_storage_id=since.storage_id), limit=max(earned, 1)
-            )
-            within = len(later.records) < earned
+            within = earned > 0  # none earned yet: no need to count the retrains
+            if within:
+                later = dg.AssetRecordsFilter(asset_key=self._model_key, after_storage_id=since.storage_id)
+                within = len(instance.fetch_materializations(later, limit=earned).records) < earned
         return dg.AutomationResult(
             context=context, true_subset=context.candidate_subset if within else context.get_empty_subset()
         )
