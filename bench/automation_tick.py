@@ -130,7 +130,7 @@ def main() -> None:
                             partition=day,
                         )
                     )
-            for stage in ("feature_store", "training_set", "model", "champion"):
+            for stage in ("feature_registry", "training_set", "model", "champion"):
                 instance.report_runless_asset_event(dg.AssetMaterialization(key(stage, spec)))
         setup_s = time.perf_counter() - t
         sensors = [defs.resolve_sensor_def(f"landing_{s.name}") for s in specs]

@@ -1,4 +1,4 @@
-"""``backtest_<spec>`` and ``mlops backtest``: which retrain policy to run, chosen from the spec's history.
+"""``<spec>/backtest`` and ``mlops backtest``: which retrain policy to run, chosen from the spec's history.
 
 The work is ``core.backtest_report.backtest`` (plain Python); this module gives it a Dagster asset
 (on demand: nothing materializes it by itself, since a backtest fits hundreds of models) whose

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from mlops_assets import k8s
-from mlops_assets.core.names import asset_name
+from mlops_assets.core.names import asset_path
 from mlops_assets.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 STAGE_VERSIONS = {
     "raw": "1",
     "dataset": "1",
-    "feature_store": "1",
+    "feature_registry": "1",
     "features": "1",
     "online_features": "1",
     "training_set": "1",
@@ -34,7 +34,7 @@ STAGE_VERSIONS = {
 
 def key(stage: str, spec: ModelSpec | str) -> dg.AssetKey:
     """A spec's asset key of one stage (its name from ``core.names``)."""
-    return dg.AssetKey(asset_name(stage, spec))
+    return dg.AssetKey(asset_path(stage, spec))
 
 
 def code_version(stage: str, spec: ModelSpec) -> str:
@@ -64,9 +64,9 @@ def asset_with_optional_checks(kwargs: dict, *, deps: list, check_specs: list, p
     The function yields its ``MaterializeResult`` with ``asset_key`` set, and results only for the
     checks in ``context.selected_asset_check_keys``."""
     kwargs = dict(kwargs)
-    name, op_tags = kwargs.pop("name"), kwargs.pop("op_tags")
-    spec = dg.AssetSpec(check_specs[0].asset_key, deps=deps, partitions_def=partitions_def, **kwargs)
-    return dg.multi_asset(name=name, op_tags=op_tags, specs=[spec], check_specs=check_specs, can_subset=True)
+    asset_key, op_tags = kwargs.pop("key"), kwargs.pop("op_tags")
+    spec = dg.AssetSpec(asset_key, deps=deps, partitions_def=partitions_def, **kwargs)
+    return dg.multi_asset(name=asset_key.to_python_identifier(), op_tags=op_tags, specs=[spec], check_specs=check_specs, can_subset=True)
 
 
 def day_of(partition_key: str) -> date:
@@ -85,7 +85,7 @@ def asset_kwargs(stage: str, spec: ModelSpec, description: str, kinds: set[str])
     return {
         "automation_condition": policies.automation_condition(stage, spec),
         "freshness_policy": policies.freshness_policy(stage, spec),
-        "name": asset_name(stage, spec),
+        "key": key(stage, spec),
         "group_name": spec.name,
         "owners": spec.owners,
         "kinds": kinds,

@@ -1,6 +1,6 @@
 """Endpoint stage: make the spec's target serve what the registry and the gate decided, and prove it.
 
-``endpoint_<spec>`` reads what serves now (``endpoints/<spec>/deployment.json`` in the storage) and the
+``<spec>/endpoint`` reads what serves now (``endpoints/<spec>/deployment.json`` in the storage) and the
 ``champion`` alias, and plans the next deployment (``core.serving.plan_deployment``): the first
 champion is deployed outright; a new champion goes through a canary when the spec sets
 ``deployment.canary.traffic_percent``. It applies the plan to the target (local server, Kubernetes,
@@ -211,7 +211,7 @@ def canary_sensor(spec: ModelSpec, job) -> dg.SensorDefinition | None:
         job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Judges the canary of endpoint_{spec.name} when it is due and runs the endpoint to promote or roll back.",
+        description=f"Judges the canary of {spec.name}/endpoint when it is due and runs the endpoint to promote or roll back.",
     )
     def _sensor(context: dg.SensorEvaluationContext, lake: LakeStorage):
         from mlops_assets.endpoint_state import EndpointState

@@ -1,10 +1,10 @@
 """Feature stage: Feast definitions, the daily feature tables (Feast offline sources) and their
 materialization into the online store.
 
-``feature_store_<spec>`` registers the spec's entities, feature views and feature service and
-snapshots its lookup tables; ``features_<spec>`` writes each day's rows of every feature view (into
+``<spec>/feature_registry`` registers the spec's entities, feature views and feature service and
+snapshots its lookup tables; ``<spec>/features`` writes each day's rows of every feature view (into
 month files, see ``LakeStorage``);
-``online_features_<spec>`` loads that day's entity-keyed views into the online store (SQLite locally,
+``<spec>/online_features`` loads that day's entity-keyed views into the online store (SQLite locally,
 Redis in the cloud profiles).
 """
 
@@ -25,14 +25,14 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         **asset_kwargs(
-            "feature_store",
+            "feature_registry",
             spec,
             "Feast registration of the spec: entities, feature views (events, past rates, lookups) and "
             "the feature service the model reads; lookup tables snapshotted as Feast offline sources.",
             {"feast", "parquet"},
         ),
     )
-    def feature_store(lake: LakeStorage, feast: FeastFeatureStore) -> dg.MaterializeResult:
+    def feature_registry(lake: LakeStorage, feast: FeastFeatureStore) -> dg.MaterializeResult:
         from mlops_assets.core.features import lookup_frame
         from mlops_assets.core.sources import DataError
 
@@ -113,7 +113,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             {"feast", "sqlite"},
         ),
         partitions_def=parts,
-        deps=[key("features", spec), key("feature_store", spec)],
+        deps=[key("features", spec), key("feature_registry", spec)],
     )
     def online_features(context: dg.AssetExecutionContext, feast: FeastFeatureStore) -> dg.MaterializeResult:
         import pandas as pd
@@ -145,4 +145,4 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             }
         )
 
-    return [feature_store, features, online_features]
+    return [feature_registry, features, online_features]

@@ -1,4 +1,4 @@
-"""Ingest stage: the landed file becomes ``raw_<spec>``, then the typed ``dataset_<spec>``.
+"""Ingest stage: the landed file becomes ``<spec>/raw``, then the typed ``<spec>/dataset``.
 
 Raw keeps the file as it arrived (every column, as text) so any later change to typing or cleaning
 can be replayed from it. The dataset is typed and labelled, and five blocking checks (schema, nulls,

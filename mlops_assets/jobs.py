@@ -16,9 +16,9 @@ from mlops_assets.core.names import job_name
 from mlops_assets.specs import ModelSpec
 
 STAGES = {
-    "register": ("feature_store",),
+    "register": ("feature_registry",),
     "ingest": ("raw", "dataset", "features", "online_features"),
-    "train": ("feature_store", "training_set", "model", "champion"),
+    "train": ("feature_registry", "training_set", "model", "champion"),
     "score": ("predictions",),
     "deploy": ("endpoint",),
 }

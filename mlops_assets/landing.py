@@ -8,7 +8,7 @@ A file is named ``YYYY-MM-DD.<csv|csv.gz|parquet>``. The sensor reads it before 
 a file that is misnamed, outside the spec's partitions, unreadable or missing a column the spec
 needs is moved to ``quarantine/<spec>/`` with a ``.reason.txt`` beside it, and the sensor goes on
 with the other files. A file landed again is ingested again only if its content changed: a day
-whose latest ``raw_<spec>`` materialization came from identical bytes (same SHA-256) is skipped.
+whose latest ``<spec>/raw`` materialization came from identical bytes (same SHA-256) is skipped.
 
 Before its first file is ingested, the spec itself is checked against what landed
 (``mlops_assets.spec_check``): a column the spec names that none of the new files has, an estimator

@@ -2,12 +2,12 @@
 
 Nothing retrains unless a policy says so. For each spec:
 
-* ``model_<spec>`` rematerializes when a monitoring check on ``predictions_<spec>`` (feature drift,
+* ``<spec>/model`` rematerializes when a monitoring check on ``<spec>/predictions`` (feature drift,
   prediction drift, performance) **newly** fails, when the model's freshness fails (older than
   ``policies.freshness.model_days``), or when its code version changes. A trigger stays pending
   until handled, but the model is never requested within ``policies.cooldown_days`` of its last
   training, while it (or its training set) is in progress, or while the latest blocking check of
-  ``dataset_<spec>`` is failing.
+  ``<spec>/dataset`` is failing.
 * A check whose policy says ``retrain_when: failing`` retrains for as long as its newest result
   since the last training is a failure, at most once per cooldown: on autocorrelated series a check
   fails in long runs and rarely *newly* fails, and a challenger the gate rejected leaves the failing
@@ -15,12 +15,12 @@ Nothing retrains unless a policy says so. For each spec:
   retrains nothing.
 * ``policies.budget_days`` caps how many retrains there are, whatever fires them: on average at
   most one per ``budget_days`` since the model's first training; a due retrain beyond it waits.
-* ``training_set_<spec>`` evaluates the same retrain decision, and the model is only requested
+* ``<spec>/training_set`` evaluates the same retrain decision, and the model is only requested
   together with it: a retrain always runs training set + model (+ gate) in one run on fresh data.
 * ``policies.retrain`` swaps those triggers for ``static`` (no automation on training set and
   model) or ``cron:N`` (retrain once the model is N days old), the peers a replay compares against.
-* ``champion_<spec>`` (the promotion gate) follows the model (``eager``).
-* ``predictions_<spec>`` scores the newest featurised day as soon as it and a champion exist
+* ``<spec>/champion`` (the promotion gate) follows the model (``eager``).
+* ``<spec>/predictions`` scores the newest featurised day as soon as it and a champion exist
   (``eager``, ignoring champion updates): a day keeps the predictions that were served for it.
 * raw → dataset → features → online store run from the landing sensor, one run per landed file.
 
@@ -153,7 +153,7 @@ class WithinBudget(dg.AutomationCondition):
         )
 
 
-# Each monitoring check on predictions_<spec> and the spec policy that governs it (policies.drift or
+# Each monitoring check on <spec>/predictions and the spec policy that governs it (policies.drift or
 # policies.performance); the policy's name is also the retrain cause a replay reports. The served_
 # checks judge the endpoint's prediction log and exist only for specs with a deployment.
 SERVED_PREFIX = "served_"
@@ -162,7 +162,7 @@ CHECK_POLICY = {**_BATCH_CHECK_POLICY, **{f"{SERVED_PREFIX}{c}": p for c, p in _
 
 
 def monitoring_checks(spec: ModelSpec) -> list[str]:
-    """The monitoring checks ``predictions_<spec>`` has."""
+    """The monitoring checks ``<spec>/predictions`` has."""
     return [c for c in CHECK_POLICY if spec.deployment is not None or not c.startswith(SERVED_PREFIX)]
 
 

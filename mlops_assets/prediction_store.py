@@ -13,7 +13,7 @@ partition):
                                                        score, prediction
 
 Predictions are filed by event day because that is the partition of every asset: monitoring of
-``predictions_<spec>`` for a day reads that day's folder (``read_day``). A request without an
+``<spec>/predictions`` for a day reads that day's folder (``read_day``). A request without an
 ``event_timestamp`` is an event happening now, filed under the day it arrived.
 
 **Every prediction answered 200 is filed exactly once.** The server appends each block of rows

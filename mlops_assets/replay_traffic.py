@@ -25,7 +25,7 @@ does, besides landing files and ticking the automation, what the endpoint's clie
 
 The report's ``canaries`` (version, stable, started, judged at, decision, reasons) and each day row's
 ``canary`` come from the endpoint's audit history, the same record production keeps. Traffic never
-enters the replay's ``metric``: that stays the batch predictions' (``predictions_<spec>``), scored by
+enters the replay's ``metric``: that stays the batch predictions' (``<spec>/predictions``), scored by
 the champion of the day; a rollback changes it as it would in production, by moving ``champion``
 back. ``traffic`` in the report says what the traffic cost (days with traffic, requests, wall seconds).
 """

@@ -1,8 +1,8 @@
 """Training stage: the point-in-time training set and the challenger model.
 
-``training_set_<spec>`` asks Feast for the features of every labelled event in the trailing window
+``<spec>/training_set`` asks Feast for the features of every labelled event in the trailing window
 (as they were at each event's time) and splits off the newest days as the holdout.
-``model_<spec>`` fits the spec's estimator, logs it to MLflow with its lineage, registers a version
+``<spec>/model`` fits the spec's estimator, logs it to MLflow with its lineage, registers a version
 and points the ``challenger`` alias at it. Whether it serves is the gate's decision, not this one's.
 """
 
@@ -53,7 +53,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "challenger and champion are compared on.",
             {"feast", "pandas", "parquet"},
         ),
-        deps=[key("features", spec), key("feature_store", spec)],
+        deps=[key("features", spec), key("feature_registry", spec)],
     )
     def training_set(
         context: dg.AssetExecutionContext, config: TrainingSetConfig, lake: LakeStorage, feast: FeastFeatureStore

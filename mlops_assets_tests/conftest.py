@@ -94,7 +94,7 @@ class Platform:
         )
 
     def latest(self, asset: str) -> dict:
-        event = self.instance.get_latest_materialization_event(dg.AssetKey(asset))
+        event = self.instance.get_latest_materialization_event(dg.AssetKey.from_user_string(asset))
         assert event is not None, f"{asset} was never materialized"
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
@@ -106,7 +106,7 @@ class Platform:
         )
         for r in records:
             ev = r.event_log_entry.dagster_event.event_specific_data
-            if ev.asset_key == dg.AssetKey(asset):
+            if ev.asset_key == dg.AssetKey.from_user_string(asset):
                 out[ev.check_name] = ev.passed
         return out
 

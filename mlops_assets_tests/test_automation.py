@@ -27,7 +27,7 @@ class Simulation:
         self.retrains: list[datetime] = []
 
     def key(self, stage: str) -> dg.AssetKey:
-        return dg.AssetKey(f"{stage}_{self.spec.name}")
+        return dg.AssetKey([self.spec.name, stage])
 
     def materialize(self, at: datetime, *stages: str, partition: str | None = None) -> None:
         with freeze_time(at):
@@ -85,7 +85,7 @@ def simulation(spec):
     with dg.instance_for_test() as instance:
         s = Simulation(spec, instance, build_definitions([spec]))
         s.tick(T0 - timedelta(hours=2))  # first evaluation: nothing is newly anything yet
-        s.materialize(T0 - timedelta(hours=1), "feature_store", *RETRAIN)  # the first model
+        s.materialize(T0 - timedelta(hours=1), "feature_registry", *RETRAIN)  # the first model
         yield s
 
 

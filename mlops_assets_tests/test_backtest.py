@@ -107,11 +107,11 @@ def test_the_asset_shows_the_recommendation_and_the_chart(short_report, elec2_sp
     defs = build_definitions([elec2_spec])
     asset = defs.resolve_assets_def(key("backtest", elec2_spec))
     assert asset.op.tags.get("dagster-k8s/config")  # sized like training on Kubernetes
-    config = {"ops": {"backtest_elec2": {"config": {"start": SHORT["start"].isoformat(), "days": SHORT["days"]}}}}
+    config = {"ops": {"elec2__backtest": {"config": {"start": SHORT["start"].isoformat(), "days": SHORT["days"]}}}}
     with dg.instance_for_test() as instance:
         result = dg.materialize([asset], run_config=config, instance=instance)  # the home's resources, bound
         assert result.success
-        meta = result.asset_materializations_for_node("backtest_elec2")[0].metadata
+        meta = result.asset_materializations_for_node("elec2__backtest")[0].metadata
     report, _ = short_report
     assert meta["recommended"].value == report["recommended"]["policy"]
     assert "policies:" in meta["paste_into_spec"].value

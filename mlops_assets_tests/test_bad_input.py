@@ -95,7 +95,7 @@ def test_range_violation_blocks_downstream_through_the_blocking_check(bad):
     assert not (bad.home / "lake" / "dataset" / "flight_delays" / "2013-01-05.parquet").exists()
     # ...and features/online store for that day were never computed
     assert LakeStorage(root=str(bad.home)).read_feature_day("flight_delays", "events", "2013-01-05") is None
-    materialized = bad.instance.get_materialized_partitions(dg.AssetKey("features_flight_delays"))
+    materialized = bad.instance.get_materialized_partitions(dg.AssetKey.from_user_string("flight_delays/features"))
     assert "2013-01-05" not in materialized
 
 
@@ -110,8 +110,8 @@ def test_earlier_partitions_stay_intact_and_the_pipeline_keeps_going(bad):
         pd.testing.assert_frame_equal(lake.read_feature_day("flight_delays", "events", day), rows)
     assert len(lake.read_feature_day("flight_delays", "events", "2013-01-06")) > 500
     # the next day's past rates were computed from validated days only (01-01, 01-02), not the rejected 01-05
-    assert bad.latest("features_flight_delays")["history_days_available"] == 2
-    materialized = bad.instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays"))
+    assert bad.latest("flight_delays/features")["history_days_available"] == 2
+    materialized = bad.instance.get_materialized_partitions(dg.AssetKey.from_user_string("flight_delays/online_features"))
     assert materialized == {"2013-01-01", "2013-01-02", "2013-01-06"}
 
 

@@ -27,19 +27,19 @@ def bikes(tmp_path_factory):
 
 def test_regression_pipeline_trains_gates_and_scores(bikes):
     assert all(r.success for r in bikes.results)
-    model = bikes.latest("model_bike_sharing")
+    model = bikes.latest("bike_sharing/model")
     assert model["holdout_rmse"] < model["baseline_rmse"]  # beats predicting the training mean
     assert {"holdout_rmse", "holdout_mae", "holdout_r2"} <= set(model)
-    gate = bikes.latest("champion_bike_sharing")
+    gate = bikes.latest("bike_sharing/champion")
     assert gate["decision"] == "promoted" and gate["challenger_rmse"] < gate["baseline_rmse"]
-    assert bikes.check_results("champion_bike_sharing") == {"promotion_gate": True}
+    assert bikes.check_results("bike_sharing/champion") == {"promotion_gate": True}
     preds = pd.read_parquet(bikes.home / "lake" / "predictions" / "bike_sharing" / f"{KEYS[-1]}.parquet")
     day = pd.read_parquet(bikes.home / "lake" / "dataset" / "bike_sharing" / f"{KEYS[-1]}.parquet")
     assert len(preds) == len(day) and "prediction" not in preds  # regression: a value, no class
     # a day is 24 hourly rows, below the drift policy's minimum: the drift checks are not judged, so they
     # have no result (Dagster shows them skipped) and the reason is on the materialization
-    assert set(bikes.check_results("predictions_bike_sharing")) == {"performance"}
-    scored = bikes.latest("predictions_bike_sharing")
+    assert set(bikes.check_results("bike_sharing/predictions")) == {"performance"}
+    scored = bikes.latest("bike_sharing/predictions")
     minimum = bikes.specs["bike_sharing"].policies.drift.min_rows
     assert scored["not_judged_feature_drift"] == f"not judged: {len(day)} rows (policy minimum {minimum})."
     assert scored["not_judged_prediction_drift"].startswith(f"not judged: {len(day)} finite scores")

@@ -59,9 +59,9 @@ def test_land_then_jobs_end_to_end_through_subprocesses(cli_home):
     execute("score_flight_delays", env, KEYS[-1])
 
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        assert instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays")) == set(KEYS)
-        assert instance.get_materialized_partitions(dg.AssetKey("predictions_flight_delays")) == {KEYS[-1]}
-        gate = instance.get_latest_materialization_event(dg.AssetKey("champion_flight_delays"))
+        assert instance.get_materialized_partitions(dg.AssetKey.from_user_string("flight_delays/online_features")) == set(KEYS)
+        assert instance.get_materialized_partitions(dg.AssetKey.from_user_string("flight_delays/predictions")) == {KEYS[-1]}
+        gate = instance.get_latest_materialization_event(dg.AssetKey.from_user_string("flight_delays/champion"))
         assert gate.asset_materialization.metadata["decision"].value == "promoted"
         runs = instance.get_runs()
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs) and len(runs) == len(KEYS) + 3
@@ -95,7 +95,7 @@ def test_dg_launch_runs_a_partition_of_a_named_job(cli_home):
     sh([str(BIN / "mlops"), "land", "--spec", "flight_delays", "--date", day], env)
     sh([str(BIN / "dg"), "launch", "--job", "ingest_flight_delays", "--partition", day], env)
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        assert day in instance.get_materialized_partitions(dg.AssetKey("online_features_flight_delays"))
+        assert day in instance.get_materialized_partitions(dg.AssetKey.from_user_string("flight_delays/online_features"))
 
 
 def test_mlops_check_and_demo_refuse_a_spec_that_does_not_fit_its_data(tmp_path):

@@ -88,7 +88,7 @@ class CloudPlatform:
         return self.defs.get_sensor_def(f"landing_{self.spec.name}").evaluate_tick(ctx)
 
     def latest(self, asset: str) -> dict:
-        event = self.instance.get_latest_materialization_event(dg.AssetKey(asset))
+        event = self.instance.get_latest_materialization_event(dg.AssetKey.from_user_string(asset))
         assert event is not None, f"{asset} was never materialized"
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
@@ -162,7 +162,7 @@ def test_the_pipeline_runs_on_postgres_and_the_object_store(cloud):
     for day in KEYS:
         assert files.exists(cloud.lake.partition_path("dataset", SPEC, day))
     assert cloud.lake.partition_path("dataset", SPEC, KEYS[0]).startswith(cloud.lake.root)
-    model = cloud.latest(f"model_{SPEC}")
+    model = cloud.latest(f"{SPEC}/model")
     assert 0.5 < model["holdout_roc_auc"] <= 1.0  # two training days: the plumbing is under test here
     from mlflow import MlflowClient
 
@@ -186,10 +186,10 @@ def test_the_pipeline_runs_on_postgres_and_the_object_store(cloud):
 def test_the_endpoint_serves_online_features_from_redis_and_logs_to_the_object_store(cloud):
     from mlops_assets.prediction_store import SERVED, read_day
 
-    endpoint = cloud.latest(f"endpoint_{SPEC}")
+    endpoint = cloud.latest(f"{SPEC}/endpoint")
     assert endpoint["action"] == "deploy"
     assert (
-        cloud.resources["feast"].online_store_type == "redis" and cloud.latest(f"online_features_{SPEC}")["online_rows_total"] > 0
+        cloud.resources["feast"].online_store_type == "redis" and cloud.latest(f"{SPEC}/online_features")["online_rows_total"] > 0
     )
     events = cloud.lake.read(cloud.lake.partition_path("dataset", SPEC, KEYS[-1]))
     known = events.dropna(subset=["tailnum"]).iloc[0]

@@ -68,7 +68,7 @@ def test_names_are_built_in_one_module(elec2_spec):
 
 def test_a_skipped_check_after_a_failure_reads_as_not_failing():
     """``latest_check_failure`` (read by the ``CheckFailing`` automation conditions) on real runs of a
-    one-asset multi-asset like ``predictions_<spec>``: a check that fails, then one run in which it could
+    one-asset multi-asset like ``<spec>/predictions``: a check that fails, then one run in which it could
     not judge (no result: Dagster resolves it to skipped), then one in which it passes. The skipped run
     clears the failure, as a not-judged verdict did when it was reported as a pass: a policy acts on the
     newest verdict, and a day with nothing to judge is no evidence that the model still fails."""

@@ -104,9 +104,9 @@ def test_daemon_runs_landing_sensor_and_automation(tmp_path, monkeypatch):
         by_landing = [r for r in instance.get_runs() if r.tags.get("dagster/sensor_name") == "landing_elec2_live"]
         assert len(by_landing) == 1  # the 11 days already ingested (same bytes) are not ingested again
         assert scored is not None, f"automation did not score {yesterday}\n{log}"
-        assert yesterday.isoformat() in instance.get_materialized_partitions(dg.AssetKey("predictions_elec2_live"))
+        assert yesterday.isoformat() in instance.get_materialized_partitions(dg.AssetKey(["elec2_live", "predictions"]))
         # the monitoring checks ride along with the predictions the automation requested (they have no
-        # automation condition of their own), although predictions_<spec> is subsettable
+        # automation condition of their own), although <spec>/predictions is subsettable
         planned = instance.all_logs(scored.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED)
         assert {"feature_drift", "prediction_drift", "performance"} <= {
             e.dagster_event.event_specific_data.check_name for e in planned

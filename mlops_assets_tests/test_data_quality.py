@@ -114,7 +114,7 @@ def test_a_file_with_every_row_twice_is_ingested_once_and_the_check_says_so(home
 
 
 def test_a_clean_day_passes_the_duplicates_check_with_nothing_dropped(home):
-    checks = home.check_results(f"dataset_{NAME}")
+    checks = home.check_results(f"{NAME}/dataset")
     assert set(checks) == {"schema", "nulls", "ranges", "row_count", "duplicates"}
     evaluation = home.instance.event_log_storage.get_event_records(
         dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1000, ascending=True
@@ -143,7 +143,7 @@ def test_duplicates_block_the_partition_when_the_spec_says_block(tmp_path, home,
         assert f"rows {n + 1}, {n + 2}" in check.description and "checks.duplicates: block" in check.description
         assert (tmp_path / "lake" / "dataset_rejected" / NAME / f"{DAYS[2]}.parquet").exists()
         assert not (tmp_path / "lake" / "dataset" / NAME / f"{DAYS[2]}.parquet").exists()
-        assert "2013-01-03" not in p.instance.get_materialized_partitions(dg.AssetKey(f"features_{NAME}"))
+        assert "2013-01-03" not in p.instance.get_materialized_partitions(dg.AssetKey([NAME, "features"]))
 
 
 # --- refused files are quarantined --------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_text_in_a_numeric_column_is_quarantined_naming_column_and_row(home):
     reason = quarantine_reason(home, day)
     assert f"landing/{NAME}/{day}.csv: column 'distance' row 5: 'far' is not a number" in reason
     assert not lake_file(home, "raw", day).exists() and not lake_file(home, "dataset", day).exists()
-    assert day not in home.instance.get_materialized_partitions(dg.AssetKey(f"raw_{NAME}"))
+    assert day not in home.instance.get_materialized_partitions(dg.AssetKey([NAME, "raw"]))
 
 
 # --- a day re-run end to end --------------------------------------------------------------------

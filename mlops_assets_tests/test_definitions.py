@@ -62,10 +62,15 @@ def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_s
 
     defs = build_definitions([flight_spec, elec2_spec])
     specs = defs.resolve_all_asset_specs()
-    assert len(specs) == 2 * 10 + 1  # 10 per spec (backtest_<spec> included); flight_delays also has its endpoint
-    assert {s.key.to_user_string() for s in specs if s.key.to_user_string().startswith("endpoint_")} == {"endpoint_flight_delays"}
+    assert len(specs) == 2 * 10 + 1  # 10 per spec (<spec>/backtest included); flight_delays also has its endpoint
+    from mlops_assets.common import STAGE_VERSIONS
+
+    # keys are <spec>/<stage>: the lineage groups a spec's stages and labels each node by its stage
+    assert {s.key.path[0] for s in specs} == {"flight_delays", "elec2"}
+    assert all(len(s.key.path) == 2 and s.key.path[1] in STAGE_VERSIONS for s in specs)
+    assert {s.key.to_user_string() for s in specs if s.key.path[1] == "endpoint"} == {"flight_delays/endpoint"}
     for s in specs:
-        spec = flight_spec if s.key.to_user_string().endswith("flight_delays") else elec2_spec
+        spec = flight_spec if s.key.path[0] == "flight_delays" else elec2_spec
         assert s.group_name == spec.name
         assert s.owners == ["team:ml-platform"]
         assert s.kinds and s.description and len(s.description) > 40
@@ -76,7 +81,7 @@ def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_s
         assert {f"{k}_{spec}" for k in ("register", "ingest", "train", "score")} <= job_names
     assert defs.resolve_job_def("ingest_flight_delays").partitions_def is not None
     assert "deploy_flight_delays" in job_names and "deploy_elec2" not in job_names
-    endpoint = next(s for s in specs if s.key.to_user_string() == "endpoint_flight_delays")
+    endpoint = next(s for s in specs if s.key.to_user_string() == "flight_delays/endpoint")
     assert endpoint.freshness_policy is not None and endpoint.automation_condition is not None
 
 

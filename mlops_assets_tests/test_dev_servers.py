@@ -32,7 +32,7 @@ def asset_graph(port: int, deadline: float) -> dict[str, str] | None:
             with urllib.request.urlopen(req, timeout=5) as resp:
                 nodes = json.loads(resp.read())["data"]["assetNodes"]
             if nodes:
-                return {n["assetKey"]["path"][-1]: n["groupName"] for n in nodes}
+                return {"/".join(n["assetKey"]["path"]): n["groupName"] for n in nodes}
         except (OSError, KeyError, TypeError, ValueError):
             pass
         time.sleep(1)
@@ -70,7 +70,7 @@ def test_dev_server_serves_the_asset_graph(tmp_path, command):
     stages = (
         "raw",
         "dataset",
-        "feature_store",
+        "feature_registry",
         "features",
         "online_features",
         "training_set",
@@ -78,5 +78,5 @@ def test_dev_server_serves_the_asset_graph(tmp_path, command):
         "champion",
         "predictions",
     )
-    assert {f"{s}_flight_delays" for s in stages} <= set(graph)
-    assert graph["model_flight_delays"] == "flight_delays"
+    assert {f"flight_delays/{s}" for s in stages} <= set(graph)
+    assert graph["flight_delays/model"] == "flight_delays"

@@ -41,19 +41,19 @@ def test_same_asset_graph_as_flights(elec2, flight_spec):
         k.to_user_string().replace("flight_delays", "<spec>") for k in build_definitions([flight_spec]).resolve_all_asset_keys()
     }
     # the one difference: flight_delays has a deployment section, so it also gets an endpoint
-    assert elec2_keys == flight_keys - {"endpoint_<spec>"}
+    assert elec2_keys == flight_keys - {"<spec>/endpoint"}
 
 
 def test_pipeline_trains_gates_and_scores(elec2, elec2_spec):
     assert elec2.register.success and all(r.success for r in elec2.ingests)
     assert elec2.train.success and elec2.score.success
-    training = elec2.latest("training_set_elec2")
+    training = elec2.latest("elec2/training_set")
     assert training["rows_train"] == 5 * 48 and training["rows_holdout"] == 3 * 48
-    model = elec2.latest("model_elec2")
+    model = elec2.latest("elec2/model")
     assert model["holdout_accuracy"] > 0.6
-    gate = elec2.latest("champion_elec2")
+    gate = elec2.latest("elec2/champion")
     assert gate["decision"] == "promoted"
-    assert elec2.check_results("champion_elec2") == {"promotion_gate": gate["challenger_accuracy"] > gate["baseline_accuracy"]}
+    assert elec2.check_results("elec2/champion") == {"promotion_gate": gate["challenger_accuracy"] > gate["baseline_accuracy"]}
     preds = pd.read_parquet(elec2.home / "lake" / "predictions" / "elec2" / f"{KEYS[-1]}.parquet")
     assert len(preds) == 48 and preds["score"].between(0, 1).all()
 

@@ -165,17 +165,17 @@ def _launch_step_job(
 
     executor = _create_executor(instance, defs, job_name, executor_def)
     handler = executor._step_handler  # K8sStepHandler
-    op = defs.get_assets_def(asset_name).op
+    op = defs.get_assets_def(dg.AssetKey.from_user_string(asset_name)).op  # its step key is the op's name
     context = types.SimpleNamespace(
         execute_step_args=ExecuteStepArgs(
             job_origin=_job_origin(job_name),
             run_id=run.run_id,
-            step_keys_to_execute=[asset_name],
+            step_keys_to_execute=[op.name],
             instance_ref=instance.get_ref(),
         ),
         dagster_run=run,
         instance=instance,
-        step_tags={asset_name: op.tags},
+        step_tags={op.name: op.tags},
         get_step_context=lambda step_key: types.SimpleNamespace(step=types.SimpleNamespace(op_name=op.name)),
     )
     list(handler.launch_step(context))
@@ -351,7 +351,7 @@ def test_the_executor_reads_the_names_when_a_run_creates_it(k8s_env, monkeypatch
         for var, value in names.items():
             monkeypatch.setenv(var, value)
         run = _launch_run_job(instance, "train_flight_delays")
-        _launch_step_job(instance, defs, "train_flight_delays", "model_flight_delays", run)
+        _launch_step_job(instance, defs, "train_flight_delays", "flight_delays/model", run)
     (run_ns, _), (step_ns, step_job) = no_cluster
     assert (run_ns, step_ns) == ("mlops", "ml-prod")
     manifest = as_dict(step_job)
@@ -467,16 +467,16 @@ def test_run_worker_job_is_valid_kubernetes(k8s_env, no_cluster):
 def test_training_and_ingest_step_jobs_are_valid_and_sized_by_the_spec(flight_defs, flight_spec, no_cluster):
     with _instance_with_k8s_launcher() as instance:
         train_run = _launch_run_job(instance, "train_flight_delays")
-        _launch_step_job(instance, flight_defs, "train_flight_delays", "model_flight_delays", train_run)
+        _launch_step_job(instance, flight_defs, "train_flight_delays", "flight_delays/model", train_run)
         ingest_run = _launch_run_job(instance, "ingest_flight_delays")
-        _launch_step_job(instance, flight_defs, "ingest_flight_delays", "raw_flight_delays", ingest_run)
+        _launch_step_job(instance, flight_defs, "ingest_flight_delays", "flight_delays/raw", ingest_run)
     manifests = [as_dict(job) for _, job in no_cluster]
     for manifest in manifests:
         assert_valid_k8s(manifest)
     assert [ns for ns, _ in no_cluster] == ["mlops"] * 4
     _, model_step, _, raw_step = manifests
-    assert model_step["metadata"]["labels"]["dagster/op"] == "model_flight_delays"
-    assert raw_step["metadata"]["labels"]["dagster/op"] == "raw_flight_delays"
+    assert model_step["metadata"]["labels"]["dagster/op"] == "flight_delays__model"
+    assert raw_step["metadata"]["labels"]["dagster/op"] == "flight_delays__raw"
 
     train = flight_spec.compute.train
     model_pod = model_step["spec"]["template"]["spec"]
@@ -515,8 +515,8 @@ def test_the_lazy_executor_builds_the_step_jobs_of_the_configured_one(k8s_env, m
     eager = k8s_job_executor.configured(k8s.executor_config(), name="k8s")
     with _instance_with_k8s_launcher() as instance:
         for job_name, asset_name in (
-            ("train_flight_delays", "model_flight_delays"),
-            ("ingest_flight_delays", "raw_flight_delays"),
+            ("train_flight_delays", "flight_delays/model"),
+            ("ingest_flight_delays", "flight_delays/raw"),
         ):
             run = _launch_run_job(instance, job_name)
             _launch_step_job(instance, defs, job_name, asset_name, run)
@@ -537,7 +537,7 @@ def test_a_gpu_training_step_gets_the_gpu_and_its_node_group(k8s_env, flight_spe
     defs = build_definitions([spec])
     with _instance_with_k8s_launcher() as instance:
         run = _launch_run_job(instance, "train_flight_delays")
-        _launch_step_job(instance, defs, "train_flight_delays", "training_set_flight_delays", run)
+        _launch_step_job(instance, defs, "train_flight_delays", "flight_delays/training_set", run)
     manifest = as_dict(no_cluster[-1][1])
     assert_valid_k8s(manifest)
     pod = manifest["spec"]["template"]["spec"]

@@ -84,7 +84,7 @@ def test_landing_sensor_skips_a_file_relanded_with_bytes_already_ingested(tmp_pa
         ran = job.execute_in_process(
             instance=p.instance,
             partition_key="2013-01-01",
-            asset_selection=[dg.AssetKey("raw_flight_delays")],
+            asset_selection=[dg.AssetKey.from_user_string("flight_delays/raw")],
             tags=first.run_requests[0].tags,
             run_config=QUIET,
         )

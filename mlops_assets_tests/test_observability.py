@@ -211,9 +211,9 @@ def test_counters_gate_outcomes_champion_and_run_owners():
     owners = {asset_name(stage, n): n for n in names for stage in ("raw", "dataset", "model", "champion")}
     owners |= {job_name(kind, n): n for n in names for kind in ("ingest", "train")}
     assert spec_of_run("ingest_flights", {"mlops/spec": "flights"}, [], owners) == "flights"
-    assert spec_of_run("__ASSET_JOB", {}, ["model_flights_eu", "champion_flights_eu"], owners) == "flights_eu"
+    assert spec_of_run("__ASSET_JOB", {}, ["flights_eu/model", "flights_eu/champion"], owners) == "flights_eu"
     assert spec_of_run("train_flights_eu", {}, [], owners) == "flights_eu"
-    assert spec_of_run("__ASSET_JOB", {}, ["model_flights", "model_elec2"], owners) == ""
+    assert spec_of_run("__ASSET_JOB", {}, ["flights/model", "elec2/model"], owners) == ""
 
     totals = Totals()
     totals.model_materialized("flights", 1, 100.0)
@@ -304,12 +304,12 @@ def test_exporter_reports_the_pipeline_of_a_real_home(home):
     collector = PipelineCollector([home.spec], instance=home.instance, cache_seconds=0)
     assert samples(collector, "mlops_pipeline_up") == {(): 1}
     assert samples(collector, "mlops_pipeline_retrains_total") == {(): 2}
-    gate = home.latest(f"champion_{SPEC}")
+    gate = home.latest(f"{SPEC}/champion")
     assert gate["decision"] == "kept champion" and gate["champion_version"] == 1
     assert samples(collector, "mlops_pipeline_gate_decisions_total") == {("promoted",): 1, ("rejected",): 1}
     assert samples(collector, "mlops_pipeline_champion_version") == {(): 1}
     # the champion's age is measured from when version 1 was trained (the first model materialization)
-    first_model = home.instance.fetch_materializations(dg.AssetKey(f"model_{SPEC}"), limit=1, ascending=True).records[0]
+    first_model = home.instance.fetch_materializations(dg.AssetKey([SPEC, "model"]), limit=1, ascending=True).records[0]
     assert samples(collector, "mlops_pipeline_model_trained_timestamp_seconds") == {(): pytest.approx(first_model.timestamp)}
     age = samples(collector, "mlops_pipeline_model_age_seconds")[()]
     assert 0 <= (time.time() - first_model.timestamp) - age < 5  # measured at the read, a moment ago
@@ -321,23 +321,23 @@ def test_exporter_reports_the_pipeline_of_a_real_home(home):
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 0}
 
     # drift: the batch check of the newest scored day; the served one did not judge (nothing was served then)
-    predictions = home.latest(f"predictions_{SPEC}")
+    predictions = home.latest(f"{SPEC}/predictions")
     assert samples(collector, "mlops_pipeline_drift_share") == {("batch",): predictions["drifted_feature_share"]}
     assert samples(collector, "mlops_pipeline_drift_share_limit") == {(): 0.5}
 
     # checks: the failed ingest planned the dataset checks and never judged them; the served checks had
     # too few rows; the canary check ran outside a canary; none of these reads as passed
     states = check_states(collector)
-    dataset = {check: states[(f"dataset_{SPEC}", check)] for check in ("schema", "nulls", "ranges", "row_count", "duplicates")}
+    dataset = {check: states[(f"{SPEC}/dataset", check)] for check in ("schema", "nulls", "ranges", "row_count", "duplicates")}
     assert set(dataset.values()) == {"not_judged"}
-    assert states[(f"champion_{SPEC}", "promotion_gate")] == "passed"
-    assert states[(f"endpoint_{SPEC}", "canary")] == "not_judged"
+    assert states[(f"{SPEC}/champion", "promotion_gate")] == "passed"
+    assert states[(f"{SPEC}/endpoint", "canary")] == "not_judged"
     for check in ("served_feature_drift", "served_prediction_drift", "served_performance"):
-        assert states[(f"predictions_{SPEC}", check)] == "not_judged", check
-    drift_passed = home.check_results(f"predictions_{SPEC}")["feature_drift"]
-    assert states[(f"predictions_{SPEC}", "feature_drift")] == ("passed" if drift_passed else "failed")
+        assert states[(f"{SPEC}/predictions", check)] == "not_judged", check
+    drift_passed = home.check_results(f"{SPEC}/predictions")["feature_drift"]
+    assert states[(f"{SPEC}/predictions", "feature_drift")] == ("passed" if drift_passed else "failed")
     passed = samples(collector, "mlops_pipeline_check_passed")
-    assert passed[(f"dataset_{SPEC}", "nulls", "error")] == 0 and passed[(f"champion_{SPEC}", "promotion_gate", "error")] == 1
+    assert passed[(f"{SPEC}/dataset", "nulls", "error")] == 0 and passed[(f"{SPEC}/champion", "promotion_gate", "error")] == 1
 
     # failed runs by job: the ingest that failed, every other job present at 0
     failed = samples(collector, "mlops_pipeline_failed_runs_total")
@@ -348,7 +348,7 @@ def test_exporter_reports_the_pipeline_of_a_real_home(home):
     # counters only grow, and a second read fetches only what is new: a rollback recorded by the
     # endpoint asset (its metadata, as endpoints.py writes it) is counted once
     home.instance.report_runless_asset_event(
-        dg.AssetMaterialization(f"endpoint_{SPEC}", metadata={"action": "rolled_back", "stable_version": 1})
+        dg.AssetMaterialization(dg.AssetKey([SPEC, "endpoint"]), metadata={"action": "rolled_back", "stable_version": 1})
     )
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 1}
     assert samples(collector, "mlops_pipeline_canary_rollbacks_total") == {(): 1}
@@ -366,7 +366,7 @@ def test_a_monitoring_check_that_could_not_judge_is_skipped_not_passed(home):
     from dagster._core.loader import LoadingContextForTest
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus
 
-    asset = dg.AssetKey(f"predictions_{SPEC}")
+    asset = dg.AssetKey([SPEC, "predictions"])
     evaluated = home.check_results(asset.to_user_string())
     served = ("served_feature_drift", "served_prediction_drift", "served_performance")
     assert {"feature_drift", "prediction_drift", "performance"} <= set(evaluated)
@@ -396,7 +396,7 @@ def test_tables_in_check_and_asset_metadata_are_native_tables(home):
     renders in place; the plot stays an image in markdown."""
     import dagster as dg
 
-    key = dg.AssetCheckKey(dg.AssetKey(f"predictions_{SPEC}"), "feature_drift")
+    key = dg.AssetCheckKey(dg.AssetKey([SPEC, "predictions"]), "feature_drift")
     evaluation = home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation
     table = evaluation.metadata["per_feature"]
     assert isinstance(table, dg.TableMetadataValue)
@@ -405,7 +405,7 @@ def test_tables_in_check_and_asset_metadata_are_native_tables(home):
     assert types["column"] == "string" and types["drifted"] == "bool" and types["strength"] == "float"
     assert all(isinstance(r.data["drifted"], bool) for r in table.records)
     assert evaluation.metadata["plot"].value.startswith("![plot](data:image/svg+xml;base64,")
-    nulls = home.latest(f"training_set_{SPEC}")["feature_nulls"]
+    nulls = home.latest(f"{SPEC}/training_set")["feature_nulls"]
     assert isinstance(nulls, dg.TableMetadataValue) and nulls.records
 
 
@@ -418,7 +418,7 @@ def test_numbers_are_measurements_never_settings_or_placeholders(home):
     metric = home.spec.promotion.metric
     first_gate, second_gate = (
         {k: v.value for k, v in r.asset_materialization.metadata.items()}
-        for r in home.instance.fetch_materializations(dg.AssetKey(f"champion_{SPEC}"), limit=2, ascending=True).records
+        for r in home.instance.fetch_materializations(dg.AssetKey([SPEC, "champion"]), limit=2, ascending=True).records
     )
     assert first_gate["decision"] == "promoted" and f"challenger_{metric}" in first_gate
     assert f"champion_{metric}" not in first_gate and "champion_version_before" not in first_gate
@@ -426,13 +426,13 @@ def test_numbers_are_measurements_never_settings_or_placeholders(home):
     assert "margin" not in second_gate and str(home.spec.promotion.margin) in second_gate["policy"]
 
     # the deploy run's materialization (an earlier test reports a rollback event after it)
-    deployed = home.instance.fetch_materializations(dg.AssetKey(f"endpoint_{SPEC}"), limit=1, ascending=True).records[0]
+    deployed = home.instance.fetch_materializations(dg.AssetKey([SPEC, "endpoint"]), limit=1, ascending=True).records[0]
     endpoint = {k: v.value for k, v in deployed.asset_materialization.metadata.items()}
     assert endpoint["action"] == "deploy" and endpoint["stable_version"] == 1
     assert "canary_version" not in endpoint and "canary_percent" not in endpoint
 
     for check in ("feature_drift", "prediction_drift", "performance"):
-        key = dg.AssetCheckKey(dg.AssetKey(f"predictions_{SPEC}"), check)
+        key = dg.AssetCheckKey(dg.AssetKey([SPEC, "predictions"]), check)
         metadata = home.instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key].evaluation.metadata
         assert isinstance(metadata["policy"], dg.TextMetadataValue), check
         assert not {"tolerated_drop", "threshold", "drift_share", "min_rows"} & set(metadata), check

@@ -67,7 +67,7 @@ def test_sqlite_online_store_keeps_newer_days_through_relands_and_late_labels(ho
     assert home.run("ingest", "flight_delays", DAY1).success
     assert online(feast, flight_spec, RATE, RATE, "carrier", carriers) == day2
     assert online(feast, flight_spec, "lookup_weather", "temp", "origin", origins) == weather2
-    assert home.latest("online_features_flight_delays")["rows_kept_newer"] > 0  # and the run says so
+    assert home.latest("flight_delays/online_features")["rows_kept_newer"] > 0  # and the run says so
 
     # day 1's labels arrive later (different delays): its features and online step run again
     landing = home.home / "landing" / "flight_delays" / f"{DAY1}.csv"

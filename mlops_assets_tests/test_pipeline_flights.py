@@ -38,7 +38,7 @@ def test_every_run_succeeds(flights):
 
 
 def test_dataset_partitions_pass_blocking_checks_and_count_cancellations(flights):
-    checks = flights.check_results("dataset_flight_delays")
+    checks = flights.check_results("flight_delays/dataset")
     assert checks == {"schema": True, "nulls": True, "ranges": True, "row_count": True, "duplicates": True}
     day = pd.read_parquet(flights.home / "lake" / "dataset" / "flight_delays" / f"{KEYS[0]}.parquet")
     raw = pd.read_csv(flights.home / "landing" / "flight_delays" / f"{KEYS[0]}.csv")
@@ -92,7 +92,7 @@ def test_online_store_serves_the_materialized_features(flights):
     ).to_dict()
     assert online["carrier_delay_rate"][0] is not None and 0 < online["carrier_delay_rate"][0] < 1
     assert online["temp"][0] is not None
-    assert flights.latest("online_features_flight_delays")["online_rows_total"] > 0
+    assert flights.latest("flight_delays/online_features")["online_rows_total"] > 0
     # per-event rows stay offline: no request looks a flight up by its event id
     import sqlite3
 
@@ -110,7 +110,7 @@ def test_model_is_logged_registered_and_linked_both_ways(flights):
     from mlops_assets.environments import mlflow_tracking_uri
 
     client = MlflowClient(tracking_uri=mlflow_tracking_uri(flights.home))
-    meta = flights.latest("model_flight_delays")
+    meta = flights.latest("flight_delays/model")
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["dagster_run_id"] == flights.train_result.run_id
@@ -140,11 +140,11 @@ def test_model_is_logged_registered_and_linked_both_ways(flights):
 
 
 def test_first_model_is_promoted_and_gate_is_recorded(flights):
-    gate = flights.latest("champion_flight_delays")
+    gate = flights.latest("flight_delays/champion")
     assert gate["decision"] == "promoted" and gate["reason"] == "no champion yet"
-    assert gate["champion_version"] == flights.latest("model_flight_delays")["model_version"]
+    assert gate["champion_version"] == flights.latest("flight_delays/model")["model_version"]
     assert gate["challenger_roc_auc"] > gate["baseline_roc_auc"]
-    assert flights.check_results("champion_flight_delays") == {"promotion_gate": True}
+    assert flights.check_results("flight_delays/champion") == {"promotion_gate": True}
 
 
 def test_predictions_cover_the_day_with_the_champion_version(flights):
@@ -152,8 +152,8 @@ def test_predictions_cover_the_day_with_the_champion_version(flights):
     day = pd.read_parquet(flights.home / "lake" / "dataset" / "flight_delays" / f"{KEYS[-1]}.parquet")
     assert len(preds) == len(day) and set(preds["event_id"]) == set(day["event_id"])
     assert preds["score"].between(0, 1).all()
-    meta = flights.latest("predictions_flight_delays")
-    assert meta["model_version"] == flights.latest("champion_flight_delays")["champion_version"]
+    meta = flights.latest("flight_delays/predictions")
+    assert meta["model_version"] == flights.latest("flight_delays/champion")["champion_version"]
     assert (preds["model_version"] == meta["model_version"]).all()
     assert 0.5 < meta["realised_roc_auc"] <= 1
 
@@ -168,10 +168,10 @@ def test_gate_keeps_the_champion_when_challenger_is_not_better_by_the_margin(fli
     from mlops_assets_tests.conftest import QUIET
 
     defs = build_definitions([strict])
-    before = flights.latest("champion_flight_delays")["champion_version"]
+    before = flights.latest("flight_delays/champion")["champion_version"]
     result = defs.resolve_job_def(job_name("train", strict)).execute_in_process(instance=flights.instance, run_config=QUIET)
     assert result.success
-    gate = flights.latest("champion_flight_delays")
+    gate = flights.latest("flight_delays/champion")
     assert gate["decision"] == "kept champion"
     assert gate["challenger_version"] == before + 1
     assert gate["champion_version"] == before
@@ -197,12 +197,12 @@ def test_gate_with_a_confidence_decides_on_a_paired_test_and_records_it(flights)
     from mlops_assets.factory import build_definitions
     from mlops_assets_tests.conftest import QUIET
 
-    before = flights.latest("champion_flight_delays")["champion_version"]
+    before = flights.latest("flight_delays/champion")["champion_version"]
     defs = build_definitions([careful])
     assert (
         defs.resolve_job_def(job_name("train", careful)).execute_in_process(instance=flights.instance, run_config=QUIET).success
     )
-    gate = flights.latest("champion_flight_delays")
+    gate = flights.latest("flight_delays/champion")
     assert gate["test"] == "delong" and "with 90% confidence (delong)" in gate["policy"] and "confidence" not in gate
     assert gate["improvement_low"] <= gate["improvement_roc_auc"] <= gate["improvement_high"]
     assert gate["improvement_roc_auc"] == pytest.approx(gate["challenger_roc_auc"] - gate["champion_roc_auc"], abs=1e-9)
@@ -291,7 +291,7 @@ def svg_tree(markdown: str):
 
 
 def test_model_shows_its_holdout_scores_as_a_chart(flights):
-    meta = flights.latest("model_flight_delays")
+    meta = flights.latest("flight_delays/model")
     assert meta["holdout_scores"].startswith("![plot](data:image/svg+xml;base64,")
     svg, ns = svg_tree(meta["holdout_scores"]), "{http://www.w3.org/2000/svg}"
     texts = [t.text for t in svg.iter(f"{ns}text")]
@@ -334,11 +334,11 @@ def svg_bars(markdown: str) -> dict[str, str]:
 def test_scored_day_is_monitored_against_the_champions_reference(flights):
     import dagster as dg
 
-    results = flights.check_results("predictions_flight_delays")
+    results = flights.check_results("flight_delays/predictions")
     assert {"feature_drift", "prediction_drift", "performance"} <= set(results)
     # it has a deployment: the served checks are judged once the endpoint served the window's events;
     # before that they yield no result (skipped) and the materialization says why
-    scored = flights.latest("predictions_flight_delays")
+    scored = flights.latest("flight_delays/predictions")
     for check in ("served_feature_drift", "served_prediction_drift", "served_performance"):
         assert check in results or scored[f"not_judged_{check}"].startswith("not judged: 0 "), check
     records = flights.instance.event_log_storage.get_event_records(
@@ -356,7 +356,7 @@ def test_scored_day_is_monitored_against_the_champions_reference(flights):
     assert drift.metadata["plot"].value.startswith("![plot](data:image/svg+xml;base64,")
     bars = svg_bars(drift.metadata["plot"].value)
     assert sorted(bars) == sorted(flights.specs["flight_delays"].feature_names)
-    champion_run = flights.latest("model_flight_delays")["mlflow_run_id"]
+    champion_run = flights.latest("flight_delays/model")["mlflow_run_id"]
     assert (flights.home / "lake" / "reference" / "flight_delays" / champion_run / "features.parquet").exists()
 
 

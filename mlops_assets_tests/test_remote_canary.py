@@ -251,7 +251,7 @@ def materialize_endpoint(ctx, instance):
         raise_on_error=False,
     )
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    mat = result.asset_materializations_for_node(f"endpoint_{SPEC}")[0].metadata
+    mat = result.asset_materializations_for_node(f"{SPEC}__endpoint")[0].metadata
     checks = result.get_asset_check_evaluations()  # none outside a canary: the canary check is skipped
     return {k: v.value for k, v in mat.items()}, checks[0] if checks else None
 

@@ -79,12 +79,12 @@ def test_cron_replay_through_sensor_and_automation(short_elec2, replay_env):
     assert len(landed) == 10 + DAYS + (10 + DAYS - 1)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     assert len(automated) >= DAYS + 2
-    scored = instance.get_materialized_partitions(dg.AssetKey("predictions_elec2"))
+    scored = instance.get_materialized_partitions(dg.AssetKey.from_user_string("elec2/predictions"))
     assert {r["day"] for r in rows} <= scored
     # performance is judged on the day whose labels just arrived, on what that same champion served
     for before, after in itertools.pairwise(rows):
         record = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("predictions_elec2"), asset_partitions=[after["day"]]), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_user_string("elec2/predictions"), asset_partitions=[after["day"]]), limit=1
         ).records[0]
         meta = record.asset_materialization.metadata
         if before["model_version"] == after["model_version"]:

@@ -437,7 +437,7 @@ def materialize_endpoint(ctx, instance):
         raise_on_error=False,
     )
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    mat = result.asset_materializations_for_node("endpoint_elec2")[0].metadata
+    mat = result.asset_materializations_for_node("elec2__endpoint")[0].metadata
     checks = result.get_asset_check_evaluations()  # none outside a canary: the canary check is skipped
     return {k: v.value for k, v in mat.items()}, checks[0] if checks else None
 
@@ -575,7 +575,7 @@ def test_the_gate_never_promotes_a_version_its_canary_rolled_back(registry):
             instance=instance,
             resources={"lake": lake, "mlflow": MlflowTracking(tracking_uri=registry["tracking_uri"])},
         )
-    meta = result.asset_materializations_for_node("champion_elec2")[0].metadata
+    meta = result.asset_materializations_for_node("elec2__champion")[0].metadata
     assert meta["decision"].value == "kept champion" and "rolled back by its canary" in meta["reason"].value
     assert str(client.get_model_version_by_alias("elec2", "champion").version) == "1"
 
@@ -615,7 +615,7 @@ def test_sagemaker_endpoint_from_the_registry_on_moto(registry, monkeypatch):
                     "lake": LakeStorage(root=str(home)),
                 },
             )
-        meta = result.asset_materializations_for_node("endpoint_elec2")[0].metadata
+        meta = result.asset_materializations_for_node("elec2__endpoint")[0].metadata
         assert meta["action"].value == "deploy" and meta["stable_version"].value == 3
         sm = boto3.client("sagemaker", endpoint_url=url)
         endpoint = sm.describe_endpoint(EndpointName="elec2")

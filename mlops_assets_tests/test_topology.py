@@ -311,7 +311,7 @@ def test_the_aws_topology_runs_the_landing_sensor_and_automation_through_the_run
             for stage in ("raw", "dataset"):
                 assert files.exists(lake.partition_path(stage, SPEC, new_day))
             assert lake.partition_path("dataset", SPEC, new_day).startswith("s3://topology-lake/")
-            assert new_day in instance.get_materialized_partitions(dg.AssetKey(f"predictions_{SPEC}"))
+            assert new_day in instance.get_materialized_partitions(dg.AssetKey([SPEC, "predictions"]))
 
             # The webserver (its own process, same PostgreSQL instance) sees the queue and the runs.
             info = graphql(web_port, INSTANCE_QUERY)["instance"]

@@ -7,10 +7,10 @@ checks, ``core.features`` for row features, past rates and lookups, ``core.train
 model's columns), and joins them the way Feast's point-in-time join does:
 
 * a past rate of day *d* is the snapshot computed from the ``window_days`` before *d* (the
-  ``features_<spec>`` partition of *d*); every event of *d* gets its own day's snapshot;
+  ``<spec>/features`` partition of *d*); every event of *d* gets its own day's snapshot;
 * a lookup with a timestamp gives each event the newest row at or before the event, no older than
   ``ttl_hours``; a static lookup joins on its key alone;
-* derived features (``years_since``) are computed after the join, as ``training_set_<spec>`` does.
+* derived features (``years_since``) are computed after the join, as ``<spec>/training_set`` does.
 
 A day the dataset's blocking checks reject never reaches features, training or scoring in the
 platform, so it is left out here too (and listed). ``mlops_assets_tests/test_backtest.py`` checks
@@ -54,7 +54,7 @@ class History:
 
 
 def _accepted(raw: pd.DataFrame, spec: ModelSpec, day: date) -> tuple[pd.DataFrame | None, str | None]:
-    """The day's typed events as ``dataset_<spec>`` writes them, or why its blocking checks reject it."""
+    """The day's typed events as ``<spec>/dataset`` writes them, or why its blocking checks reject it."""
     found = find_duplicates(raw)
     if found.count:
         if spec.checks.duplicates != "drop":

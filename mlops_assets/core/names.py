@@ -12,9 +12,16 @@ def _spec_name(spec) -> str:
     return spec if isinstance(spec, str) else spec.name
 
 
+def asset_path(stage: str, spec) -> list[str]:
+    """A spec's asset key of one stage, as its path: the spec, then the stage (``["flight_delays",
+    "model"]``). The spec comes first so the lineage shows each spec's stages under it and every
+    node's label is the stage alone, in full."""
+    return [_spec_name(spec), stage]
+
+
 def asset_name(stage: str, spec) -> str:
-    """A spec's asset of one stage (``model_flight_delays``)."""
-    return f"{stage}_{_spec_name(spec)}"
+    """The same key as Dagster writes it (``flight_delays/model``): what ``--select`` and the UI take."""
+    return "/".join(asset_path(stage, spec))
 
 
 def job_name(kind: str, spec) -> str:

@@ -26,7 +26,7 @@ PREFIX = "mlops_pipeline_"
 # planned in a run still going is running.
 CHECK_STATES = ("passed", "failed", "not_judged", "running")
 GATE_OUTCOMES = ("promoted", "rejected")
-DRIFT_SOURCES = {"batch": "feature_drift", "served": "served_feature_drift"}  # source -> check of predictions_<spec>
+DRIFT_SOURCES = {"batch": "feature_drift", "served": "served_feature_drift"}  # source -> check of <spec>/predictions
 # Checks whose records written before they were skipped when there was nothing to judge answer
 # "passed", and the metadata entry only a verdict has: the endpoint's canary check outside a canary
 # carried no comparison table (it now yields no result there, so its record resolves to skipped).
@@ -44,7 +44,7 @@ def check_state(
     ``status`` is Dagster's record status (``PLANNED``, ``SUCCEEDED``, ``FAILED``; None when the
     check never ran); ``metadata`` the evaluation's metadata as plain values; ``run_finished``
     whether the run of a ``PLANNED`` record has ended (then the check was never evaluated: its step
-    failed or was skipped; the monitoring checks of ``predictions_<spec>`` yield no result when they
+    failed or was skipped; the monitoring checks of ``<spec>/predictions`` yield no result when they
     could not judge, so Dagster resolves them to skipped; so does the canary check outside a canary).
     A canary record of an older version passed without a comparison (``check``): not a pass either."""
     if status is None:
@@ -60,7 +60,7 @@ def check_state(
 
 
 def gate_outcome(decision: str) -> str:
-    """The promotion gate's decision (``champion_<spec>`` metadata) as promoted or rejected: "kept
+    """The promotion gate's decision (``<spec>/champion`` metadata) as promoted or rejected: "kept
     champion" and "no champion" both mean the challenger did not become the champion."""
     return PROMOTED if decision == PROMOTED else "rejected"
 
@@ -212,7 +212,7 @@ def families(facts: list[SpecFacts], totals: Totals, reading: Reading, now: floa
         "target",
         "retrain",
     )
-    retrains = fam("retrains", "counter", "Models trained (materializations of model_<spec>), whatever triggered them.")
+    retrains = fam("retrains", "counter", "Models trained (materializations of <spec>/model), whatever triggered them.")
     gate = fam("gate_decisions", "counter", "Promotion gate decisions: promoted (the alias moved) or rejected.", "decision")
     actions = fam(
         "endpoint_actions",
