@@ -40,9 +40,8 @@ demo: $(STAMP)  ## land two weeks of 2013 flights, ingest, train, gate, score; p
 test: $(STAMP) $(TOOLS_STAMP)  ## the whole suite (real Dagster, MLflow, Feast on temporary homes)
 	$(BIN)/pytest -q
 
-ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:3000 for the embedded home
-	$(BIN)/mlops home
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:3000 and MLflow UI on :5000 for the embedded home; Ctrl-C stops both
+	$(BIN)/mlops ui
 
 mlflow-ui: $(STAMP)  ## MLflow UI on http://127.0.0.1:5000 for the embedded home
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000

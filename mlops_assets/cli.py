@@ -4,6 +4,7 @@ mlops home
 mlops instance [--env aws]          the dagster.yaml of a profile's Dagster instance
 mlops land --spec flight_delays --date 2013-01-05 [--days 3]
 mlops demo [--spec flight_delays] [--start 2013-01-01] [--days 14]
+mlops ui [--port 3000] [--mlflow-port 5000]   the Dagster UI and the MLflow UI together; Ctrl-C stops both
 mlops replay --spec examples/specs/elec2.yaml --policy default|static|cron:N [--start D] [--days N] --out report.json
 mlops serve --spec flight_delays [--host 127.0.0.1] [--port 8787]
 mlops check --spec examples/specs/elec2.yaml  [--spec ...]   does the spec fit its data? (exit 1 if not)
@@ -15,15 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from datetime import date, timedelta
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
-
-def land(spec_ref, start: date, days: int = 1) -> list[str]:
+def land(spec_ref, start: date, days: int = 1, on_day=None) -> list[str]:
     """Copy the source rows of each day into the profile's landing zone as ``<spec>/<day>.csv``
-    (original columns).
+    (original columns). The source is read once; ``on_day()`` is called after each day (progress).
 
     ``spec_ref`` is a spec name, a spec file path, or a loaded ``ModelSpec``."""
     from mlops_assets.core.sources import extract_day, read_table
@@ -40,76 +38,11 @@ def land(spec_ref, start: date, days: int = 1) -> list[str]:
         rows = extract_day(source, ts.column, ts.parts, ts.timezone, day, spec.source.path)
         if rows.empty:
             print(f"{spec.name}: no source rows on {day}; nothing landed", file=sys.stderr)
-            continue
-        written.append(str(lake.land(spec.name, day.isoformat(), rows)))
+        else:
+            written.append(str(lake.land(spec.name, day.isoformat(), rows)))
+        if on_day is not None:
+            on_day()
     return written
-
-
-def demo(spec_name: str, start: date, days: int) -> int:
-    """Land, ingest, register, train, gate and score a window of days on the embedded home."""
-    from mlops_assets.environments import ensure_dagster_home, mlflow_tracking_uri, mlops_home
-
-    home = mlops_home()
-    os.environ.setdefault("DAGSTER_HOME", str(ensure_dagster_home(home)))
-
-    import dagster as dg
-
-    from mlops_assets.common import key
-    from mlops_assets.core.names import job_name
-    from mlops_assets.definitions import defs
-    from mlops_assets.specs import find_spec
-
-    t0 = time.perf_counter()
-    if run_check([spec_name]):  # a spec that does not fit its data stops here, before anything is landed
-        raise SystemExit(f"mlops demo: spec {spec_name!r} does not fit its data (problems above); nothing was landed")
-    keys = [(start + timedelta(days=i)).isoformat() for i in range(days)]
-    print(f"home: {home}\nlanding {days} days of {spec_name} from {keys[0]} ...")
-    land(spec_name, start, days)
-    instance = dg.DagsterInstance.get()
-
-    def run(kind: str, partition: str | None = None) -> None:
-        result = defs.resolve_job_def(job_name(kind, spec_name)).execute_in_process(
-            instance=instance, partition_key=partition, raise_on_error=False, run_config=QUIET
-        )
-        label = f"{kind}{' ' + partition if partition else ''}"
-        if not result.success:
-            raise SystemExit(f"{label}: run {result.run_id} failed; see the Dagster UI or its event log")
-        print(f"  {label}: ok ({result.run_id[:8]})")
-
-    run("register")
-    for k in keys:
-        run("ingest", k)
-    run("train")
-    for k in keys[-3:]:
-        run("score", k)
-    spec = find_spec(spec_name)
-    if spec.deployment is not None:
-        run("deploy")  # the endpoint asset: starts (or hot-swaps) the local server and verifies it
-
-    def meta(stage: str) -> dict:
-        event = instance.get_latest_materialization_event(key(stage, spec_name))
-        return {k: v.value for k, v in event.asset_materialization.metadata.items()}  # type: ignore[union-attr]
-
-    model, gate = meta("model"), meta("champion")
-    serving = f"version {gate['champion_version']}" if "champion_version" in gate else "no version"  # none: no champion yet
-    print(f"\nchampion of {spec_name}: {serving} ({gate['decision']}: {gate['reason']})")
-    for k, v in model.items():
-        if k.startswith(("holdout_", "baseline_")) and isinstance(v, float):
-            print(f"  {k:<24} {v:.4f}")
-    print(f"  trained on               {model['training_partitions']}, {model['rows_train']} rows")
-    if spec.deployment is not None:
-        endpoint = meta("endpoint")
-        print(f"\nendpoint: {endpoint['action']} v{endpoint['stable_version']} at {endpoint.get('url', '')}")
-        print(_curl_example(spec, keys[-1]))
-        print(f"  stop it:  .venv/bin/mlops serve --spec {spec_name} --stop")
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s\n")
-    print(
-        "Open the Dagster UI:  make ui      (or: DAGSTER_HOME="
-        + os.environ["DAGSTER_HOME"]
-        + " .venv/bin/dagster dev -w workspace.yaml)"
-    )
-    print(f"Open the MLflow UI:   make mlflow-ui (or: .venv/bin/mlflow ui --backend-store-uri {mlflow_tracking_uri(home)})")
-    return 0
 
 
 def _curl_example(spec, day: str) -> str:
@@ -362,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     p_exporter.add_argument(
         "--cache-seconds", type=float, default=10.0, help="how long a read of the Dagster instance answers scrapes (default 10)"
     )
+    p_ui = sub.add_parser("ui", help="start the Dagster UI and the MLflow UI of the home together; Ctrl-C stops both")
+    p_ui.add_argument("--host", default="127.0.0.1")
+    p_ui.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000)")
+    p_ui.add_argument(
+        "--mlflow-port",
+        type=int,
+        help="MLflow UI port (default: where the UI's MLflow links point, $MLOPS_MLFLOW_UI_URL, else 5000)",
+    )
     args = parser.parse_args(argv)
     from mlops_assets.environments import ProfileError
 
@@ -386,13 +327,19 @@ def _run(parser: argparse.ArgumentParser, args) -> int:
         return run_backtest(args)
     if args.command == "home":
         return show_home()
+    if args.command == "ui":
+        from mlops_assets.ui import run_ui
+
+        return run_ui(args.host, args.port, args.mlflow_port)
     if args.command == "instance":
         return show_instance(args.env)
     if args.command == "land":
         for path in land(args.spec, args.date, args.days):
             print(path)
         return 0
-    return demo(args.spec, args.start, args.days)
+    from mlops_assets.demo import run_demo
+
+    return run_demo(args.spec, args.start, args.days)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def asset_with_optional_checks(kwargs: dict, *, deps: list, check_specs: list, p
     kwargs = dict(kwargs)
     asset_key, op_tags = kwargs.pop("key"), kwargs.pop("op_tags")
     spec = dg.AssetSpec(asset_key, deps=deps, partitions_def=partitions_def, **kwargs)
-    return dg.multi_asset(name=asset_key.to_python_identifier(), op_tags=op_tags, specs=[spec], check_specs=check_specs, can_subset=True)
+    return dg.multi_asset(
+        name=asset_key.to_python_identifier(), op_tags=op_tags, specs=[spec], check_specs=check_specs, can_subset=True
+    )
 
 
 def day_of(partition_key: str) -> date:

@@ -62,6 +62,10 @@ class CloudVars:
 
 CLOUD_VARS = CloudVars()
 
+# Where people open the MLflow UI, for the links in the Dagster UI (any profile; not a secret). Unset:
+# the tracking server when it is http(s), else `mlops ui`'s MLflow UI on http://127.0.0.1:5000.
+MLFLOW_UI_VAR = "MLOPS_MLFLOW_UI_URL"
+
 # Variables of the PostgreSQL Dagster instance (dagster.yaml written by ``instance_yaml``).
 DAGSTER_PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
 
@@ -107,6 +111,9 @@ storage:
   sqlite:
     base_dir:
       env: DAGSTER_HOME
+# Usage statistics off, as on the cloud profiles (and no telemetry banner in every command's output).
+telemetry:
+  enabled: false
 """
 
 
@@ -178,6 +185,7 @@ def _local_resources(home: Path) -> dict:
         "mlflow": MlflowTracking(
             tracking_uri=mlflow_tracking_uri(home),
             artifact_location=(home / "mlflow" / "artifacts").as_uri(),
+            ui_url=os.environ.get(MLFLOW_UI_VAR),
             env_to_tag=["MLOPS_ENV"],
         ),
         "deployer": EndpointDeployer(home=str(home)),
@@ -209,6 +217,7 @@ def _cloud_resources(which: str, home: Path) -> dict:
         "mlflow": MlflowTracking(
             tracking_uri=dg.EnvVar(v.mlflow_tracking),
             artifact_location=dg.EnvVar(v.mlflow_artifacts),
+            ui_url=os.environ.get(MLFLOW_UI_VAR),
             env_to_tag=["MLOPS_ENV"],
         ),
         "deployer": EndpointDeployer(home=str(home), admin_token=dg.EnvVar(v.admin_token)),

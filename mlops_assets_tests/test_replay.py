@@ -84,7 +84,8 @@ def test_cron_replay_through_sensor_and_automation(short_elec2, replay_env):
     # performance is judged on the day whose labels just arrived, on what that same champion served
     for before, after in itertools.pairwise(rows):
         record = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_user_string("elec2/predictions"), asset_partitions=[after["day"]]), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_user_string("elec2/predictions"), asset_partitions=[after["day"]]),
+            limit=1,
         ).records[0]
         meta = record.asset_materialization.metadata
         if before["model_version"] == after["model_version"]:

@@ -137,7 +137,7 @@ class MlflowTracking(dg.ConfigurableResource):
 
     # --- links -------------------------------------------------------------------------------
 
-    def _ui(self) -> str:
+    def ui_base_url(self) -> str:
         """The UI's address for links in metadata: never with the credentials a tracking URI may carry."""
         from urllib.parse import urlsplit, urlunsplit
 
@@ -149,10 +149,10 @@ class MlflowTracking(dg.ConfigurableResource):
         return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        return f"{self._ui()}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{self.ui_base_url()}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def model_version_url(self, name: str, version: str | int) -> str:
-        return f"{self._ui()}/#/models/{name}/versions/{version}"
+        return f"{self.ui_base_url()}/#/models/{name}/versions/{version}"
 
 
 @functools.lru_cache(maxsize=4)
