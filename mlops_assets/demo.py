@@ -155,7 +155,7 @@ def summary(spec, instance, key, check_keys: list, scored: list[str], seconds: f
     lines.append(
         f"\nOpen it:  make ui   (Dagster UI http://127.0.0.1:3000 and MLflow UI http://127.0.0.1:5000; Ctrl-C stops both)\n"
         f"  Lineage:  Assets → group {spec.name} (keys {spec.name}/<stage>)\n"
-        f"  Model:    {key('model', spec).to_user_string()}: holdout metrics, plot, MLflow link\n"
+        f"  Model:    {key('model', spec).to_user_string()}: model card (intervals, importance, worst slices), MLflow link\n"
         f"  Checks:   {key('predictions', spec).to_user_string()} → Checks: the drift table and plot of each scored day"
     )
     lines.append(f"\ndemo finished in {seconds:.0f} s")

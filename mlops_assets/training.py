@@ -7,6 +7,7 @@ and points the ``challenger`` alias at it. Whether it serves is the gate's decis
 """
 
 import json
+import math
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
@@ -147,6 +148,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 "rows_train": len(train),
                 "training_partitions": lineage["mlops.training_partitions"],
                 "holdout_scores": info["plot"],
+                **card_metadata(spec, info["card"]),
             }
         )
 
@@ -222,8 +224,11 @@ def _train_and_log(
         info = log_pipeline(fitted, spec.name, X_train.head(5), signature, tags={**tags, "mlflow_run_id": run_id})
         plot = _score_plot(spec, holdout[LABEL], scores, metrics)
         _write_reference(reference_dir(lake, spec, run_id), spec, X_train, scores, holdout[LABEL].to_numpy(), metrics)
+        card = _model_card(spec, fitted, train, holdout, X_hold, scores)
     version = str(info.registered_model_version)
-    mlflow_res.client().set_registered_model_alias(spec.name, CHALLENGER, version)
+    client = mlflow_res.client()
+    client.set_registered_model_alias(spec.name, CHALLENGER, version)
+    client.update_model_version(spec.name, version, description=card.markdown(f"{spec.name} version {version}"))
     return {
         "version": version,
         "run_id": run_id,
@@ -233,7 +238,69 @@ def _train_and_log(
         "run_url": mlflow_res.run_url(exp_id, run_id),
         "version_url": mlflow_res.model_version_url(spec.name, version),
         "plot": plot,
+        "card": card,
     }
+
+
+def _model_card(spec: ModelSpec, fitted, train, holdout, X_hold, scores):
+    """The model card (``core.model_card``) of a fitted model, logged to the open MLflow run under
+    ``model_card/`` with its interval bounds as metrics."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from mlops_assets.core.model_card import build_card
+    from mlops_assets.core.sources import local_dates
+    from mlops_assets.core.training import predict_scores
+
+    def days(frame) -> str:
+        d = local_dates(frame[EVENT_TS], spec.source.timestamp.timezone)
+        return f"{d.min()}..{d.max()} ({d.nunique()} days)" if len(d) else "none"
+
+    card = build_card(
+        metric=spec.promotion.metric,
+        higher_is_better=spec.higher_is_better,
+        task=spec.target.task,
+        predict=lambda X: predict_scores(fitted, X, spec),
+        X_holdout=X_hold,
+        holdout=holdout,
+        y=holdout[LABEL].to_numpy(),
+        scores=scores,
+        entities=spec.entities,
+        training={
+            "train_days": days(train),
+            "holdout_days": days(holdout),
+            "rows_train": len(train),
+            "rows_holdout": len(holdout),
+        },
+        order=np.argsort(holdout[EVENT_TS].to_numpy(), kind="stable"),
+    )
+    mlflow.log_text(card.markdown(f"{spec.name}: model card"), "model_card/model_card.md")
+    mlflow.log_text(card.importance_svg(), "model_card/feature_importance.svg")
+    mlflow.log_text(pd.DataFrame(card.importance).to_csv(index=False), "model_card/feature_importance.csv")
+    mlflow.log_text(pd.DataFrame(card.slices).to_csv(index=False), "model_card/slices.csv")
+    bounds = {f"holdout_{i['metric']}_{b}": i[b] for i in card.intervals for b in ("low", "high") if np.isfinite(i[b])}
+    mlflow.log_metrics(bounds)
+    return card
+
+
+def card_metadata(spec: ModelSpec, card) -> dict:
+    """The card as the model asset's metadata: native tables, the importance chart, and the
+    promotion metric's interval bounds as numbers (charted over materializations)."""
+    m = spec.promotion.metric
+    interval = card.interval(m) or {}
+    meta = {
+        f"holdout_{m}_low": interval.get("low"),
+        f"holdout_{m}_high": interval.get("high"),
+        "holdout_days": card.training["holdout_days"],
+        "rows_holdout": card.training["rows_holdout"],
+        "metric_intervals": table_metadata(card.intervals),
+        "feature_importance": table_metadata(card.importance),
+        "feature_importance_chart": svg_markdown(card.importance_svg()),
+        "worst_slices": table_metadata(card.slices) if card.slices else None,
+        "model_card": dg.MetadataValue.md(card.markdown(f"{spec.name}: model card")),
+    }
+    return {k: v for k, v in meta.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
 
 def _score_plot(spec: ModelSpec, y, scores, metrics) -> dg.MetadataValue:

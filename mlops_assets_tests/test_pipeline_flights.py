@@ -139,6 +139,34 @@ def test_model_is_logged_registered_and_linked_both_ways(flights):
     assert "scikit-learn==" in reqs and "skops==" in reqs
 
 
+def test_a_trained_model_carries_its_card_on_the_asset_and_in_mlflow(flights):
+    from mlflow import MlflowClient
+
+    from mlops_assets.environments import mlflow_tracking_uri
+
+    spec = flights.specs["flight_delays"]
+    meta = flights.latest("flight_delays/model")
+    assert meta["holdout_roc_auc_low"] <= meta["holdout_roc_auc"] <= meta["holdout_roc_auc_high"]
+    assert meta["rows_holdout"] > 0 and meta["holdout_days"].endswith("(3 days)")
+    importance = [r.data for r in meta["feature_importance"].records]
+    assert {r["feature"] for r in importance} == set(spec.feature_names)
+    assert [r["importance"] for r in importance] == sorted((r["importance"] for r in importance), reverse=True)
+    slices = [r.data for r in meta["worst_slices"].records]
+    assert slices and {r["entity"] for r in slices} <= set(spec.entities)
+    assert [r["gap"] for r in slices] == sorted(r["gap"] for r in slices)  # worst first
+    assert "Permutation importance on the holdout" in meta["model_card"]
+
+    client = MlflowClient(tracking_uri=mlflow_tracking_uri(flights.home))
+    artifacts = {a.path for a in client.list_artifacts(meta["mlflow_run_id"], "model_card")}
+    assert artifacts == {
+        f"model_card/{f}" for f in ("model_card.md", "feature_importance.svg", "feature_importance.csv", "slices.csv")
+    }
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.data.metrics["holdout_roc_auc_low"] == pytest.approx(meta["holdout_roc_auc_low"])
+    version = client.get_model_version("flight_delays", str(meta["model_version"]))
+    assert version.description.startswith(f"# flight_delays version {meta['model_version']}")
+
+
 def test_first_model_is_promoted_and_gate_is_recorded(flights):
     gate = flights.latest("flight_delays/champion")
     assert gate["decision"] == "promoted" and gate["reason"] == "no champion yet"

@@ -112,9 +112,14 @@ def _refuses(port: int) -> bool:
     return False
 
 
+def _metadata_row(page, key: str):
+    """The row of one metadata entry (its key cell exactly ``key``) in a metadata table."""
+    return page.locator("tr").filter(has=page.locator("td").get_by_text(key, exact=True)).last
+
+
 def _show_markdown_image(page, row_key: str) -> dict:
     """Open a markdown metadata entry (Dagster shows it behind "[Show Markdown]") and measure its image."""
-    row = page.locator("tr", has=page.locator("td", has_text=row_key)).last
+    row = _metadata_row(page, row_key)
     row.get_by_text("[Show Markdown]").click()
     image = page.get_by_role("dialog").locator("img").first
     image.wait_for(state="visible", timeout=30_000)
@@ -174,6 +179,16 @@ def test_mlops_ui_serves_both_uis_and_the_browser_shows_the_models_story(demo, t
             chart = _show_markdown_image(page, "holdout_scores")
             assert chart["w"] > 100 and chart["shown"] > 100, chart
             shoot("model_holdout_chart.png")
+            page.keyboard.press("Escape")
+            # its model card: intervals, importance (table and chart) and the worst slices, in place
+            for entry, column in (("metric_intervals", "high"), ("feature_importance", "importance"), ("worst_slices", "gap")):
+                row = _metadata_row(page, entry)
+                assert row.locator("table").first.is_visible(), entry
+                assert column in row.inner_text(), entry
+            assert "carrier" in _metadata_row(page, "worst_slices").inner_text()
+            importance = _show_markdown_image(page, "feature_importance_chart")
+            assert importance["w"] > 100 and importance["shown"] > 100, importance
+            shoot("model_card_importance.png")
             page.keyboard.press("Escape")
             run_id = run_link.rsplit("/", 1)[1]
             api = f"http://127.0.0.1:{demo.mlflow_port}/api/2.0/mlflow/runs/get?run_id={run_id}"
