@@ -32,26 +32,34 @@ from mlops_assets.specs import ModelSpec, load_specs
 STAGE_MODULES = (ingest, features, training, promotion, scoring, endpoints, backtest)
 
 
-def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
-    specs = load_specs() if specs is None else specs
+def spec_definitions(spec: ModelSpec) -> dg.Definitions:
+    """One spec's assets, checks, jobs and sensors (its landing sensor, its canary sensor): what a
+    spec file, an ``MLOPS_SPECS`` entry or a ``ModelSpecComponent`` in ``defs/`` adds."""
+    raise_for(spec, static_problems(spec))
     assets: list = []
-    all_jobs: list = []
-    sensors: list = [alerts.close_mlflow_runs_and_record_alerts, policies.automation_sensor()]
-    for spec in specs:
-        raise_for(spec, static_problems(spec))
-    for spec in specs:
-        for module in STAGE_MODULES:
-            assets += module.build(spec)
-        spec_jobs = jobs.build(spec)
-        all_jobs += spec_jobs
-        sensors.append(landing.build(spec))
-        deploy_job = next((j for j in spec_jobs if j.name == names.job_name("deploy", spec)), None)
-        if (canary := endpoints.canary_sensor(spec, deploy_job)) is not None:
-            sensors.append(canary)
+    for module in STAGE_MODULES:
+        assets += module.build(spec)
+    spec_jobs = jobs.build(spec)
+    sensors = [landing.build(spec)]
+    deploy_job = next((j for j in spec_jobs if j.name == names.job_name("deploy", spec)), None)
+    if (canary := endpoints.canary_sensor(spec, deploy_job)) is not None:
+        sensors.append(canary)
+    return dg.Definitions(assets=assets, jobs=spec_jobs, sensors=sensors)
+
+
+def platform_definitions() -> dg.Definitions:
+    """What the code location has once, whatever its specs: the automation and run-failure sensors
+    (over every asset), the environment profile's resources and executor."""
     return dg.Definitions(
-        assets=assets,
-        jobs=all_jobs,
-        sensors=sensors,
+        sensors=[alerts.close_mlflow_runs_and_record_alerts, policies.automation_sensor()],
         resources=environments.resources(),
         executor=environments.executor(),
     )
+
+
+def build_definitions(specs: list[ModelSpec] | None = None) -> dg.Definitions:
+    """The platform with these specs (default: the bundled specs and ``MLOPS_SPECS``)."""
+    specs = load_specs() if specs is None else specs
+    for spec in specs:  # every spec checked before any is built: the first bad one names its file
+        raise_for(spec, static_problems(spec))
+    return dg.Definitions.merge(platform_definitions(), *(spec_definitions(spec) for spec in specs))

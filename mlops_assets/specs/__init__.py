@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 BUNDLED_SPEC_DIR = Path(__file__).parent
 SPEC_PATHS_ENV = "MLOPS_SPECS"
+DEFS_DIR = BUNDLED_SPEC_DIR.parent / "defs"  # Dagster components (``dg scaffold defs``), see mlops_assets.components
+COMPONENT_TYPE = "mlops_assets.components.ModelSpecComponent"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -617,9 +619,12 @@ class SpecError(ValueError):
 
 
 def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """A spec file, or a ``defs.yaml`` of a ``ModelSpecComponent`` (its ``attributes`` are the spec)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
+        if isinstance(raw, dict) and raw.get("type") == COMPONENT_TYPE:
+            raw = raw.get("attributes")
         spec = ModelSpec.model_validate(raw)
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"{path}: cannot read spec: {exc}") from exc
@@ -629,18 +634,28 @@ def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
     return spec
 
 
-def spec_files() -> list[Path]:
-    """The bundled specs, plus any files or folders listed in ``MLOPS_SPECS``."""
+def component_spec_files() -> list[Path]:
+    """The ``defs.yaml`` files under ``mlops_assets/defs/`` that declare a ``ModelSpecComponent``
+    (a text match on the ``type`` line: reading them is the loader's job)."""
+    marker = re.compile(rf"^type:\s*['\"]?{re.escape(COMPONENT_TYPE)}['\"]?\s*$", re.MULTILINE)
+    return [p for p in sorted(DEFS_DIR.rglob("defs.yaml")) if marker.search(p.read_text())]
+
+
+def spec_files(include_components: bool = True) -> list[Path]:
+    """The bundled specs, plus any files or folders listed in ``MLOPS_SPECS``, plus (by default)
+    the ``ModelSpecComponent``s in ``mlops_assets/defs/``."""
     files = sorted(BUNDLED_SPEC_DIR.glob("*.yaml"))
     for entry in filter(None, os.environ.get(SPEC_PATHS_ENV, "").split(os.pathsep)):
         p = Path(entry)
         files += sorted(p.glob("*.yaml")) if p.is_dir() else [p]
-    return files
+    return files + (component_spec_files() if include_components else [])
 
 
-def load_specs() -> list[ModelSpec]:
+def load_specs(include_components: bool = True) -> list[ModelSpec]:
+    """Every spec (``spec_files``). The code location leaves the components out: Dagster's loader
+    builds those from ``defs/`` (``mlops_assets.definitions``)."""
     specs: dict[str, ModelSpec] = {}
-    for f in spec_files():
+    for f in spec_files(include_components):
         spec = load_spec(f)
         if spec.name in specs:
             raise SpecError(f"{f}: a spec named {spec.name!r} is already loaded")
