@@ -37,8 +37,12 @@ $(TOOLS_STAMP): infra/requirements-tools.lock
 demo: $(STAMP)  ## land two weeks of 2013 flights, ingest, train, gate, score; print the champion
 	$(BIN)/mlops demo --spec flight_delays --start 2013-01-01 --days 14
 
+# The suite on both cores of a CI machine: one worker per core, each test file on one worker (its
+# module fixtures, such as a trained home, are built once). PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) $(TOOLS_STAMP)  ## the whole suite (real Dagster, MLflow, Feast on temporary homes)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:3000 and MLflow UI on :5000 for the embedded home; Ctrl-C stops both
 	$(BIN)/mlops ui
