@@ -134,7 +134,9 @@ def summary(spec, instance, key, check_keys: list, scored: list[str], seconds: f
     metric = spec.promotion.metric
     for k in (f"holdout_{metric}", f"baseline_{metric}"):
         if isinstance(model.get(k), float):
-            lines.append(f"  {k:<24} {model[k]:.4f}")
+            low, high = model.get(f"{k}_low"), model.get(f"{k}_high")  # the model card's 95 % interval
+            interval = f"  (95 % interval {low:.4f}..{high:.4f})" if isinstance(low, float) and isinstance(high, float) else ""
+            lines.append(f"  {k:<24} {model[k]:.4f}{interval}")
     lines.append(f"  trained on               {model.get('training_partitions')}, {model.get('rows_train')} rows")
     if spec.deployment is not None:
         from mlops_assets.cli import _curl_example
@@ -152,8 +154,10 @@ def summary(spec, instance, key, check_keys: list, scored: list[str], seconds: f
         lines.append(f"  ✗ {check_key.asset_key.to_user_string()} {check_key.name}: {evaluation.description}")
     if any(k.asset_key == key("predictions", spec) for k, _ in red):
         lines.append(_why_monitoring_fails(spec, scored))
+    from mlops_assets.environments import runtime
+
     lines.append(
-        f"\nOpen it:  make ui   (Dagster UI http://127.0.0.1:3000 and MLflow UI http://127.0.0.1:5000; Ctrl-C stops both)\n"
+        f"\nOpen it:  make ui   (Dagster UI http://127.0.0.1:3000 and MLflow UI {runtime()['mlflow'].ui_base_url()}; Ctrl-C stops both)\n"
         f"  Lineage:  Assets → group {spec.name} (keys {spec.name}/<stage>)\n"
         f"  Model:    {key('model', spec).to_user_string()}: model card (intervals, importance, worst slices), MLflow link\n"
         f"  Checks:   {key('predictions', spec).to_user_string()} → Checks: the drift table and plot of each scored day"

@@ -167,3 +167,22 @@ def gcs():
 
     with gcs_server() as server:
         yield server
+
+
+# Test files that take a minute or more on 2 cores. `make test` runs the suite on two pytest-xdist
+# workers, a whole file each (--dist loadfile), in collection order: these go first, so that the
+# last file to start is a short one and the two workers finish together.
+LONG_FILES = (
+    "test_cli_jobs.py",
+    "test_topology.py",
+    "test_daemon.py",
+    "test_ui.py",
+    "test_cloud_profiles.py",
+    "test_replay.py",
+    "test_backtest.py",
+    "test_observability.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: each file keeps its order

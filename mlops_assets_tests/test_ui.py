@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from mlops_assets_tests.conftest import REPO, free_port, stop_process_group
 
 BIN = Path(sys.executable).parent
 SPEC = "flights_ui"
+DAYS = 7  # `make demo` lands 14; a week is enough for every phase and page (and keeps the suite short)
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 STAGES = ("raw", "dataset", "features", "feature_registry", "online_features", "training_set", "model", "champion")
 NOISE = ("Telemetry", "Warning", "INFO", "DEBUG", "Creating initial", "Successfully registered", "Created version", "alembic")
@@ -58,7 +60,7 @@ def demo(tmp_path_factory):
         "COLUMNS": "100",
     }
     env.pop("DAGSTER_HOME", None)  # the demo uses the home's own instance, as `make demo` does
-    args = [str(BIN / "mlops"), "demo", "--spec", SPEC, "--start", "2013-01-01", "--days", "14"]
+    args = [str(BIN / "mlops"), "demo", "--spec", SPEC, "--start", "2013-01-01", "--days", str(DAYS)]
     proc = subprocess.run(args, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     try:
         yield Demo(env, proc, mlflow_port)
@@ -81,8 +83,9 @@ def test_the_demo_shows_progress_and_a_guide_and_no_library_noise(demo):
         assert noise not in out, noise
     for phase in ("landing", "ingesting", "training", "scoring", "deploying"):  # a progress bar each
         assert phase in out, phase
-    assert "14/14" in out and "15/15" in out  # days landed; register + days ingested
-    assert f"{SPEC}: champion version 1" in out
+    assert f"{DAYS}/{DAYS}" in out and f"{DAYS + 1}/{DAYS + 1}" in out  # days landed; register + days ingested
+    assert f"{SPEC}: champion version 1" in out and "holdout_roc_auc" in out and "(95 % interval 0." in out
+    assert f"MLflow UI http://127.0.0.1:{demo.mlflow_port}" in out  # where its links point
     assert "checks: " in out and "make ui" in out and f"{SPEC}/predictions → Checks" in out
     failed = [line for line in out.splitlines() if line.strip().startswith("✗")]
     for line in failed:  # each red check is named with its own verdict ...
@@ -173,7 +176,7 @@ def test_mlops_ui_serves_both_uis_and_the_browser_shows_the_models_story(demo, t
             page.goto(f"{base}/assets/{SPEC}/model", wait_until="networkidle")
             page.get_by_text("holdout_roc_auc").first.click()  # (a click: the dialog handler runs first)
             text = page.inner_text("body")
-            assert "training_partitions" in text and "2013-01-01..2013-01-14 (14 days)" in text
+            assert "training_partitions" in text and f"2013-01-01..{date(2013, 1, DAYS).isoformat()} ({DAYS} days)" in text
             run_link = next(w for w in text.split() if w.startswith(f"http://127.0.0.1:{demo.mlflow_port}/#/experiments/"))
             shoot("model.png")
             chart = _show_markdown_image(page, "holdout_scores")
