@@ -15,6 +15,13 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
+# `make test` runs two pytest-xdist workers on two cores. A worker whose scikit-learn and numpy
+# start a thread per core (OpenMP threads spin while they wait) would take CPU from the other
+# worker: each worker, and what it starts, computes on one thread. Set before they are imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import dagster as dg
 import pytest
 
