@@ -147,6 +147,14 @@ def svg_markdown(svg: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![plot](data:image/svg+xml;base64,{data})")
 
 
+def check_evaluation(record) -> dg.AssetCheckEvaluation | None:
+    """The evaluation of a check execution record; None while it is only planned (its event is then the
+    plan, which carries no verdict) and for a check Dagster skipped."""
+    if record is None or record.status.value not in ("SUCCEEDED", "FAILED"):
+        return None
+    return record.evaluation
+
+
 def check_result(outcome, severity: dg.AssetCheckSeverity, **extra_metadata) -> dg.AssetCheckResult:
     """A core ``CheckOutcome`` (name, verdict, description, metadata) as a Dagster check result. An
     outcome that was not judged has no verdict to report: callers leave it out, and Dagster skips the check."""

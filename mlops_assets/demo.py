@@ -116,14 +116,10 @@ def _meta(instance, asset_key) -> dict:
 
 def check_evaluations(instance, check_keys: list) -> dict:
     """The newest evaluation of each check that was judged (a skipped or planned check has none)."""
-    import dagster as dg
+    from mlops_assets.common import check_evaluation
 
-    out = {}
-    for k, record in instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys).items():
-        data = record.event.dagster_event.event_specific_data if record.event and record.event.dagster_event else None
-        if isinstance(data, dg.AssetCheckEvaluation):
-            out[k] = data
-    return out
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    return {k: e for k, record in records.items() if (e := check_evaluation(record)) is not None}
 
 
 def summary(spec, instance, key, check_keys: list, scored: list[str], seconds: float) -> str:

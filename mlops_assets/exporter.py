@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from mlops_assets.common import STAGE_VERSIONS, key
+from mlops_assets.common import STAGE_VERSIONS, check_evaluation, key
 from mlops_assets.core.names import asset_name
 from mlops_assets.core.pipeline_metrics import (
     DRIFT_SOURCES,
@@ -63,14 +63,6 @@ DRIFT_LOOKBACK = 30  # newest drift-check results searched for the one of the ne
 def _plain(metadata: dict[str, Any]) -> dict[str, Any]:
     """Dagster metadata values as the plain values they wrap."""
     return {k: getattr(v, "value", v) for k, v in metadata.items()}
-
-
-def _evaluation(record) -> dg.AssetCheckEvaluation | None:
-    """The evaluation of a check execution record; None while it is only planned (its event is then the
-    plan, which carries no verdict)."""
-    if record is None or record.status.value not in ("SUCCEEDED", "FAILED"):
-        return None
-    return record.evaluation
 
 
 def spec_facts(specs: list[ModelSpec]) -> list[SpecFacts]:
@@ -256,7 +248,7 @@ class PipelineCollector:
                 dg.AssetCheckKey(predictions, check), limit=DRIFT_LOOKBACK
             )
             for record in history:
-                evaluation = _evaluation(record)
+                evaluation = check_evaluation(record)
                 if evaluation is None:
                     continue
                 target = evaluation.target_materialization_data
@@ -274,7 +266,7 @@ class PipelineCollector:
         out = []
         for check_key, (spec, facts) in check_keys.items():
             record = latest.get(check_key)
-            evaluation = _evaluation(record)
+            evaluation = check_evaluation(record)
             status = record.status.value if record is not None else None
             run_finished = True
             if status == "PLANNED":
