@@ -28,9 +28,13 @@ executes runs exactly as ``execute_in_process`` does otherwise.
 simulated moment, for the replay's canary traffic, which ticks the ``canary_<spec>`` sensor at the
 hours of simulated traffic it sends.
 
+``evaluate_automation`` (Dagster, tested in ``test_replay``): ``dg.evaluate_automation_conditions``
+without the JSON round trip of a cursor that grows with every replayed day.
+
 ``held_connection_instance`` (Dagster, tested in ``test_replay`` and ``test_compat``): the replay's
 in-memory Dagster instance, built as ``DagsterInstance.ephemeral()`` is but with storages that hold
-one SQLite connection (subclasses of Dagster's in-memory run and event-log storages).
+one SQLite connection (subclasses of Dagster's in-memory run and event-log storages), and an event
+log that leaves out the step and engine events nothing reads once a replay ends.
 
 ``latest_check_failure`` (Dagster, tested in ``test_automation``): when the newest execution of an
 asset check failed, read from the event log's check-execution records (the automation conditions of
@@ -51,7 +55,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -67,7 +72,10 @@ PRIVATE_APIS = (
     ("dagster._core.definitions.job_base", "InMemoryJob"),
     ("dagster._core.execution.execute_in_process", "core_execute_in_process"),
     ("dagster._core.execution.execute_in_process", "merge_run_tags"),
-    ("dagster._core.test_utils", "freeze_time"),
+    ("dagster._core.test_utils", "get_freezable_log_manager"),
+    ("dagster._time", "_mockable_get_current_datetime"),
+    ("dagster._time", "_mockable_get_current_timestamp"),
+    ("dagster._core.log_manager", "DagsterLogManager"),
     ("dagster._core.instance.types", "InstanceType"),
     ("dagster._core.launcher.sync_in_memory_run_launcher", "SyncInMemoryRunLauncher"),
     ("dagster._core.run_coordinator", "DefaultRunCoordinator"),
@@ -77,6 +85,12 @@ PRIVATE_APIS = (
     ("dagster._core.storage.root", "TemporaryLocalArtifactStorage"),
     ("dagster._core.storage.runs", "InMemoryRunStorage"),
     ("dagster._core.storage.asset_check_execution_record", "AssetCheckExecutionRecordStatus"),
+    ("dagster._core.events", "DagsterEventType"),
+    # what evaluate_automation calls: evaluate_automation_conditions' own steps
+    ("dagster._core.definitions.asset_daemon_cursor", "AssetDaemonCursor"),
+    ("dagster._core.definitions.declarative_automation.automation_condition_evaluator", "AutomationConditionEvaluator"),
+    ("dagster._core.definitions.declarative_automation.automation_condition_tester", "EvaluateAutomationConditionsResult"),
+    ("dagster._core.definitions.partitions.context", "partition_loading_context"),
     # what held_connection_instance overrides (a method gone from Dagster would leave ours unused)
     *(
         ("dagster._core.storage.event_log", f"InMemoryEventLogStorage.{m}")
@@ -223,6 +237,59 @@ class InProcessJobs:
         )
 
 
+def evaluate_automation(defs: Any, instance: Any, cursor: Any, evaluation_time: datetime) -> Any:
+    """What ``dg.evaluate_automation_conditions(defs=…, instance=…, cursor=…, evaluation_time=…)``
+    does, without its JSON round trip of the cursor.
+
+    The round trip stands for the daemon storing the cursor between ticks and reading it back. A
+    replay keeps the cursor object from one tick to the next instead (it is immutable), and the
+    round trip of a cursor that grows with every evaluated partition took 2.6 % of a replay of 181
+    Elec2 days (py-spy), more as the days add up. The evaluation itself is the daemon's evaluator,
+    over the same entities (every asset and check with a condition, and conditioned jobs)."""
+    import logging
+
+    import dagster as dg
+    from dagster._core.definitions.asset_daemon_cursor import AssetDaemonCursor
+    from dagster._core.definitions.declarative_automation.automation_condition_evaluator import (
+        AutomationConditionEvaluator,
+    )
+    from dagster._core.definitions.declarative_automation.automation_condition_tester import (
+        EvaluateAutomationConditionsResult,
+    )
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    graph = defs.resolve_asset_graph()
+    selection = dg.AssetSelection.all(include_sources=True) | dg.AssetSelection.all_asset_checks()
+    entities = {
+        key
+        for key in selection.resolve(graph) | selection.resolve_checks(graph)
+        if graph.get(key).automation_condition is not None
+    } | graph.automatable_asset_job_keys
+    cursor = cursor or AssetDaemonCursor.empty()
+    evaluator = AutomationConditionEvaluator(
+        asset_graph=graph,
+        instance=instance,
+        entity_keys=entities,
+        evaluation_time=evaluation_time,
+        emit_backfills=False,
+        logger=logging.getLogger("dagster.automation_condition_tester"),
+        cursor=cursor,
+        evaluation_id=cursor.evaluation_id,
+    )
+    results, requested = evaluator.evaluate()
+    with partition_loading_context(effective_dt=evaluation_time, dynamic_partitions_store=instance) as ctx:
+        new_cursor = cursor.with_updates(
+            evaluation_timestamp=evaluation_time.timestamp(),
+            newly_observe_requested_asset_keys=[],
+            evaluation_id=cursor.evaluation_id + 1,
+            condition_cursors=[result.get_new_cursor() for result in results],
+            asset_graph=graph,
+        )
+        return EvaluateAutomationConditionsResult(
+            cursor=new_cursor, requested_subsets=requested, results=results, partition_loading_context=ctx
+        )
+
+
 def latest_check_failure(instance: Any, check_key: Any) -> float | None:
     """When the newest execution of ``check_key`` failed: its evaluation event's own time (simulated
     in a replay), else the record's; None when it passed, is still running or never ran."""
@@ -234,12 +301,31 @@ def latest_check_failure(instance: Any, check_key: Any) -> float | None:
     return record.event.timestamp if record.event is not None else record.create_timestamp
 
 
-def frozen_dagster_clock(at: datetime):
+@contextmanager
+def frozen_dagster_clock(at: datetime) -> Iterator[None]:
     """A context in which Dagster's clock reads ``at`` (aware): how a replay evaluates a sensor or
-    executes a run at a simulated moment (``dagster._core.test_utils.freeze_time``)."""
-    from dagster._core.test_utils import freeze_time
+    executes a run at a simulated moment.
 
-    return freeze_time(at)
+    The same three patches as ``dagster._core.test_utils.freeze_time`` (the datetime, the timestamp
+    and the log manager that stamps records with them), with plain functions where it installs
+    MagicMocks: Dagster reads its clock thousands of times a replayed day, and a mock's call
+    bookkeeping was 1 % of a replay (py-spy, 181 Elec2 days)."""
+    from unittest import mock
+
+    timestamp = at.timestamp()
+    with (
+        mock.patch("dagster._time._mockable_get_current_datetime", new=lambda: at),
+        mock.patch("dagster._time._mockable_get_current_timestamp", new=lambda: timestamp),
+        mock.patch("dagster._core.log_manager.DagsterLogManager", new=_freezable_log_manager()),
+    ):
+        yield
+
+
+@functools.cache
+def _freezable_log_manager() -> Any:
+    from dagster._core.test_utils import get_freezable_log_manager
+
+    return get_freezable_log_manager()
 
 
 def held_connection_instance():
@@ -252,10 +338,10 @@ def held_connection_instance():
     already serialised by a lock, so sharing the connection changes nothing else. Built like
     ``dagster._core.instance.factory.create_ephemeral_instance``."""
     import threading
-    from contextlib import contextmanager
 
     import dagster as dg
     import sqlalchemy as db
+    from dagster._core.events import DagsterEventType as T
     from dagster._core.instance.types import InstanceType
     from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher
     from dagster._core.run_coordinator import DefaultRunCoordinator
@@ -263,6 +349,29 @@ def held_connection_instance():
     from dagster._core.storage.noop_compute_log_manager import NoOpComputeLogManager
     from dagster._core.storage.root import TemporaryLocalArtifactStorage
     from dagster._core.storage.runs import InMemoryRunStorage
+
+    # What no decision reads, and nothing can show once the replay ends: the steps' and the engine's
+    # bookkeeping, resource and log-capture events, and plain log lines. About half of the 64 events of
+    # a quiet replayed day. Kept: every asset, check, planned, failure and run event (what the
+    # automation, the gate and the checks read), and a run's result still holds all of its events.
+    unread = frozenset(
+        (
+            T.STEP_START,
+            T.STEP_INPUT,
+            T.STEP_OUTPUT,
+            T.STEP_SUCCESS,
+            T.STEP_WORKER_STARTING,
+            T.STEP_WORKER_STARTED,
+            T.RESOURCE_INIT_STARTED,
+            T.RESOURCE_INIT_SUCCESS,
+            T.LOADED_INPUT,
+            T.HANDLED_OUTPUT,
+            T.OBJECT_STORE_OPERATION,
+            T.ASSET_STORE_OPERATION,
+            T.ENGINE_EVENT,
+            T.LOGS_CAPTURED,
+        )
+    )
 
     class HeldConnectionEventLog(InMemoryEventLogStorage):
         def __init__(self):
@@ -277,6 +386,11 @@ def held_connection_instance():
         def _connect(self):
             with self._db_lock, self._held_conn.begin():
                 yield self._held_conn
+
+        def store_event(self, event) -> None:
+            if event.dagster_event is None or event.dagster_event.event_type in unread:
+                return
+            super().store_event(event)
 
         # The schema of the in-memory database is created with it and never changes, but Dagster
         # asks about it (tables, asset-key columns) several times per event written or read, on a

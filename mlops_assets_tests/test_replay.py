@@ -285,6 +285,65 @@ def test_in_process_jobs_run_like_execute_in_process_and_keep_one_copy_per_selec
         jobs.execute(job, instance=instance, run_config=quiet, partition_key="1999-01-01")
 
 
+def test_the_replays_instance_and_automation_answer_as_dagsters_own():
+    """``compat.held_connection_instance`` keeps what decisions read (materializations, planned
+    events, check evaluations, run status) and leaves out step and engine events, while a run's
+    result still holds them all; ``compat.evaluate_automation`` requests what
+    ``dg.evaluate_automation_conditions`` requests, tick after tick, from cursors kept apart."""
+    from dagster._core.events import DagsterEventType as T
+
+    from mlops_assets.compat import InProcessJobs, evaluate_automation, frozen_dagster_clock, held_connection_instance
+
+    parts = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-06")
+
+    @dg.asset(partitions_def=parts)
+    def up(context):
+        context.log.info("a plain log line")
+
+    @dg.asset(partitions_def=parts, deps=[up], automation_condition=dg.AutomationCondition.eager())
+    def down():
+        return None
+
+    @dg.asset_check(asset=down, automation_condition=dg.AutomationCondition.eager())
+    def down_ok():
+        return dg.AssetCheckResult(passed=True)
+
+    defs = dg.Definitions(assets=[up, down], asset_checks=[down_ok])
+    job = defs.resolve_implicit_global_asset_job_def()
+    instance, jobs = held_connection_instance(), InProcessJobs()
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    ours = theirs = None
+    requested = []
+    for day in ("2024-01-01", "2024-01-02", "2024-01-03"):
+        at = pd.Timestamp(day, tz="UTC").to_pydatetime() + pd.Timedelta(days=1, hours=1)
+        with frozen_dagster_clock(at):
+            result = jobs.execute(job, instance=instance, run_config=quiet, partition_key=day, asset_selection=[up.key])
+            assert result.success
+            for _ in range(2):  # the second tick of a day finds nothing new
+                mine = evaluate_automation(defs, instance, ours, at)
+                dagsters = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=theirs, evaluation_time=at)
+                ours, theirs = mine.cursor, dagsters.cursor
+                assert mine.get_requested_partitions(down.key) == dagsters.get_requested_partitions(down.key)
+                assert mine.total_requested == dagsters.total_requested
+                assert ours.evaluation_id == theirs.evaluation_id
+                requested.append(sorted(mine.get_requested_partitions(down.key)))
+                for partition in mine.get_requested_partitions(down.key):
+                    last = jobs.execute(
+                        job, instance=instance, run_config=quiet, partition_key=partition, asset_selection=[down.key]
+                    )
+    assert requested == [[], [], ["2024-01-02"], [], ["2024-01-03"], []]  # the first tick starts the cursor
+
+    stored = {e.dagster_event.event_type for e in instance.all_logs(result.run_id) if e.dagster_event}
+    assert {T.ASSET_MATERIALIZATION, T.ASSET_MATERIALIZATION_PLANNED, T.RUN_START, T.RUN_SUCCESS} <= stored
+    assert not stored & {T.STEP_START, T.STEP_OUTPUT, T.STEP_SUCCESS, T.ENGINE_EVENT, T.HANDLED_OUTPUT, T.LOGS_CAPTURED}
+    assert all(e.dagster_event for e in instance.all_logs(result.run_id))  # no plain log lines
+    assert {T.STEP_START, T.STEP_SUCCESS} <= {e.event_type for e in result.all_events}  # the result has them all
+    assert instance.get_run_by_id(result.run_id).is_success
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key([down_ok.check_key])[down_ok.check_key]
+    assert check.run_id == last.run_id and check.event.asset_check_evaluation.passed
+    assert instance.get_latest_materialization_event(down.key).asset_materialization.partition == "2024-01-03"
+
+
 def test_the_warm_up_ingests_the_days_the_first_models_past_rates_read(flight_spec, replay_env):
     """Flights' first model trains on 28 + 3 days whose route delay rates read the 28 days before
     them: the warm-up ingests those too, as a platform running since the first partition has them
