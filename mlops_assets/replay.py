@@ -392,9 +392,9 @@ class Replay:
         # lives for the whole replay: frozen, Python's full collections stop re-scanning it. They
         # took 6 % of 200 replayed Elec2 days (28 collections of 0.35 s; frozen, 58 ms each), and
         # before the first freeze ~8 s of the warm-up (20 collections over the growing heap).
-        # Full collections still came every ten young ones, each re-scanning what the days since the
-        # last freeze left alive (~70 ms each, 6 % of a replay of 60 Elec2 days): one in a hundred
-        # finds the same cycles, a little later.
+        # A full collection still came after every ten of the middle generation, each re-scanning
+        # what the days since the last freeze left alive (~70 ms each, 6 % of a replay of 60 Elec2
+        # days); after every hundred, it finds the same cycles a little later.
         thresholds = gc.get_threshold()
         gc.set_threshold(thresholds[0], thresholds[1], max(thresholds[2], 100))
         try:
