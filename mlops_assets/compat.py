@@ -247,6 +247,7 @@ def evaluate_automation(defs: Any, instance: Any, cursor: Any, evaluation_time: 
     Elec2 days (py-spy), more as the days add up. The evaluation itself is the daemon's evaluator,
     over the same entities (every asset and check with a condition, and conditioned jobs)."""
     import logging
+    import warnings
 
     import dagster as dg
     from dagster._core.definitions.asset_daemon_cursor import AssetDaemonCursor
@@ -259,7 +260,9 @@ def evaluate_automation(defs: Any, instance: Any, cursor: Any, evaluation_time: 
     from dagster._core.definitions.partitions.context import partition_loading_context
 
     graph = defs.resolve_asset_graph()
-    selection = dg.AssetSelection.all(include_sources=True) | dg.AssetSelection.all_asset_checks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # the evaluator selects source assets too (beta)
+        selection = dg.AssetSelection.all(include_sources=True) | dg.AssetSelection.all_asset_checks()
     entities = {
         key
         for key in selection.resolve(graph) | selection.resolve_checks(graph)

@@ -46,7 +46,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -227,8 +226,7 @@ class Replay:
         from mlops_assets.compat import evaluate_automation, frozen_dagster_clock
 
         dg = self.dg
-        with frozen_dagster_clock(at), warnings.catch_warnings():
-            warnings.simplefilter("ignore", dg.BetaWarning)  # the evaluator selects source assets (beta)
+        with frozen_dagster_clock(at):
             result = evaluate_automation(self.defs, self.instance, self.automation_cursor, at)
         self.automation_cursor = result.cursor
         for r in result.results:
