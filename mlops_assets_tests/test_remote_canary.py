@@ -204,19 +204,21 @@ def s3_keys(s3, uri: str) -> list[str]:
     return [o["Key"] for page in paginator.paginate(Bucket=parsed.netloc, Prefix=prefix) for o in page.get("Contents", [])]
 
 
-def wait_logged(lake, since: pd.Timestamp, ids: set[str]) -> pd.DataFrame:
-    """The served rows of ``ids`` once the server's log holds every one of them (read from S3)."""
-    from mlops_assets.prediction_store import SERVED, read_since
+def wait_logged(lake, since: pd.Timestamp, ids: set[str], table: str = "served", column: str = "event_id") -> pd.DataFrame:
+    """The rows of ``table`` whose ``column`` is in ``ids``, once the server's log holds every one of
+    them (read from S3). Each table's files are written by the log's own flush, one after the other,
+    and a request's two blocks may fall into two flushes: each table is waited for by itself."""
+    from mlops_assets.prediction_store import read_since
 
     deadline = time.monotonic() + LOG_TIMEOUT
-    served = None
+    rows = None
     while time.monotonic() < deadline:
-        served = read_since(lake.predictions_root(), SERVED, SPEC, since)
-        if served is not None and ids <= set(served["event_id"].dropna()):
-            return served[served["event_id"].isin(ids)]
+        rows = read_since(lake.predictions_root(), table, SPEC, since)
+        if rows is not None and ids <= set(rows[column].dropna()):
+            return rows[rows[column].isin(ids)]
         time.sleep(0.5)
-    got = 0 if served is None else len(ids & set(served["event_id"].dropna()))
-    pytest.fail(f"{got} of {len(ids)} predictions reached the log on S3 within {LOG_TIMEOUT} s")
+    got = 0 if rows is None else len(ids & set(rows[column].dropna()))
+    pytest.fail(f"{got} of {len(ids)} {table} rows reached the log on S3 within {LOG_TIMEOUT} s")
 
 
 def send_labelled(ctx, rows: pd.DataFrame, day: str) -> None:
@@ -277,7 +279,7 @@ def test_the_container_environment_is_the_aws_profile(remote):
 def test_the_server_logs_its_predictions_to_s3(remote):
     """Predictions answered by the server land as parquet objects under the profile's prediction
     store on S3 (``LakeStorage.predictions_root()``), where the canary check reads them."""
-    from mlops_assets.prediction_store import REQUESTS, read_since
+    from mlops_assets.prediction_store import REQUESTS
 
     lake = remote["resources"]["lake"]
     root = lake.predictions_root()
@@ -291,7 +293,7 @@ def test_the_server_logs_its_predictions_to_s3(remote):
     assert status == 200 and out["model_version"] == remote["versions"][0], out
     served = wait_logged(lake, since, set(ids))
     assert list(served["event_id"]) == ids and list(served["score"]) == pytest.approx(out["scores"])
-    requests = read_since(root, REQUESTS, SPEC, since)
+    requests = wait_logged(lake, since, {out["request_id"]}, table=REQUESTS, column="request_id")
     assert requests.set_index("request_id").loc[out["request_id"], "rows"] == len(rows)
     keys = s3_keys(remote["s3"], root)
     assert any(k.startswith(f"platform/lake/served/{SPEC}/") and k.endswith(".parquet") for k in keys), keys[:10]
