@@ -35,6 +35,7 @@ import yaml
 
 from mlops_assets import environments, k8s
 from mlops_assets.rollout import kubernetes as serving_k8s
+from mlops_assets.rollout import kubernetes_cluster, kubernetes_schemas
 from mlops_assets_tests.conftest import REPO
 from mlops_assets_tests.infra_tools import checkov, load_script
 
@@ -219,7 +220,7 @@ def test_every_manifest_is_a_valid_kubernetes_object(path):
     objects = load_objects(path)
     assert objects, f"{path}: no object"
     # strict schemas (no unknown field), names, labels, images, selectors: the endpoint target's validation
-    serving_k8s.validate(objects, KUBERNETES_VERSION)
+    kubernetes_schemas.validate(objects, KUBERNETES_VERSION)
     for obj in objects:
         if obj["kind"] != "Namespace":
             assert obj["metadata"].get("namespace") == default(k8s.NAMESPACE), f"{path}: {obj['kind']} outside the namespace"
@@ -229,7 +230,7 @@ def test_every_manifest_is_a_valid_kubernetes_object(path):
 @pytest.mark.parametrize("cloud", CLOUDS)
 def test_each_overlay_builds_valid_objects_that_pass_the_restricted_standard(cloud):
     objects = overlay(cloud)
-    serving_k8s.validate(objects, KUBERNETES_VERSION)
+    kubernetes_schemas.validate(objects, KUBERNETES_VERSION)
     namespace = find(objects, "Namespace", default(k8s.NAMESPACE))
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     problems = []
@@ -275,7 +276,7 @@ def test_the_endpoint_role_grants_what_the_kubernetes_target_does_and_nothing_mo
     granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert set(granted) == wanted
     assert all(verbs == {"get", "create", "update"} for verbs in granted.values()), granted
-    source = Path(serving_k8s.__file__).read_text()
+    source = Path(kubernetes_cluster.__file__).read_text()
     for kind in ("Deployment", "Service", "InferenceService"):
         assert f'kind == "{kind}"' in source, f"the target no longer handles {kind}: update the Role"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mlops-endpoints"}
@@ -456,7 +457,7 @@ def test_the_script_prints_secrets_with_exactly_the_profile_keys(cloud):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     secrets = list(yaml.safe_load_all(proc.stdout))
-    serving_k8s.validate(secrets, KUBERNETES_VERSION)
+    kubernetes_schemas.validate(secrets, KUBERNETES_VERSION)
     platform, password = find(secrets, "Secret", default(k8s.SECRET)), find(secrets, "Secret", default(k8s.PG_PASSWORD_SECRET))
     assert list(platform["stringData"]) == k8s.secret_keys(cloud)
     assert platform["stringData"] == {k: str(document[k]["value"]) for k in k8s.secret_keys(cloud)}
@@ -624,8 +625,8 @@ def test_helm_container_fields_are_valid_kubernetes(cloud):
     values = helm_values(cloud)
 
     def check(instance, definition: str, where: str) -> list[str]:
-        schema = serving_k8s._definition(f"io.k8s.api.core.v1.{definition}")
-        return serving_k8s._schema_errors(instance, schema, KUBERNETES_VERSION, where)
+        schema = kubernetes_schemas._definition(f"io.k8s.api.core.v1.{definition}")
+        return kubernetes_schemas._schema_errors(instance, schema, KUBERNETES_VERSION, where)
 
     problems: list[str] = []
     for name, component, default_exec in _components(values):

@@ -5,7 +5,7 @@ Nothing here reaches a cluster: dagster-k8s's config loading is stubbed, the one
 create a Job is captured instead, and any other Kubernetes API call fails the test. The Jobs are built
 by dagster-k8s 0.29.27's own code (``K8sRunLauncher.launch_run`` and ``K8sStepHandler.launch_step``
 of the executor built from the profile's config), then validated strictly against the Kubernetes
-schemas of the version the endpoint manifests are checked with (``serving.kubernetes.validate``).
+schemas of the version the endpoint manifests are checked with (``rollout.kubernetes_schemas.validate``).
 
 The profile's executor (``k8s.step_executor``) imports dagster-k8s only when a run creates it; the
 step Jobs it builds are compared with those of ``k8s_job_executor.configured(executor_config())``,
@@ -44,9 +44,9 @@ CLOUD_VAR_NAMES = [getattr(environments.CLOUD_VARS, f) for f in type(environment
 
 
 def _kubernetes_version() -> str:
-    from mlops_assets.rollout import kubernetes as serving_k8s
+    from mlops_assets.rollout.kubernetes_schemas import validate
 
-    return inspect.signature(serving_k8s.validate).parameters["kubernetes_version"].default
+    return inspect.signature(validate).parameters["kubernetes_version"].default
 
 
 def assert_valid_k8s(manifest: dict) -> None:

@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from mlops_assets.endpoint_state import Deployment
-from mlops_assets.rollout.kubernetes import KubernetesTarget, dns_name, render, to_yaml, validate
+from mlops_assets.rollout.kubernetes import dns_name, render, to_yaml
+from mlops_assets.rollout.kubernetes_cluster import KubernetesTarget
+from mlops_assets.rollout.kubernetes_schemas import validate
 from mlops_assets.specs import DeploymentSpec, KubernetesTargetSpec, ModelSpec, find_spec
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -564,7 +566,7 @@ def test_module_imports_no_kubernetes_at_top():
     import subprocess
     import sys
 
-    code = "import sys, mlops_assets.rollout.kubernetes; print(any(m.split('.')[0] in ('kubernetes', 'kubernetes_validate') for m in sys.modules))"
+    code = "import sys, mlops_assets.rollout.kubernetes, mlops_assets.rollout.kubernetes_schemas, mlops_assets.rollout.kubernetes_cluster; print(any(m.split('.')[0] in ('kubernetes', 'kubernetes_validate') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 

@@ -66,13 +66,14 @@ class _Kubernetes:
     """Render the manifests, validate them offline, apply them with the Kubernetes client, verify."""
 
     def __init__(self, spec: ModelSpec, mlflow: MlflowTracking, kube_config: str | None, kube_context: str | None):
-        from mlops_assets.rollout.kubernetes import KubernetesTarget
+        from mlops_assets.rollout.kubernetes_cluster import KubernetesTarget
 
         self.spec, self.mlflow = spec, mlflow
         self.cluster = KubernetesTarget(kubeconfig=kube_config, context=kube_context)
 
     def apply(self, deployment) -> dict[str, Any]:
-        from mlops_assets.rollout.kubernetes import render, validate
+        from mlops_assets.rollout.kubernetes import render
+        from mlops_assets.rollout.kubernetes_schemas import validate
 
         manifests = render(self.spec, deployment, tracking_uri=self.mlflow.tracking_uri)
         validate(manifests)

@@ -2,7 +2,9 @@
 (``core.rollout.plan_deployment``) and hands it to the spec's target, which makes it serve there:
 
     local        rollout.local.LocalTarget       a ``mlops serve`` process on this machine
-    kubernetes   rollout.kubernetes              a Deployment or KServe InferenceService
+    kubernetes   rollout.kubernetes              a Deployment or KServe InferenceService (rendered here,
+                 rollout.kubernetes_schemas      validated offline against the Kubernetes schemas,
+                 rollout.kubernetes_cluster      applied and verified by KubernetesTarget)
     sagemaker    rollout.sagemaker               a SageMaker endpoint with one variant per version
 
 Every target has the same two operations (``Target``). The model server itself (``server/``) is a
