@@ -6,7 +6,8 @@ Everything that varies between models lives here: where the data comes from, wha
 which features exist and how they are computed, which estimator to fit, how long the training
 window is and what "better" means for the promotion gate.
 
-This module imports only pydantic and PyYAML, so the code location stays cheap to load.
+The serving and compute sections live in ``specs.serving`` and ``specs.compute`` (importable from
+here). This package imports only pydantic and PyYAML, so the code location stays cheap to load.
 """
 
 from __future__ import annotations
@@ -20,7 +21,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from mlops_assets.specs.base import StrictModel
+
+# the sections of their own modules, importable from here as before
+from mlops_assets.specs.compute import ComputeSpec
+from mlops_assets.specs.compute import StepResources as StepResources
+from mlops_assets.specs.compute import TrainStepResources as TrainStepResources
+from mlops_assets.specs.serving import CanarySpec as CanarySpec
+from mlops_assets.specs.serving import DeploymentSpec
+from mlops_assets.specs.serving import KubernetesTargetSpec as KubernetesTargetSpec
+from mlops_assets.specs.serving import SageMakerTargetSpec as SageMakerTargetSpec
+from mlops_assets.specs.serving import UnknownEntitySpec as UnknownEntitySpec
 
 BUNDLED_SPEC_DIR = Path(__file__).parent
 SPEC_PATHS_ENV = "MLOPS_SPECS"
@@ -29,11 +42,7 @@ COMPONENT_TYPE = "mlops_assets.components.ModelSpecComponent"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TimestampSpec(_Strict):
+class TimestampSpec(StrictModel):
     """How to read the moment an event happened.
 
     Either ``column`` (a parseable timestamp; ISO strings with ``Z`` are UTC) or ``parts`` (a mapping
@@ -68,7 +77,7 @@ class TimestampSpec(_Strict):
         return [*([self.column] if self.column else []), *(self.parts or {}).values()]
 
 
-class SourceSpec(_Strict):
+class SourceSpec(StrictModel):
     """The event table: one row per event to predict (a flight, a half-hour of a market...).
 
     ``path`` is a file path or glob. ``${VAR}`` is expanded from the environment, and
@@ -80,7 +89,7 @@ class SourceSpec(_Strict):
     timestamp: TimestampSpec
 
 
-class LookupTableSpec(_Strict):
+class LookupTableSpec(StrictModel):
     """A side table joined to events by key, point in time when it has a timestamp (e.g. hourly
     weather at the origin airport) or as static attributes when it has none (e.g. plane registry)."""
 
@@ -103,7 +112,7 @@ class LookupTableSpec(_Strict):
         return [self.rename.get(c, c) for c in self.columns]
 
 
-class TargetSpec(_Strict):
+class TargetSpec(StrictModel):
     """The label. For classification, ``positive`` says which rows are the positive class:
     ``greater_than`` a number, or ``equals`` a value. ``missing`` says what a row whose target is
     missing means (``drop`` it, or count it as ``positive`` / ``negative``); the choice is a
@@ -134,7 +143,7 @@ class TargetSpec(_Strict):
         return self
 
 
-class ColumnFeature(_Strict):
+class ColumnFeature(StrictModel):
     """A column of the event row, used as is."""
 
     kind: Literal["column"]
@@ -147,7 +156,7 @@ class ColumnFeature(_Strict):
         return self.column or self.name
 
 
-class TimePartFeature(_Strict):
+class TimePartFeature(StrictModel):
     """A calendar part of the event timestamp, in the spec's timezone."""
 
     kind: Literal["time_part"]
@@ -156,7 +165,7 @@ class TimePartFeature(_Strict):
     type: Literal["numeric", "categorical"] = "numeric"
 
 
-class PastRateFeature(_Strict):
+class PastRateFeature(StrictModel):
     """Mean of the label per group over the ``window_days`` days *before* the event's day.
 
     Computed once per day from history only (never the day itself), so it is leak-free by
@@ -171,7 +180,7 @@ class PastRateFeature(_Strict):
     prior_weight: float = Field(20.0, ge=0)
 
 
-class LookupFeature(_Strict):
+class LookupFeature(StrictModel):
     """A column of a lookup table, joined point in time by Feast."""
 
     kind: Literal["lookup"]
@@ -184,7 +193,7 @@ class LookupFeature(_Strict):
         return self.column or self.name
 
 
-class YearsSinceFeature(_Strict):
+class YearsSinceFeature(StrictModel):
     """Years between a year-valued feature (e.g. the year a plane was built) and the event."""
 
     kind: Literal["years_since"]
@@ -198,7 +207,7 @@ FeatureSpec = Annotated[
 ]
 
 
-class EstimatorSpec(_Strict):
+class EstimatorSpec(StrictModel):
     """A scikit-learn estimator by import path, with its constructor parameters."""
 
     cls: str = Field(alias="class")
@@ -208,7 +217,7 @@ class EstimatorSpec(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(StrictModel):
     """Trailing window of daily partitions used to train, and the newest days held out so
     challenger and champion are compared on the same unseen data."""
 
@@ -223,7 +232,7 @@ class TrainingSpec(_Strict):
         return self
 
 
-class PromotionSpec(_Strict):
+class PromotionSpec(StrictModel):
     """The gate: the challenger replaces the champion if it is at least ``margin`` better on the
     same holdout (so with ``margin: 0`` a tie goes to the challenger, trained on newer data).
 
@@ -243,7 +252,7 @@ class PromotionSpec(_Strict):
     )
 
 
-class ChecksSpec(_Strict):
+class ChecksSpec(StrictModel):
     """Rules the typed dataset must meet before anything downstream runs (blocking checks)."""
 
     min_rows: int = Field(1, ge=0)
@@ -266,7 +275,7 @@ RETRAIN_WHEN_HELP = (
 )
 
 
-class DriftPolicy(_Strict):
+class DriftPolicy(StrictModel):
     """How drift of a day's features and scores against the champion's training reference is judged.
 
     ``method`` ``auto`` picks the test per column (see ``mlops_assets.core.drift``); ``drift_share``
@@ -284,7 +293,7 @@ class DriftPolicy(_Strict):
     retrain_when: RetrainWhen = Field("newly_failed", description=RETRAIN_WHEN_HELP)
 
 
-class PerformancePolicy(_Strict):
+class PerformancePolicy(StrictModel):
     """Concept drift: the realised metric on labelled days may fall at most ``tolerated_drop`` below
     the champion's holdout metric (for error metrics: rise at most that much above it). The realised
     metric pools the newest ``window_days`` labelled days, counting only the events the current
@@ -302,7 +311,7 @@ class PerformancePolicy(_Strict):
     retrain_when: RetrainWhen = Field("newly_failed", description=RETRAIN_WHEN_HELP)
 
 
-class FreshnessSpec(_Strict):
+class FreshnessSpec(StrictModel):
     """How old data and models may get (Dagster ``FreshnessPolicy.time_window``): features should
     arrive at least every ``features_hours``; a model older than ``model_days`` is retrained; an
     endpoint whose deployment was last applied and verified more than ``endpoint_hours`` ago is stale
@@ -313,7 +322,7 @@ class FreshnessSpec(_Strict):
     endpoint_hours: float | None = Field(24.0, gt=0)
 
 
-class PoliciesSpec(_Strict):
+class PoliciesSpec(StrictModel):
     """When the model retrains by itself: a drift or performance check newly fails (or, per the
     check's ``retrain_when``, keeps failing), the model's freshness fails, or its code version
     changes; never within ``cooldown_days`` of the last training, never beyond the retrain budget
@@ -345,160 +354,12 @@ class PoliciesSpec(_Strict):
         return int(self.retrain.split(":", 1)[1]) if self.retrain.startswith("cron:") else None
 
 
-class CanarySpec(_Strict):
-    """How a new champion reaches the endpoint. With ``traffic_percent`` 0 it takes all traffic at
-    once. Otherwise it serves that share of requests beside the version it replaces, and once
-    ``window_minutes`` have passed and each side has served ``min_requests`` requests the canary check
-    compares them: the error rate may rise by at most ``max_error_rate_increase``, the p99 latency may
-    be at most ``max_latency_ratio`` times the stable side's (plus ``latency_slack_ms``, so that a
-    0.8 ms vs 1.1 ms difference is not a regression), and, once ``min_labelled`` served predictions
-    of each side have labels, the metric may fall by at most ``max_metric_drop``. Passing promotes it
-    to 100 %; failing rolls the endpoint and the ``champion`` alias back to the stable version."""
-
-    traffic_percent: float = Field(0.0, ge=0, lt=100)
-    window_minutes: float = Field(60.0, gt=0)
-    min_requests: int = Field(100, ge=1)
-    max_error_rate_increase: float = Field(0.01, ge=0, le=1)
-    max_latency_ratio: float = Field(1.5, ge=1)
-    latency_slack_ms: float = Field(5.0, ge=0)
-    max_metric_drop: float = Field(0.02, ge=0)
-    min_labelled: int = Field(100, ge=1)
-
-
-class KubernetesTargetSpec(_Strict):
-    """A Kubernetes endpoint: a KServe ``InferenceService`` (KServe splits the canary traffic) or a
-    ``Deployment`` + ``Service`` running the same server image (the server splits it)."""
-
-    kind: Literal["kserve", "deployment"] = "deployment"
-    namespace: str = "mlops"
-    image: str = "ghcr.io/mlops-assets/serving:latest"
-    replicas: int = Field(2, ge=1)
-    cpu: str = "1"
-    memory: str = "1Gi"
-    service_account: str | None = None
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment of the server container.")
-
-
-class SageMakerTargetSpec(_Strict):
-    """A SageMaker real-time endpoint: one production variant per served version, weighted by the
-    canary share. ``image_uri`` is the server image pushed to ECR; ``model_data_prefix`` is where the
-    model artifacts of each version are copied (``<prefix>/<model>/<version>/model.tar.gz``)."""
-
-    region: str = "us-east-1"
-    image_uri: str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlops-serving:latest"
-    role_arn: str = "arn:aws:iam::123456789012:role/mlops-sagemaker"
-    instance_type: str = "ml.m5.large"
-    initial_instance_count: int = Field(1, ge=1)
-    model_data_prefix: str = "s3://mlops-models"
-
-
-class UnknownEntitySpec(_Strict):
-    """What the server does for an entity the online store has never seen (a new plane, a new
-    route): the request is answered and the response flags the row. A past rate gets the prior its
-    offline smoothing shrinks towards (the window's mean label, materialized beside the rates), the
-    value training gives a group without history; a lookup is left missing, so the model's own
-    imputation applies as in training. ``defaults`` fills only what is still missing after that
-    (a deliberate override: it makes serving differ from training)."""
-
-    defaults: dict[str, float | str] = Field(default_factory=dict)
-
-
-class DeploymentSpec(_Strict):
-    """Where and how the model is served (``endpoint_<model>`` asset, ``mlops serve``)."""
-
-    target: Literal["local", "kubernetes", "sagemaker"] = "local"
-    host: str = Field("127.0.0.1", description="Local target: interface the server listens on.")
-    port: int = Field(8787, ge=1, le=65535, description="Local target: port of the server.")
-    max_batch_rows: int = Field(10_000, ge=1, description="Rows one request may carry (413 above).")
-    max_body_mb: float = Field(16.0, gt=0, le=1024, description="Largest request body, in MiB (413 above, before parsing).")
-    event_time_margin_days: int = Field(
-        30,
-        ge=0,
-        description="How far outside the spec's partitions (start - margin .. end or today + margin) an "
-        "event_timestamp may be; anything else is refused 422.",
-    )
-    api_keys: bool = Field(
-        False,
-        description="Predictions need an API key (X-API-Key or Authorization: Bearer) from MLOPS_API_KEYS "
-        "(comma-separated). Off by default: the local endpoint listens on loopback only.",
-    )
-    canary: CanarySpec = CanarySpec()
-    unknown_entity: UnknownEntitySpec = UnknownEntitySpec()
-    kubernetes: KubernetesTargetSpec = KubernetesTargetSpec()
-    sagemaker: SageMakerTargetSpec = SageMakerTargetSpec()
-
-
-_CPU_RE = re.compile(r"^(?:\d+(?:\.\d+)?|\.\d+|\d+m)$")
-_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-_MEMORY_FACTORS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-_MEMORY_FACTORS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_MIN_MEMORY_BYTES = 32 * 2**20
-
-
-class StepResources(_Strict):
-    """What one step (one Kubernetes Job on the ``k8s`` profile) asks for, in Kubernetes quantities:
-    ``cpu`` in cores (``2``, ``0.5``, ``500m``), ``memory`` in bytes with a unit (``512Mi``, ``4Gi``,
-    ``8G``), ``gpu`` whole NVIDIA GPUs. Requests and limits are the same: a step gets what it asks
-    for and never more, so a step that needs more says so here. ``spot``: the step may run on the
-    spot (preemptible) node group; a node reclaimed mid-step fails the step, and a later run redoes it."""
-
-    cpu: str = "500m"
-    memory: str = "1Gi"
-    gpu: int = Field(0, ge=0, le=16)
-    spot: bool = False
-
-    @field_validator("cpu", "memory", mode="before")
-    @classmethod
-    def _number_as_text(cls, v: Any) -> Any:
-        # YAML reads `cpu: 2` as a number; Kubernetes quantities are text
-        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-
-    @field_validator("cpu")
-    @classmethod
-    def _cpu(cls, v: str) -> str:
-        if not _CPU_RE.match(v):
-            raise ValueError(f"cpu {v!r} is not a Kubernetes CPU quantity (cores: '2', '0.5', or millicores: '500m')")
-        cores = float(v[:-1]) / 1000 if v.endswith("m") else float(v)
-        if cores <= 0:
-            raise ValueError(f"cpu {v!r} must be more than 0")
-        return v
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, v: str) -> str:
-        match = _MEMORY_RE.match(v)
-        if not match:
-            raise ValueError(f"memory {v!r} is not a Kubernetes memory quantity (e.g. '512Mi', '4Gi', '8G')")
-        if float(match[1]) * _MEMORY_FACTORS[match[2]] < _MIN_MEMORY_BYTES:
-            raise ValueError(f"memory {v!r} is less than 32Mi (a number without a unit is bytes: write e.g. '512Mi')")
-        return v
-
-
-class TrainStepResources(StepResources):
-    """A training step's size: the same fields with heavier defaults, on the spot node group."""
-
-    cpu: str = "2"
-    memory: str = "4Gi"
-    spot: bool = True
-
-
-class ComputeSpec(_Strict):
-    """How big each step's container is on the ``k8s`` profile, where every step is its own Kubernetes
-    Job (``mlops_assets.k8s.op_tags``); the other profiles ignore it. ``train`` sizes the training
-    steps (``training_set_<model>``, ``model_<model>``), which may use the spot node group and a GPU;
-    ``default`` every other step (ingest, features, scoring, deployment). Not part of the spec's
-    hash: resizing a step does not make its assets stale nor retrain the model."""
-
-    default: StepResources = StepResources()
-    train: TrainStepResources = TrainStepResources()
-
-
-class PartitionsSpec(_Strict):
+class PartitionsSpec(StrictModel):
     start: date
     end: date | None = Field(None, description="Exclusive; open-ended when absent.")
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """One model on the platform. See the bundled ``flight_delays.yaml`` for a commented example."""
 
     name: str
