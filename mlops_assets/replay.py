@@ -244,6 +244,18 @@ class Replay:
                 runs.setdefault(partition, []).append(r.key)
         return sorted(runs.items(), key=lambda item: item[0] is None)  # partitioned (scoring) first
 
+    def close(self) -> list[str]:
+        """Give back what the replay holds (``run`` calls it, also when a day fails): the endpoint
+        traffic and the replay clock, the model servers it started (the specs whose server was
+        stopped), and the Dagster instance's connections. The instance is disposed here rather than
+        left to the garbage collector, which may close an in-memory SQLite connection before the
+        pool's finalizer rolls it back ("Cannot operate on a closed database" at exit)."""
+        if self.traffic is not None:
+            self.traffic.close()
+        stopped = self.stop_endpoints()  # never leave a server for the next replay to deploy into
+        self.instance.dispose()
+        return stopped
+
     def stop_endpoints(self) -> list[str]:
         """Stop the local model servers of this replay's home (started by its endpoint assets);
         the specs whose server was stopped. Only a process that is still such a server is signalled
@@ -352,9 +364,7 @@ class Replay:
             with _own_sigint_handler():
                 self._play(t0)
         finally:
-            if self.traffic is not None:
-                self.traffic.close()
-            stopped = self.stop_endpoints()  # never leave a server for the next replay to deploy into
+            stopped = self.close()
         if self.progress:
             print(file=sys.stderr)
         pooled = pd.concat(self.truth, ignore_index=True) if self.truth else None

@@ -342,6 +342,7 @@ def test_the_replays_instance_and_automation_answer_as_dagsters_own():
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key([down_ok.check_key])[down_ok.check_key]
     assert check.run_id == last.run_id and check.event.asset_check_evaluation.passed
     assert instance.get_latest_materialization_event(down.key).asset_materialization.partition == "2024-01-03"
+    instance.dispose()
 
 
 def test_the_warm_up_ingests_the_days_the_first_models_past_rates_read(flight_spec, replay_env):
@@ -361,10 +362,8 @@ def test_the_warm_up_ingests_the_days_the_first_models_past_rates_read(flight_sp
         assert lookback == 28
         assert replay.warmup[0] == start - timedelta(days=t.window_days + t.holdout_days + lookback)
         assert replay.warmup[-1] == start - timedelta(days=1)
-    finally:  # a replay that never runs still gives the process its environment back (the replay clock)
-        if replay.traffic is not None:
-            replay.traffic.close()
-        replay.stop_endpoints()
+    finally:  # a replay that never runs still gives back the process's environment (the replay clock)
+        replay.close()
     from mlops_assets.server.clock import REPLAY_CLOCK_ENV
 
     assert REPLAY_CLOCK_ENV not in os.environ
