@@ -34,6 +34,30 @@ from mlops_assets.training import entity_frame, reference_dir
 FEATURE_PREFIX = "feature."
 
 
+def scoring_frame(events, spec: ModelSpec, feast: FeastFeatureStore):
+    """A day's events with their features before the derived ones.
+
+    An event's own features (calendar parts, columns of its row) are computed from the row by
+    ``core.features.row_features``: the function whose output the features asset stores in Feast's
+    per-event view for training, and whose recipe the server applies to a request's row. What is
+    keyed by an entity (past rates, lookups) comes from Feast, point in time, as in training. Reading
+    the day's own rows back through Feast's per-event view would return the same values (the
+    training and serving paths are compared in ``test_feature_parity``); that join was most of a
+    scoring run (py-spy, Elec2)."""
+    from mlops_assets.core.features import row_feature_columns, row_features
+
+    frame = entity_frame(events, spec).reset_index(drop=True)
+    own = row_features(events, spec).reset_index(drop=True)
+    for column in row_feature_columns(spec):
+        frame[column] = own[column]
+    keyed = [f.name for f in spec.past_rate_features] + [f.name for f in spec.lookup_features]
+    if keyed:
+        joined = feast.historical_features(spec, entity_frame(events, spec), entity_keyed_only=True)
+        for column in keyed:
+            frame[column] = joined[column].to_numpy()
+    return frame
+
+
 def score_partition(spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFeatureStore, model, version: str):
     """Scores of one day, and the feature frame the model saw (for drift monitoring)."""
     import pandas as pd
@@ -42,7 +66,7 @@ def score_partition(spec: ModelSpec, day: str, lake: LakeStorage, feast: FeastFe
     from mlops_assets.core.training import feature_frame, predict_scores
 
     events = lake.read(lake.partition_path("dataset", spec.name, day))
-    joined = add_derived(feast.historical_features(spec, entity_frame(events, spec)), spec)
+    joined = add_derived(scoring_frame(events, spec, feast), spec)
     X = feature_frame(joined, spec)
     scores = predict_scores(model, X, spec)
     out = joined[[EVENT_ID, EVENT_TS, *spec.entities]].copy()

@@ -163,14 +163,25 @@ class FeastFeatureStore(dg.ConfigurableResource):
 
     # --- reads and writes --------------------------------------------------------------------
 
-    def historical_features(self, spec: ModelSpec, entity_df: pd.DataFrame) -> pd.DataFrame:
+    def historical_features(self, spec: ModelSpec, entity_df: pd.DataFrame, entity_keyed_only: bool = False) -> pd.DataFrame:
         """Point-in-time join of the feature service onto ``entity_df`` (which must carry
         ``event_id``, ``event_timestamp`` and the entity columns). Rows come back in the input's
-        order; lookup features named differently from their column are renamed to the spec's name."""
+        order; lookup features named differently from their column are renamed to the spec's name.
+
+        ``entity_keyed_only``: only the service's views keyed by an entity (past rates, lookups),
+        not the per-event view, for a caller that has the events' own rows (batch scoring)."""
         store = self.store(spec)
         service = store.get_feature_service(FEATURE_SERVICE)
+        features: Any = service
+        if entity_keyed_only:
+            features = [
+                f"{p.name_to_use()}:{f.name}"
+                for p in service.feature_view_projections
+                if p.name != EVENTS_VIEW
+                for f in p.features
+            ]
         with _quiet():
-            joined = store.get_historical_features(entity_df=entity_df, features=service).to_df()
+            joined = store.get_historical_features(entity_df=entity_df, features=features).to_df()
         joined = joined.drop_duplicates(EVENT_ID).set_index(EVENT_ID).reindex(entity_df[EVENT_ID]).reset_index()
         renames = {f.source: f.name for f in spec.lookup_features if f.source != f.name}
         return joined.rename(columns=renames)
