@@ -1,8 +1,9 @@
 """Scoring stage: batch predictions of the champion for each daily partition.
 
-Features come from Feast exactly as in training (point in time for the partition's events), so the
-champion sees at scoring time what it saw when it was fitted. Each row records the model version
-that scored it and the features it saw. The monitoring checks judge the policy windows: drift of the
+The champion sees at scoring time what it saw when it was fitted: each event's own features computed
+from its row by the recipe that filled Feast's per-event view for training, and what is keyed by an
+entity (past rates, lookups) from Feast, point in time (``scoring_frame``). Each row records the
+model version that scored it and the features it saw. The monitoring checks judge the policy windows: drift of the
 newest scored days against the champion's training reference, and the realised metric of the newest
 labelled days the champion served. A spec with a deployment gets the same three checks again on what
 its endpoint served for those days (``served_*``), read from the prediction log.
