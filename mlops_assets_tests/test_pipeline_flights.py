@@ -539,3 +539,30 @@ def test_the_backtest_builds_the_training_set_feast_builds(flights, flight_spec)
     offline = pd.concat([history.days[d].X for d in history.dates], ignore_index=True)
     pd.testing.assert_frame_equal(offline, feature_frame(feast, flight_spec))
     np.testing.assert_array_equal(np.concatenate([history.days[d].y for d in history.dates]), feast["label"].to_numpy())
+
+
+def test_scoring_gives_the_model_the_inputs_feasts_whole_join_gives(flights, flight_spec):
+    """Batch scoring computes an event's own features from its row and asks Feast only for what is
+    keyed by an entity (``scoring.scoring_frame``): on every ingested day the model's inputs, event
+    ids and times equal those of Feast's point-in-time join of the whole feature service, which
+    reads the same rows back from the per-event view; and the scored day stored those inputs."""
+    from mlops_assets.core.features import add_derived
+    from mlops_assets.core.names import EVENT_ID, EVENT_TS
+    from mlops_assets.core.training import feature_frame
+    from mlops_assets.scoring import FEATURE_PREFIX, scoring_frame
+    from mlops_assets.training import entity_frame
+
+    resources = flights.resources()
+    feast, lake = resources["feast"], resources["lake"]
+    assert flight_spec.row_features and flight_spec.past_rate_features and flight_spec.lookup_features
+    ids = [EVENT_ID, EVENT_TS, *flight_spec.entities]
+    for day in KEYS:
+        events = lake.read(lake.partition_path("dataset", flight_spec.name, day))
+        ours = add_derived(scoring_frame(events, flight_spec, feast), flight_spec)
+        whole = add_derived(feast.historical_features(flight_spec, entity_frame(events, flight_spec)), flight_spec)
+        pd.testing.assert_frame_equal(feature_frame(ours, flight_spec), feature_frame(whole, flight_spec))
+        pd.testing.assert_frame_equal(ours[ids], whole[ids])
+    preds = pd.read_parquet(flights.home / "lake" / "predictions" / "flight_delays" / f"{KEYS[-1]}.parquet")
+    stored = preds[[c for c in preds.columns if c.startswith(FEATURE_PREFIX)]]
+    stored.columns = [c[len(FEATURE_PREFIX) :] for c in stored.columns]
+    pd.testing.assert_frame_equal(stored, feature_frame(whole, flight_spec))
