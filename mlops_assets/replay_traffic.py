@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 
 from mlops_assets.core.rollout import Deployment
 
-WORKERS = 8  # connections: the server scores concurrent requests together (server.app.Batcher)
+WORKERS = 8  # connections: the server scores concurrent requests together (server.batching.Batcher)
 CANARY_ACTIONS = ("canary_started", "canary_restarted", "promoted", "rolled_back")
 
 

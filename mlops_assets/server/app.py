@@ -1,6 +1,7 @@
 """The model server's state: what is served, how a deployment is verified and swapped in, how
-admitted requests are scored together, and what is written to the prediction log. The HTTP layer
-(routes, authentication, body limits) is ``server.http``; the Prometheus metrics ``server.metrics``.
+admitted requests are scored, and what is written to the prediction log. The HTTP layer (routes,
+authentication, body limits) is ``server.http``; how concurrent requests are scored together
+``server.batching``; the Prometheus metrics ``server.metrics``.
 
 The served versions live in one immutable ``Serving`` object. A deployment loads the new versions
 off the event loop and scores a probe row with each (a version that cannot load, raises, or answers
@@ -13,7 +14,6 @@ before its answer is built: one that cannot be filed is answered 503, never a 20
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -37,7 +37,6 @@ from mlops_assets.specs import ModelSpec
 
 log = logging.getLogger("mlops_assets.serving")
 
-BATCH_ROWS = 1024  # requests queued together are scored together up to this many rows (a bigger one alone)
 CHAMPION_SOURCE = "champion alias"  # an initial deployment taken from the registry, not from saved state
 NONE = "none"  # variant and version label of a request answered without a prediction
 DEFAULT_MAX_BODY_MB = 16.0  # a spec without a deployment section (the spec's own default)
@@ -74,63 +73,6 @@ class Pending:
     variant: str
     version: str
     model: Predictor
-
-
-class Batcher:
-    """Coalesces concurrent requests into one model call (adaptive batching).
-
-    A 100-tree gradient boosting model costs ~0.8 ms whether it scores 1 row or 50, so answering
-    eight single-row clients one after the other cost eight calls and made the last one wait for all
-    of them. Requests admitted while a batch is being scored queue up and form the next batch, up to
-    ``max_rows`` rows: an idle server answers a request at once; a busy one spends one ``predict`` on
-    everything that arrived meanwhile.
-
-    Scoring runs on the event loop itself, not on a worker thread: the model's Python loop over trees
-    takes the GIL back after each tree, and against a busy event loop that hand-over made a 1 ms batch
-    take 2 ms (bench/serving.py: 1,800 vs 4,000 single-row requests/s at 8 connections)."""
-
-    def __init__(self, server: ModelServer, max_rows: int):
-        self.server = server
-        self.max_rows = max_rows
-        self._queue: list[tuple[Pending, asyncio.Future]] = []
-        self._draining = False
-
-    async def submit(self, pending: Pending) -> tuple[int, dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.append((pending, future))
-        if not self._draining:
-            self._draining = True
-            loop.create_task(self._drain())
-        return await future
-
-    def _take(self) -> list[tuple[Pending, asyncio.Future]]:
-        rows, n = 0, 0
-        for pending, _ in self._queue:
-            if n and rows + pending.parsed.rows > self.max_rows:
-                break
-            rows, n = rows + pending.parsed.rows, n + 1
-        batch, self._queue = self._queue[:n], self._queue[n:]
-        return batch
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                # Two loop turns: bodies the server has already read reach ``submit`` (a new request
-                # is read in one turn and admitted in the next) and join this batch.
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
-                batch = self._take()
-                try:
-                    answers = self.server.predict_batch([p for p, _ in batch])
-                except Exception as exc:  # predict_batch answers failures itself; this is a bug, not bad input
-                    log.exception("batch of %d requests failed", len(batch))
-                    answers = [(500, {"error": "prediction failed", "detail": str(exc)[:300]})] * len(batch)
-                for (_, future), answer in zip(batch, answers, strict=True):
-                    if not future.done():  # the client may have gone away
-                        future.set_result(answer)
-        finally:
-            self._draining = False
 
 
 class DeploymentError(RuntimeError):

@@ -55,7 +55,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mlops_assets.core.rollout import Deployment
-from mlops_assets.server.app import BATCH_ROWS, Batcher, DeploymentError, ModelServer, Pending
+from mlops_assets.server.app import DeploymentError, ModelServer, Pending
+from mlops_assets.server.batching import BATCH_ROWS, Batcher
 
 log = logging.getLogger("mlops_assets.serving")
 
