@@ -3,10 +3,11 @@
 The champion sees at scoring time what it saw when it was fitted: each event's own features computed
 from its row by the recipe that filled Feast's per-event view for training, and what is keyed by an
 entity (past rates, lookups) from Feast, point in time (``scoring_frame``). Each row records the
-model version that scored it and the features it saw. The monitoring checks judge the policy windows: drift of the
-newest scored days against the champion's training reference, and the realised metric of the newest
-labelled days the champion served. A spec with a deployment gets the same three checks again on what
-its endpoint served for those days (``served_*``), read from the prediction log.
+model version that scored it and the features it saw. The monitoring checks judge the policy
+windows: drift of the newest scored days against the champion's training reference, and the realised
+metric of the newest labelled days the champion served. A spec with a deployment gets the same three
+checks again on what its endpoint served for those days (``served_*``), read from the prediction
+log.
 """
 
 import math
@@ -42,8 +43,8 @@ def scoring_frame(events, spec: ModelSpec, feast: FeastFeatureStore):
     ``core.features.row_features``: the function whose output the features asset stores in Feast's
     per-event view for training, and whose recipe the server applies to a request's row. What is
     keyed by an entity (past rates, lookups) comes from Feast, point in time, as in training. Reading
-    the day's own rows back through Feast's per-event view would return the same values (the
-    training and serving paths are compared in ``test_feature_parity``); that join was most of a
+    the day's own rows back through Feast's per-event view returns the same values
+    (``test_pipeline_flights`` compares the two on every ingested day); that join was most of a
     scoring run (py-spy, Elec2)."""
     from mlops_assets.core.features import row_feature_columns, row_features
 
