@@ -245,11 +245,9 @@ class Replay:
         return sorted(runs.items(), key=lambda item: item[0] is None)  # partitioned (scoring) first
 
     def close(self) -> list[str]:
-        """Give back what the replay holds (``run`` calls it, also when a day fails): the endpoint
-        traffic and the replay clock, the model servers it started (the specs whose server was
-        stopped), and the Dagster instance's connections. The instance is disposed here rather than
-        left to the garbage collector, which may close an in-memory SQLite connection before the
-        pool's finalizer rolls it back ("Cannot operate on a closed database" at exit)."""
+        """Give back the traffic and replay clock, the servers it started (returns their specs) and the
+        instance's connections (``run`` calls it, also on failure): left to the garbage collector, an
+        in-memory SQLite connection can close before its pool rolls it back ("closed database")."""
         if self.traffic is not None:
             self.traffic.close()
         stopped = self.stop_endpoints()  # never leave a server for the next replay to deploy into
@@ -400,9 +398,9 @@ class Replay:
         # lives for the whole replay: frozen, Python's full collections stop re-scanning it. They
         # took 6 % of 200 replayed Elec2 days (28 collections of 0.35 s; frozen, 58 ms each), and
         # before the first freeze ~8 s of the warm-up (20 collections over the growing heap).
-        # A full collection still came after every ten of the middle generation, each re-scanning
-        # what the days since the last freeze left alive (~70 ms each, 6 % of a replay of 60 Elec2
-        # days); after every hundred, it finds the same cycles a little later.
+        # A full collection after every ten of the middle generation re-scanned what the days since
+        # the last freeze left alive (~70 ms each, 6 % of 60 Elec2 days); after every hundred, it
+        # finds the same cycles a little later.
         thresholds = gc.get_threshold()
         gc.set_threshold(thresholds[0], thresholds[1], max(thresholds[2], 100))
         try:

@@ -48,14 +48,14 @@ def scoring_frame(events, spec: ModelSpec, feast: FeastFeatureStore):
     scoring run (py-spy, Elec2)."""
     from mlops_assets.core.features import row_feature_columns, row_features
 
-    frame = entity_frame(events, spec).reset_index(drop=True)
+    entities = entity_frame(events, spec)
+    frame = entities.reset_index(drop=True)
     own = row_features(events, spec).reset_index(drop=True)
     for column in row_feature_columns(spec):
         frame[column] = own[column]
-    keyed = [f.name for f in spec.past_rate_features] + [f.name for f in spec.lookup_features]
-    if keyed:
-        joined = feast.historical_features(spec, entity_frame(events, spec), entity_keyed_only=True)
-        for column in keyed:
+    if spec.entity_keyed_features:
+        joined = feast.historical_features(spec, entities, entity_keyed_only=True)
+        for column in spec.entity_keyed_features:
             frame[column] = joined[column].to_numpy()
     return frame
 

@@ -60,7 +60,7 @@ def build_features(parsed: ParsedRequest, spec: ModelSpec, lookup: OnlineLookup 
         else:
             cols[f.name] = parsed.columns[f.name if f.name in parsed.columns else f.source]
     unknown: dict[str, np.ndarray] = {}
-    schema_online = [f.name for f in spec.past_rate_features] + [f.name for f in spec.lookup_features]
+    schema_online = spec.entity_keyed_features
     if schema_online:
         if lookup is None:
             raise RuntimeError(f"spec {spec.name!r} needs online features {schema_online} but the server has no online store")

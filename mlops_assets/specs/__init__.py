@@ -419,7 +419,7 @@ class ModelSpec(StrictModel):
                 raise ValueError(f"lookups.{tname}: entity {table.join_entity!r} is not a declared entity")
         task_metrics = {"classification": {"roc_auc", "accuracy", "log_loss", "f1"}, "regression": {"rmse", "mae", "r2"}}
         if self.deployment is not None:
-            online = {f.name for f in self.past_rate_features} | {f.name for f in self.lookup_features}
+            online = set(self.entity_keyed_features)
             stray = sorted(set(self.deployment.unknown_entity.defaults) - online)
             if stray:
                 raise ValueError(
@@ -458,6 +458,12 @@ class ModelSpec(StrictModel):
     @property
     def lookup_features(self) -> list[LookupFeature]:
         return [f for f in self.features if isinstance(f, LookupFeature)]
+
+    @property
+    def entity_keyed_features(self) -> list[str]:
+        """Names of the features keyed by an entity (past rates, lookups): what Feast joins point in
+        time for training and scoring, and what the server reads from the online store."""
+        return [f.name for f in self.past_rate_features] + [f.name for f in self.lookup_features]
 
     @property
     def derived_features(self) -> list[YearsSinceFeature]:
