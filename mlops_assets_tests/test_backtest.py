@@ -146,7 +146,7 @@ def test_a_flat_neighbourhood_beats_a_lucky_spike(elec2_spec):
     from dataclasses import replace
 
     from mlops_assets.core.backtest import Candidate, Outcome
-    from mlops_assets.core.backtest_choice import grid, recommend
+    from mlops_assets.core.backtest_choice import grid, holds_budget, peer, recommend
 
     assert all(c.budget_days == 10 for c in grid(elec2_spec, 0.1) if c.retrain == "triggers")  # the budget, enforced
     candidates = [c for c in grid(elec2_spec) if c.retrain != "triggers" or (c.window_days, c.holdout_days) == (28, 3)]
@@ -163,16 +163,26 @@ def test_a_flat_neighbourhood_beats_a_lucky_spike(elec2_spec):
         return Outcome(c, metric, retrains, 0, {}, [], [])
 
     outcomes = {c: outcome(c) for c in candidates}
-    chosen = recommend(elec2_spec, outcomes, budget=10, noise=0.0)
+    chosen = recommend(elec2_spec, outcomes, budget=10, noise=0.0, every=10)
     assert chosen.candidate != spike and chosen.metric == 0.75 and chosen.robust == 0.75
     assert plateau in outcomes and outcomes[plateau].robust == 0.75
     # over the budget nothing is chosen, however good
     outcomes[spike].retrains = 50
-    assert recommend(elec2_spec, outcomes, budget=10, noise=0.0).retrains <= 10
+    assert recommend(elec2_spec, outcomes, budget=10, noise=0.0, every=10).retrains <= 10
     # within the noise, the freshest wins
     outcomes[spike].retrains = 5
     outcomes[plateau].retrains = 9
-    assert recommend(elec2_spec, outcomes, budget=10, noise=0.01).candidate == plateau
+    assert recommend(elec2_spec, outcomes, budget=10, noise=0.01, every=10).candidate == plateau
+    # a policy that only happened to stay within the budget on the history is never recommended: the
+    # spec's own without budget_days (the same triggers, better on these days), a schedule too close
+    unbudgeted = replace(plateau, budget_days=None)
+    outcomes[unbudgeted] = Outcome(unbudgeted, 0.79, 9, 0, {}, [], [])
+    outcomes[peer(outcomes, "cron:7")].retrains = 4
+    outcomes[peer(outcomes, "cron:7")].metric = 0.85
+    chosen = recommend(elec2_spec, outcomes, budget=10, noise=0.01, every=10)
+    assert chosen.candidate == plateau and chosen.candidate.budget_days == 10
+    assert holds_budget(peer(outcomes, "cron:14"), 10) and not holds_budget(peer(outcomes, "cron:7"), 10)
+    assert holds_budget(peer(outcomes, "static"), None) and not holds_budget(plateau, None)
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])

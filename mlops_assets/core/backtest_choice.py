@@ -93,14 +93,30 @@ def better(spec: ModelSpec, a: float, b: float) -> bool:
     return a > b if spec.higher_is_better else a < b
 
 
-def best_neighbourhood(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int) -> Outcome:
-    """The candidate with the best neighbourhood metric among those with at most ``budget``
-    retrains (each such outcome gets its ``robust`` figure); a tie goes to fewer retrains."""
+def holds_budget(c: Candidate, every: int | None) -> bool:
+    """Whether the policy keeps to the budget (one retrain per ``every`` days, None: none at all) on
+    any days, not only on the history played: ``static``, a schedule at least that far apart, or
+    triggers whose ``budget_days`` the automation enforces. A spec's own policy without a budget
+    is reported beside the others, never recommended: its retrains on the history say nothing of
+    the drift to come."""
+    if c.retrain == "static":
+        return True
+    if every is None:
+        return False
+    if c.retrain.startswith("cron:"):
+        return int(c.retrain.split(":")[1]) >= every
+    return c.budget_days is not None and c.budget_days >= every
+
+
+def best_neighbourhood(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int, every: int | None) -> Outcome:
+    """The candidate with the best neighbourhood metric among those that held the budget on the
+    history (at most ``budget`` retrains) and hold it on any days (``holds_budget``: one retrain
+    per ``every`` days); each such outcome gets its ``robust`` figure; a tie goes to fewer retrains."""
     axes = grid_axes(spec)
     sign = 1 if spec.higher_is_better else -1
     best, best_key = None, None
     for c, o in outcomes.items():
-        if o.retrains > budget:
+        if o.retrains > budget or not holds_budget(c, every):
             continue
         near = neighbours(c, axes) if c.retrain == "triggers" else _schedule_neighbours(c)
         o.robust = float(np.nanmedian([o.metric, *(outcomes[n].metric for n in near if n in outcomes)]))
@@ -112,7 +128,7 @@ def best_neighbourhood(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budg
     return best
 
 
-def recommend(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int, noise: float) -> Outcome:
+def recommend(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int, noise: float, every: int | None) -> Outcome:
     """Among the candidates within the budget whose neighbourhood metric is within ``noise`` (one
     standard error of the best one's difference to ``cron:1``) of the best, the one that retrains
     most; then the better neighbourhood.
@@ -121,9 +137,13 @@ def recommend(spec: ModelSpec, outcomes: dict[Candidate, Outcome], budget: int, 
     drifting series the prior is freshness, as in the gate's tie rule. A policy that retrained
     rarely in the history because the history happened to be calm (Elec2's first months) is the
     one that falls behind when drift comes; within the budget, a fresher model is the safer bet."""
-    best = best_neighbourhood(spec, outcomes, budget)
+    best = best_neighbourhood(spec, outcomes, budget, every)
     sign = 1 if spec.higher_is_better else -1
-    pool = [o for o in outcomes.values() if o.retrains <= budget and sign * o.robust >= sign * best.robust - noise - 1e-12]
+    pool = [
+        o
+        for o in outcomes.values()
+        if o.retrains <= budget and holds_budget(o.candidate, every) and sign * o.robust >= sign * best.robust - noise - 1e-12
+    ]
     return max(pool, key=lambda o: (o.retrains, sign * o.robust, sign * o.metric))
 
 

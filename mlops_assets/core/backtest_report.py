@@ -22,6 +22,7 @@ import numpy as np
 from mlops_assets.core.backtest import Candidate, Models, Outcome
 from mlops_assets.core.backtest_choice import (
     best_neighbourhood,
+    budget_days,
     difference_interval,
     grid,
     peer,
@@ -101,10 +102,11 @@ def backtest(
         models.store(cache)
     budget = math.floor(budget_share * len(scored))
     static, daily = peer(outcomes, "static"), peer(outcomes, "cron:1")
-    best = best_neighbourhood(spec, outcomes, budget)
+    every = budget_days(budget_share)
+    best = best_neighbourhood(spec, outcomes, budget, every)
     spread = difference_interval(spec, served[best.candidate], served[daily])
     noise = (spread["high"] - spread["low"]) / (2 * 1.96)  # one standard error of the difference
-    chosen = recommend(spec, outcomes, budget, noise)
+    chosen = recommend(spec, outcomes, budget, noise, every)
     chosen.extra = {
         "vs_static": difference_interval(spec, served[chosen.candidate], served[static]),
         "vs_cron1": difference_interval(spec, served[chosen.candidate], served[daily]),
