@@ -226,6 +226,7 @@ def _train_and_log(
         _write_reference(reference_dir(lake, spec, run_id), spec, X_train, scores, holdout[LABEL].to_numpy(), metrics)
         card = _model_card(spec, fitted, train, holdout, X_hold, scores)
     version = str(info.registered_model_version)
+    mlflow_res.remember(spec.name, version, run_id, fitted)
     client = mlflow_res.client()
     client.set_registered_model_alias(spec.name, CHALLENGER, version)
     client.update_model_version(spec.name, version, description=card.markdown(f"{spec.name} version {version}"))

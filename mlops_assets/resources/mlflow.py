@@ -14,8 +14,9 @@ between left an untagged RUNNING run no sensor could find), and its import costs
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -131,9 +132,22 @@ class MlflowTracking(dg.ConfigurableResource):
         (which no other version shares), a process keeps the few it used last instead of
         downloading them again for every partition."""
         registry = self.registry_uri or self.tracking_uri
-        if run_id is None:
-            return _load_version.__wrapped__(self.tracking_uri, registry, name, str(version), None)
-        return _load_version(self.tracking_uri, registry, name, str(version), run_id)
+        key = (self.tracking_uri, registry, name, str(version), run_id)
+        with _LOCK:
+            if run_id is not None and key in _LOADED:
+                _LOADED.move_to_end(key)
+                return _LOADED[key]
+        model = _load_version(self.tracking_uri, registry, name, str(version))
+        if run_id is not None:
+            _keep(key, model)
+        return model
+
+    def remember(self, name: str, version: str | int, run_id: str, model) -> None:
+        """Keep the pipeline a process has just logged as ``version`` (``log_pipeline``) as if it had
+        loaded it: the gate, in the same process when steps run in one, scores it next. Loading it
+        back would deserialise the same bytes a fourth time (MLflow's save loads them to check the
+        trusted types, its input-example check loads them again), ~50 ms a retrain."""
+        _keep((self.tracking_uri, self.registry_uri or self.tracking_uri, name, str(version), run_id), model)
 
     # --- links -------------------------------------------------------------------------------
 
@@ -155,8 +169,20 @@ class MlflowTracking(dg.ConfigurableResource):
         return f"{self.ui_base_url()}/#/models/{name}/versions/{version}"
 
 
-@functools.lru_cache(maxsize=4)
-def _load_version(tracking_uri: str, registry_uri: str, name: str, version: str, run_id: str | None):
+_LOADED: OrderedDict[tuple, Any] = OrderedDict()  # (tracking, registry, name, version, run_id) -> pipeline
+_KEEP = 4
+_LOCK = threading.Lock()  # the model server loads from request threads
+
+
+def _keep(key: tuple, model) -> None:
+    with _LOCK:
+        _LOADED[key] = model
+        _LOADED.move_to_end(key)
+        while len(_LOADED) > _KEEP:
+            _LOADED.popitem(last=False)
+
+
+def _load_version(tracking_uri: str, registry_uri: str, name: str, version: str):
     import mlflow
     import mlflow.sklearn
 
