@@ -205,3 +205,22 @@ def test_the_backtests_fast_metrics_equal_the_platforms(task, elec2_spec):
     for name, value in evaluate(y, s, spec).items():
         if name != "positive_rate":
             assert metric_value(name, y, s) == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+def test_a_day_the_platform_would_reject_is_named_with_what_broke_its_check(elec2_spec):
+    """The backtest leaves out the days whose blocking checks fail, as ingestion does, and its report
+    says why in the check's own terms: the column, its share of missing values and the limit."""
+    from mlops_assets.core.backtest_data import _accepted
+    from mlops_assets.core.sources import read_table, split_days
+
+    ts = elec2_spec.source.timestamp
+    days = split_days(read_table(elec2_spec.source.path, "csv"), ts.column, ts.parts, ts.timezone, elec2_spec.source.path)
+    day = date(1996, 7, 1)
+    raw = days[day].copy()
+    events, why = _accepted(raw, elec2_spec, day)
+    assert why is None and len(events) == 48
+    raw.loc[raw.index[:30], "nswprice"] = float("nan")  # 30 of 48 half-hours missing: 62.5 %, over the spec's limit
+    events, why = _accepted(raw, elec2_spec, day)
+    assert events is None
+    limit = elec2_spec.checks.null_fraction.get("nswprice", elec2_spec.checks.max_null_fraction)
+    assert why.startswith("nulls (") and f"nswprice: 62.5% > {limit:.1%}" in why, why

@@ -66,8 +66,15 @@ def _accepted(raw: pd.DataFrame, spec: ModelSpec, day: date) -> tuple[pd.DataFra
         return None, str(exc)
     failed = [o for o in dataset_checks(events, spec) if not o.passed]
     if failed:
-        return None, "; ".join(f"{o.name}: {o.description}" for o in failed)
+        return None, "; ".join(_why(o) for o in failed)
     return events, None
+
+
+def _why(outcome) -> str:
+    """A failed check as the report names it: the rule, and what broke it (the check's metadata,
+    e.g. ``nulls: pressure: 62.5% > 50.0%``), not only what the rule is."""
+    found = [f"{k}: {v}" for k, v in outcome.metadata.items() if v not in (None, "none") and k != "policy"]
+    return f"{outcome.name} ({outcome.description.rstrip('.')}): {'; '.join(found)}"
 
 
 def _join_lookups(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
