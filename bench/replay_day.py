@@ -107,7 +107,13 @@ def worker(profile: str, warmup_days: int, days: int) -> dict:
         run("train")
         ts = spec.source.timestamp
         source_days = split_days(
-            read_table(spec.source.path, spec.source.format), ts.column, ts.parts, ts.timezone, spec.source.path
+            read_table(spec.source.path, spec.source.format),
+            ts.column,
+            ts.parts,
+            ts.timezone,
+            spec.source.path,
+            unit=ts.unit,
+            fmt=ts.format,
         )
         setup_s = time.perf_counter() - t0
 

@@ -208,9 +208,11 @@ def time_of_day_problems(spec: ModelSpec, sample: pd.DataFrame) -> list[Problem]
     if sample.empty or any(c not in sample.columns for c in ts.source_columns):
         return []
     parts = ts.parts or {}
+    if ts.unit is not None:
+        return []  # an epoch time carries its time of day
     if ts.column is not None:
-        stamps = pd.to_datetime(sample[ts.column], errors="coerce", format="mixed")
-        if stamps.isna().all():
+        stamps = _sample_stamps(ts, sample)
+        if stamps is None or stamps.isna().all():
             return []
         stamps = stamps.dropna()
         has_time = bool(((stamps - stamps.dt.normalize()) != pd.Timedelta(0)).any()) or "hour" in parts
@@ -262,10 +264,55 @@ def time_of_day_problems(spec: ModelSpec, sample: pd.DataFrame) -> list[Problem]
     return problems
 
 
+def _sample_stamps(ts: TimestampSpec, sample: pd.DataFrame) -> pd.Series | None:
+    """The sample's timestamps read as the spec reads them (NaT where a value does not parse), or
+    None when the spec cannot read the column at all (``timestamp_problems`` says why)."""
+    import pandas as pd
+
+    from mlops_assets.core.sources import as_text, numbers_not_dates
+
+    raw = sample[ts.column]
+    if ts.format is not None:
+        return pd.to_datetime(as_text(raw), format=ts.format, errors="coerce")
+    if numbers_not_dates(raw):
+        return None
+    return pd.to_datetime(raw, errors="coerce", format="mixed")
+
+
+def timestamp_problems(spec: ModelSpec, sample: pd.DataFrame) -> list[Problem]:
+    """A timestamp column the spec cannot read: numbers without ``unit`` or ``format`` (1357372800
+    read as a date is in January 1970), or a ``unit``/``format`` that reads none of the sample."""
+    import pandas as pd
+
+    ts = spec.source.timestamp
+    if ts.column is None or ts.column not in sample.columns or sample[ts.column].notna().sum() == 0:
+        return []
+    raw = sample[ts.column]
+    first = str(raw.dropna().iloc[0])
+    if ts.unit is not None:
+        read = pd.to_numeric(raw, errors="coerce")
+        if read.notna().any():
+            return []
+        return [
+            Problem(
+                "source.timestamp.unit",
+                f"column {ts.column!r} holds no numbers to read as epoch {ts.unit} (first value {first!r})",
+            )
+        ]
+    stamps = _sample_stamps(ts, sample)
+    if stamps is None:
+        from mlops_assets.core.sources import NUMBERS_NOT_DATES
+
+        return [Problem("source.timestamp.column", f"column {ts.column!r} {NUMBERS_NOT_DATES} (first value {first!r})")]
+    if ts.format is not None and stamps.isna().all():
+        return [Problem("source.timestamp.format", f"{ts.format!r} reads none of column {ts.column!r} (first value {first!r})")]
+    return []
+
+
 def frame_problems(spec: ModelSpec, frame: pd.DataFrame) -> list[Problem]:
     """The spec against one frame of its event table (a landed file or a sample of the source)."""
     problems = source_column_problems(spec, list(frame.columns))
-    return problems + time_of_day_problems(spec, frame)
+    return problems + timestamp_problems(spec, frame) + time_of_day_problems(spec, frame)
 
 
 def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS) -> pd.DataFrame:

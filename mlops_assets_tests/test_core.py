@@ -205,6 +205,52 @@ def test_unparseable_timestamp_column_names_the_row():
         sources.event_timestamps(df, "ts", None, "UTC", "f.csv")
 
 
+def test_epoch_times_are_read_in_the_unit_the_spec_gives():
+    """CSV text and parquet numbers alike: seconds or milliseconds since 1970-01-01 UTC, whatever
+    the spec's timezone (which only cuts the days)."""
+    expected = [pd.Timestamp("2013-01-05 08:00", tz="UTC"), pd.Timestamp("2013-01-05 09:00", tz="UTC")]
+    text = pd.DataFrame({"t": ["1357372800", "1357376400"]})
+    assert sources.event_timestamps(text, "t", None, NY, "f.csv", unit="s").tolist() == expected
+    numbers = pd.DataFrame({"t": [1357372800000, 1357376400000]})
+    ts = sources.event_timestamps(numbers, "t", None, NY, "f.parquet", unit="ms")
+    assert str(ts.dtype) == "datetime64[us, UTC]" and ts.tolist() == expected
+    with pytest.raises(DataError, match=r"f\.csv: row 2: cannot read a timestamp from column\(s\) t"):
+        sources.event_timestamps(pd.DataFrame({"t": ["1357372800", "soon"]}), "t", None, NY, "f.csv", unit="s")
+
+
+def test_dates_written_another_way_are_read_with_the_specs_format():
+    """``format`` reads dates as strptime does, also integers (and floats beside a missing value)
+    from a parquet file; the times are local to the spec's timezone."""
+    ints = pd.DataFrame({"t": [20130105, 20130706]})
+    assert sources.event_timestamps(ints, "t", None, NY, "f.parquet", fmt="%Y%m%d").tolist() == [
+        pd.Timestamp("2013-01-05 05:00", tz="UTC"),  # midnight EST
+        pd.Timestamp("2013-07-06 04:00", tz="UTC"),  # midnight EDT
+    ]
+    floats = pd.DataFrame({"t": [20130105.0, None]})
+    assert sources.event_timestamps(floats, "t", None, "UTC", "f.parquet", fmt="%Y%m%d").iloc[0] == pd.Timestamp(
+        "2013-01-05", tz="UTC"
+    )
+    day_first = pd.DataFrame({"t": ["05/01/2013 13:30"]})
+    assert sources.event_timestamps(day_first, "t", None, "UTC", "f.csv", fmt="%d/%m/%Y %H:%M").iloc[0] == pd.Timestamp(
+        "2013-01-05 13:30", tz="UTC"
+    )
+
+
+@pytest.mark.parametrize("values", [["1357372800", "1357376400"], [1357372800, 1357376400], [1.3573728e9, None]])
+def test_a_time_column_of_numbers_is_refused_without_a_unit(values):
+    """pandas would read 1357372800 as nanoseconds after 1970 and file every event on 1 January
+    1970; the platform refuses, naming the column and the two settings that read it."""
+    with pytest.raises(DataError) as err:
+        sources.event_timestamps(pd.DataFrame({"t": values}), "t", None, "UTC", "f.parquet")
+    msg = str(err.value)
+    assert msg.startswith("f.parquet: column 't' holds numbers, not timestamps") and "timestamp.unit" in msg
+    assert "timestamp.format" in msg and "first value '1357372800" in msg
+    # a date written as digits that a date reading fits is still read as that date
+    assert sources.event_timestamps(pd.DataFrame({"t": ["20130105"]}), "t", None, "UTC", "f.csv").iloc[0] == pd.Timestamp(
+        "2013-01-05", tz="UTC"
+    )
+
+
 # --- validation.clean_events -------------------------------------------------------------------
 
 

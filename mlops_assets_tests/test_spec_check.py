@@ -162,6 +162,40 @@ def test_check_refuses_flights_read_without_their_hour(tmp_path, capsys):
     )
 
 
+def test_check_refuses_epoch_numbers_without_a_unit_and_ingestion_reads_them_with_one(tmp_path, capsys):
+    """A parquet source stamped in epoch seconds: ``mlops check`` names the field and the settings
+    that read it; with ``unit: s`` the check passes, and the day the landing command extracts and
+    the dataset stage types (``clean_events``) holds each event at the instant its ISO time gives."""
+    from mlops_assets.core.names import EVENT_TS
+    from mlops_assets.core.sources import extract_day, read_table
+    from mlops_assets.core.validation import clean_events
+    from mlops_assets.specs import load_spec
+
+    source = hourly_source(tmp_path / "data")
+    frame = pd.read_csv(source)
+    iso = pd.to_datetime(frame["dteday"]) + pd.to_timedelta(frame["hr"], unit="h")
+    frame = frame.assign(ts=(iso - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)).drop(columns=["dteday"])
+    frame.to_parquet(tmp_path / "data" / "epoch.parquet", index=False)
+    raw = hourly_raw(source, with_hour=False)
+    raw["source"] = {"path": str(tmp_path / "data" / "epoch.parquet"), "format": "parquet", "timestamp": {"column": "ts"}}
+    path = write_spec(tmp_path / "specs" / "epoch.yaml", raw)
+    rc, _, err = run_check(capsys, path)
+    assert rc == 1
+    assert err.startswith(f"{path}: source.timestamp.column: column 'ts' holds numbers, not timestamps: set timestamp.unit")
+    raw["source"]["timestamp"]["unit"] = "s"
+    write_spec(path, raw)
+    rc, out, err = run_check(capsys, path)
+    assert (rc, err) == (0, ""), err
+    assert f"{path}: ok: hourly_rentals" in out
+    spec = load_spec(path)
+    ts = spec.source.timestamp
+    day = date(2020, 1, 2)
+    landed = extract_day(read_table(spec.source.path), ts.column, ts.parts, ts.timezone, day, "x", unit=ts.unit, fmt=ts.format)
+    events = clean_events(landed.reset_index(drop=True), spec, day, "landing/2020-01-02.parquet")
+    assert len(events) == 24
+    assert list(events[EVENT_TS]) == list(iso[iso.dt.date == day].dt.tz_localize("UTC"))
+
+
 def test_check_of_an_unreadable_source_names_the_field(tmp_path, capsys):
     raw = elec2_raw()
     raw["source"]["path"] = str(tmp_path / "nowhere.csv")

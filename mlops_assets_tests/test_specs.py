@@ -273,6 +273,16 @@ def test_a_date_column_may_take_its_time_of_day_from_parts(tmp_path, flights_raw
         TimestampSpec(column="dteday", parts={"minute": "mi"})  # minutes without their hour
     with pytest.raises(ValueError, match="needs 'column' or 'parts'"):
         TimestampSpec()
+    # how to read a column of numbers: an epoch unit, or a date format; never both, never for parts
+    assert TimestampSpec(column="ts", unit="s").unit == "s" and TimestampSpec(column="d", format="%Y%m%d").format
+    with pytest.raises(ValueError, match="'unit' \\(epoch numbers\\) or 'format'"):
+        TimestampSpec(column="ts", unit="s", format="%Y")
+    with pytest.raises(ValueError, match="say how to read 'column'"):
+        TimestampSpec(parts={"year": "y", "month": "m", "day": "d"}, unit="s")
+    with pytest.raises(ValueError, match="carries its time of day"):
+        TimestampSpec(column="ts", parts={"hour": "hr"}, unit="s")
+    with pytest.raises(ValueError):
+        TimestampSpec(column="ts", unit="seconds")
     flights_raw["source"]["timestamp"] = {"column": "time_hour", "parts": {"hour": "hour"}}
     spec = load_spec(write_spec(tmp_path / "c", flights_raw))
     assert spec.required_source_columns[:2] == ["time_hour", "hour"]

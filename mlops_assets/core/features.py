@@ -164,7 +164,7 @@ def lookup_frame(name: str, table: LookupTableSpec, spec: ModelSpec) -> pd.DataF
     out = pd.DataFrame({table.join_entity: raw[table.key].astype("string").fillna("").astype(object)})
     if table.timestamp:
         t = table.timestamp
-        out[EVENT_TS] = event_timestamps(raw, t.column, t.parts, t.timezone, where)
+        out[EVENT_TS] = event_timestamps(raw, t.column, t.parts, t.timezone, where, unit=t.unit, fmt=t.format)
     else:
         out[EVENT_TS] = STATIC_TIMESTAMP.as_unit("us")
     for col in table.columns:

@@ -126,15 +126,33 @@ def localize(naive: pd.DatetimeIndex, timezone: str) -> pd.DatetimeIndex:
     return naive.tz_localize(timezone, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward").tz_convert("UTC")
 
 
-def event_timestamps(df: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, where: str) -> pd.Series:
+def event_timestamps(
+    df: pd.DataFrame,
+    column: str | None,
+    parts: dict | None,
+    timezone: str,
+    where: str,
+    *,
+    unit: str | None = None,
+    fmt: str | None = None,
+) -> pd.Series:
     """UTC timestamps (microsecond precision, which Feast's DuckDB store needs) for every row.
 
     Rows whose time cannot be parsed raise ``DataError`` naming the first bad row (1-based, as a
-    person counts lines after the header).
+    person counts lines after the header). A column of numbers is read only as the spec says
+    (``unit``: epoch times, ``fmt``: written dates such as 20130105); pandas would take 1357372800
+    for nanoseconds after 1970, silently.
     """
     if column is not None:
         raw = df[column]
-        ts = pd.to_datetime(raw, errors="coerce", utc=False, format="mixed")
+        if unit is not None:
+            ts = pd.to_datetime(pd.to_numeric(raw, errors="coerce"), unit=unit, utc=True, errors="coerce")
+        elif fmt is not None:
+            ts = pd.to_datetime(as_text(raw), format=fmt, errors="coerce")
+        else:
+            if numbers_not_dates(raw):
+                raise DataError(f"{where}: column {column!r} {NUMBERS_NOT_DATES} (first value {str(raw.dropna().iloc[0])!r})")
+            ts = pd.to_datetime(raw, errors="coerce", utc=False, format="mixed")
         bad = ts.isna() & raw.notna()
         if parts:  # a date column whose time of day is in other columns (timestamp.parts: hour[, minute])
             offset = pd.to_timedelta(pd.to_numeric(df[parts["hour"]], errors="coerce"), unit="h")
@@ -157,6 +175,36 @@ def event_timestamps(df: pd.DataFrame, column: str | None, parts: dict | None, t
     return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
 
 
+NUMBERS_NOT_DATES = (
+    "holds numbers, not timestamps: set timestamp.unit (s, ms, us or ns) for times since 1970-01-01 UTC, "
+    "or timestamp.format (e.g. '%Y%m%d') for dates written as numbers"
+)
+_NUMBER = re.compile(r"^\s*[-+]?\d+(\.\d*)?\s*$")
+
+
+def numbers_not_dates(values: pd.Series) -> bool:
+    """A time column of numbers that no date reading fits: numeric values (a parquet column of
+    epoch seconds, which pandas would read as nanoseconds after 1970), or text digits that do not
+    parse as a date (``1357372800`` from a CSV; ``20130105`` does parse, as 5 January 2013)."""
+    present = values.dropna()
+    if present.empty or pd.api.types.is_bool_dtype(values):
+        return False
+    if pd.api.types.is_numeric_dtype(values):
+        return True
+    first = str(present.iloc[0])
+    return bool(_NUMBER.match(first)) and pd.isna(pd.to_datetime(first, errors="coerce", format="mixed"))
+
+
+def as_text(values: pd.Series) -> pd.Series:
+    """Dates written as numbers (20130105, read from CSV as integers, or as floats beside a missing
+    value) as the text a ``format`` reads."""
+    if pd.api.types.is_float_dtype(values):
+        whole = values.dropna()
+        if bool((whole == np.floor(whole)).all()):
+            return values.astype("Int64").astype("string")
+    return values.astype("string")
+
+
 def local_dates(ts_utc: pd.Series, timezone: str) -> pd.Series:
     """The calendar day (in the spec's timezone) each UTC timestamp belongs to: the partition key."""
     return ts_utc.dt.tz_convert(timezone).dt.date
@@ -167,16 +215,31 @@ def day_start_utc(day: date, timezone: str) -> pd.Timestamp:
 
 
 def extract_day(
-    source: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, day: date, where: str
+    source: pd.DataFrame,
+    column: str | None,
+    parts: dict | None,
+    timezone: str,
+    day: date,
+    where: str,
+    *,
+    unit: str | None = None,
+    fmt: str | None = None,
 ) -> pd.DataFrame:
     """The rows of a source table that belong to one local day, columns untouched (for landing)."""
-    ts = event_timestamps(source, column, parts, timezone, where)
+    ts = event_timestamps(source, column, parts, timezone, where, unit=unit, fmt=fmt)
     return source.loc[(local_dates(ts, timezone) == day).to_numpy()]
 
 
 def split_days(
-    source: pd.DataFrame, column: str | None, parts: dict | None, timezone: str, where: str
+    source: pd.DataFrame,
+    column: str | None,
+    parts: dict | None,
+    timezone: str,
+    where: str,
+    *,
+    unit: str | None = None,
+    fmt: str | None = None,
 ) -> dict[date, pd.DataFrame]:
     """Every local day of a source table and its rows, columns untouched (for replays and studies)."""
-    ts = event_timestamps(source, column, parts, timezone, where)
+    ts = event_timestamps(source, column, parts, timezone, where, unit=unit, fmt=fmt)
     return {d: rows for d, rows in source.groupby(local_dates(ts, timezone).to_numpy(), sort=True)}

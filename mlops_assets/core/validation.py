@@ -60,7 +60,7 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
     """
     require_columns(raw, spec.required_source_columns, where, spec.name)
     ts_spec = spec.source.timestamp
-    ts = event_timestamps(raw, ts_spec.column, ts_spec.parts, ts_spec.timezone, where)
+    ts = event_timestamps(raw, ts_spec.column, ts_spec.parts, ts_spec.timezone, where, unit=ts_spec.unit, fmt=ts_spec.format)
     local = local_dates(ts, ts_spec.timezone)
     wrong_day = (local != day).to_numpy()
     if wrong_day.any():

@@ -51,11 +51,18 @@ class TimestampSpec(StrictModel):
     data read without its hour would put every event of a day at midnight. Naive timestamps
     are read in ``timezone``; daily partitions are cut in that timezone too, so a flight scheduled at
     23:30 in New York belongs to that New York day.
+
+    A ``column`` of numbers is not guessed at: ``unit`` reads it as time since 1970-01-01 UTC in
+    seconds, milliseconds, microseconds or nanoseconds, and ``format`` reads dates written another
+    way (``%Y%m%d`` for 20130105, ``%d/%m/%Y %H:%M``), as ``datetime.strptime`` does. Without them a
+    column of numbers is refused: parsing 1357372800 as a date lands every event in January 1970.
     """
 
     column: str | None = None
     parts: dict[Literal["year", "month", "day", "hour", "minute"], str] | None = None
     timezone: str = "UTC"
+    unit: Literal["s", "ms", "us", "ns"] | None = Field(None, description="epoch times in the column: their unit")
+    format: str | None = Field(None, description="strptime format of the column's dates, e.g. '%Y%m%d'")
 
     @model_validator(mode="after")
     def _one_way(self) -> TimestampSpec:
@@ -70,6 +77,12 @@ class TimestampSpec(StrictModel):
                 )
         elif self.parts is not None and not {"year", "month", "day"} <= set(self.parts):
             raise ValueError("timestamp.parts needs at least year, month and day")
+        if (self.unit or self.format) and self.column is None:
+            raise ValueError("timestamp 'unit' and 'format' say how to read 'column'; the spec gives 'parts' only")
+        if self.unit and self.format:
+            raise ValueError("timestamp takes 'unit' (epoch numbers) or 'format' (written dates), not both")
+        if self.unit and self.parts:
+            raise ValueError("an epoch time carries its time of day: timestamp 'unit' takes no 'parts'")
         return self
 
     @property
