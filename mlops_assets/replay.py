@@ -83,6 +83,21 @@ class DayRow:
     canary: list[str] = field(default_factory=list)  # canary decisions this day, simulated time (replay_traffic)
 
 
+def _why_failed(result, partition: str | None, chatter: str) -> str:
+    """A failed run in one line when a blocking check refused its partition (a day of bad data is
+    the data's business: the replay goes on, as the platform does); otherwise the first failure and
+    the end of what the run printed."""
+    refused = [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity.value == "ERROR"]
+    if refused:
+        why = "; ".join(
+            f"{e.check_name} ({', '.join(f'{k}: {v.value}' for k, v in e.metadata.items() if k != 'policy' and v.value != 'none')})"
+            for e in refused
+        )
+        return f"{partition or 'run'} refused by blocking checks: {why}"
+    failed = [e.message for e in result.all_events if e.is_failure][:1]
+    return f"run {result.run_id} failed: {failed}\n{chatter[-2000:]}"
+
+
 def apply_policy(spec, policy: str):
     """The spec with its retrain policy replaced (``default`` keeps the spec's own triggers)."""
     policies = spec.policies.model_copy(update={"retrain": policy})
@@ -200,8 +215,7 @@ class Replay:
         with frozen_dagster_clock(at), contextlib.redirect_stderr(chatter):
             result = self.in_process.execute(job, instance=self.instance, raise_on_error=False, run_config=QUIET, **kwargs)
         if not result.success:
-            failed = [e.message for e in result.all_events if e.is_failure][:1]
-            print(f"\n{self.spec.name}: run {result.run_id} failed: {failed}\n{chatter.getvalue()[-2000:]}", file=sys.stderr)
+            print(f"\n{self.spec.name}: {_why_failed(result, kwargs.get('partition_key'), chatter.getvalue())}", file=sys.stderr)
         return result
 
     def _sensor_tick(self, at: datetime) -> None:

@@ -367,3 +367,40 @@ def test_the_warm_up_ingests_the_days_the_first_models_past_rates_read(flight_sp
     from mlops_assets.server.clock import REPLAY_CLOCK_ENV
 
     assert REPLAY_CLOCK_ENV not in os.environ
+
+
+def test_a_day_refused_by_a_blocking_check_is_reported_in_one_line():
+    """A replay goes on past a day of bad data, as the platform does; it says in one line which
+    blocking check refused the day and why (the check's own metadata), not with the run's traceback.
+    Any other failure still shows the run's first failure and what it printed."""
+    import dagster as dg
+
+    from mlops_assets.replay import _why_failed
+
+    days = dg.DailyPartitionsDefinition(start_date="2024-01-01")
+
+    @dg.asset(
+        partitions_def=days,
+        check_specs=[dg.AssetCheckSpec("nulls", asset="dataset", blocking=True)],
+    )
+    def dataset():
+        yield dg.Output(1)
+        yield dg.AssetCheckResult(
+            check_name="nulls",
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"violations": "pressure: 52.8% > 50.0%", "policy": "checks.max_null_fraction"},
+        )
+
+    @dg.asset(partitions_def=days)
+    def broken():
+        raise ValueError("the disk is full")
+
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    refused = dg.materialize([dataset], partition_key="2024-01-03", raise_on_error=False, run_config=quiet)
+    assert not refused.success
+    line = _why_failed(refused, "2024-01-03", "a long traceback")
+    assert line == "2024-01-03 refused by blocking checks: nulls (violations: pressure: 52.8% > 50.0%)"
+    other = dg.materialize([broken], partition_key="2024-01-03", raise_on_error=False, run_config=quiet)
+    line = _why_failed(other, "2024-01-03", "what the run printed")
+    assert line.startswith(f"run {other.run_id} failed: [") and line.endswith("what the run printed")
