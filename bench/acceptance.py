@@ -109,7 +109,7 @@ def main() -> int:
                 c.apply(spec),
                 policy,
                 start=scored[0],
-                days=len(scored),
+                days=(scored[-1] - scored[0]).days + 1,  # calendar days: a day the source lacks is no day scored
                 home=homes[name],
                 progress=False,
             )
