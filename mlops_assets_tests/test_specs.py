@@ -173,8 +173,18 @@ def _holdout_exceeds_window(raw):
     raw["training"]["holdout_days"] = raw["training"]["window_days"] + 5
 
 
+def _entity_as_numeric_feature(raw):
+    raw["features"].append({"kind": "column", "name": "carrier_code", "column": "carrier"})  # an entity: keys, text
+
+
+def _range_on_an_entity(raw):
+    raw["checks"].setdefault("ranges", {})["origin"] = [0, 10]
+
+
 INVALID = [
     (_unknown_lookup, "unknown lookup table 'airports'"),
+    (_entity_as_numeric_feature, "column 'carrier' is an entity, read as text"),
+    (_range_on_an_entity, "checks.ranges: ['origin'] are read as text"),
     (_rate_by_non_entity, "group columns ['flight'] are not declared entities"),
     (_missing_reason_absent, "missing_reason"),
     (_regression_metric_on_classification, "promotion.metric 'rmse' does not fit a classification target"),

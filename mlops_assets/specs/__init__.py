@@ -427,6 +427,21 @@ class ModelSpec(StrictModel):
                     raise ValueError(f"feature {f.name!r}: lookups.{f.table} provides {table.output_columns}, not {f.source!r}")
             if isinstance(f, YearsSinceFeature) and f.of not in names:
                 raise ValueError(f"feature {f.name!r}: 'of' names unknown feature {f.of!r}")
+        # Entities are keys (Feast joins and groups by them as text), so their column is read as text:
+        # a numeric feature or a range of the same column would see strings (the range check crashed).
+        text = {*self.entities, *(f.source for f in self.features if isinstance(f, ColumnFeature) and f.type == "categorical")}
+        for i, f in enumerate(self.features):
+            if isinstance(f, ColumnFeature) and f.type == "numeric" and f.source in self.entities:
+                raise ValueError(
+                    f"features[{i}] {f.name!r}: column {f.source!r} is an entity, read as text (a key to group and "
+                    "join by), so it cannot also be a numeric feature: declare it type: categorical, or for the hour "
+                    "of the timestamp use a time_part feature"
+                )
+        ranged = sorted(c for c in self.checks.ranges if c in text)
+        if ranged:
+            raise ValueError(
+                f"checks.ranges: {ranged} are read as text (entities or categorical features); ranges apply to numbers"
+            )
         for tname, table in self.lookups.items():
             if table.join_entity not in self.entities:
                 raise ValueError(f"lookups.{tname}: entity {table.join_entity!r} is not a declared entity")
