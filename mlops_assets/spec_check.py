@@ -269,14 +269,15 @@ def _sample_stamps(ts: TimestampSpec, sample: pd.DataFrame) -> pd.Series | None:
     None when the spec cannot read the column at all (``timestamp_problems`` says why)."""
     import pandas as pd
 
-    from mlops_assets.core.sources import as_text, numbers_not_dates
+    from mlops_assets.core.sources import as_text, numbers_not_dates, parse_times
 
     raw = sample[ts.column]
     if ts.format is not None:
         return pd.to_datetime(as_text(raw), format=ts.format, errors="coerce")
     if numbers_not_dates(raw):
         return None
-    return pd.to_datetime(raw, errors="coerce", format="mixed")
+    stamps = parse_times(raw, ts.timezone)
+    return stamps if stamps.dt.tz is None else stamps.dt.tz_convert(ts.timezone).dt.tz_localize(None)  # local wall times
 
 
 def timestamp_problems(spec: ModelSpec, sample: pd.DataFrame) -> list[Problem]:

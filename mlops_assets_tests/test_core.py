@@ -205,6 +205,31 @@ def test_unparseable_timestamp_column_names_the_row():
         sources.event_timestamps(df, "ts", None, "UTC", "f.csv")
 
 
+def test_offsets_that_change_within_a_file_are_each_read_on_their_own_terms():
+    """A file across a change of daylight saving time writes +01:00, then +02:00 (pandas gives
+    objects for such a column, which crashed the reading); times with an offset keep it, naive times
+    beside them are read in the spec's timezone, and a date column is not taken for an offset."""
+    berlin = "Europe/Berlin"
+    across_dst = pd.DataFrame({"t": ["2013-03-30T10:00:00+01:00", "2013-03-31T10:00:00+02:00"]})
+    assert sources.event_timestamps(across_dst, "t", None, berlin, "f.csv").tolist() == [
+        pd.Timestamp("2013-03-30 09:00", tz="UTC"),
+        pd.Timestamp("2013-03-31 08:00", tz="UTC"),
+    ]
+    mixed = pd.DataFrame({"t": ["2013-03-30T10:00:00+01:00", "2013-03-30 11:00", "2013-03-30T12:00Z"]})
+    assert sources.event_timestamps(mixed, "t", None, berlin, "f.csv").tolist() == [
+        pd.Timestamp("2013-03-30 09:00", tz="UTC"),
+        pd.Timestamp("2013-03-30 10:00", tz="UTC"),  # naive: Berlin, UTC+1 that day
+        pd.Timestamp("2013-03-30 12:00", tz="UTC"),
+    ]
+    dates = pd.DataFrame({"t": ["2013-01-05", "2013-07-05"]})  # "-05" ends a date, not an offset
+    assert sources.event_timestamps(dates, "t", None, NY, "f.csv").tolist() == [
+        pd.Timestamp("2013-01-05 05:00", tz="UTC"),
+        pd.Timestamp("2013-07-05 04:00", tz="UTC"),
+    ]
+    with pytest.raises(DataError, match=r"f\.csv: row 2: cannot read a timestamp"):
+        sources.event_timestamps(pd.DataFrame({"t": ["2013-03-30T10:00+01:00", "soon"]}), "t", None, berlin, "f.csv")
+
+
 def test_epoch_times_are_read_in_the_unit_the_spec_gives():
     """CSV text and parquet numbers alike: seconds or milliseconds since 1970-01-01 UTC, whatever
     the spec's timezone (which only cuts the days)."""

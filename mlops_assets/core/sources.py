@@ -126,6 +126,38 @@ def localize(naive: pd.DatetimeIndex, timezone: str) -> pd.DatetimeIndex:
     return naive.tz_localize(timezone, ambiguous=np.ones(len(naive), dtype=bool), nonexistent="shift_forward").tz_convert("UTC")
 
 
+# a time of day followed by its UTC offset (Z, UTC, +02:00, -0500): the value says where it is
+_AWARE = re.compile(r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)\s*$", re.IGNORECASE)
+
+
+def parse_times(values: pd.Series, timezone: str) -> pd.Series:
+    """Timestamps written as text (or already typed), NaT where a value does not parse. Values with a
+    UTC offset keep it; values without one are returned naive, to be read in ``timezone``. A column
+    whose values carry different offsets (a file across a change of daylight saving time: +01:00,
+    then +02:00) or mix offsets with naive times is returned in UTC, each value read on its own
+    terms (pandas gives objects there, which no ``.dt`` reads)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "mixed time zones": handled below
+        ts = pd.to_datetime(values, errors="coerce", utc=False, format="mixed")
+    if pd.api.types.is_datetime64_any_dtype(ts):
+        return ts
+    text = values.astype("string")
+    aware = text.str.contains(_AWARE, na=False).to_numpy(dtype=bool)
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    if aware.any():
+        out[aware] = pd.to_datetime(text[aware], errors="coerce", utc=True, format="mixed")
+    naive = ~aware & values.notna().to_numpy(dtype=bool)
+    if naive.any():
+        read = pd.to_datetime(text[naive], errors="coerce", format="mixed")
+        if pd.api.types.is_datetime64_any_dtype(read) and read.dt.tz is None:
+            out[naive] = localize(pd.DatetimeIndex(read), timezone)
+        else:  # named zones the pattern does not know ("EST"): whatever each value says, in UTC
+            out[naive] = pd.to_datetime(text[naive], errors="coerce", utc=True, format="mixed")
+    return out
+
+
 def event_timestamps(
     df: pd.DataFrame,
     column: str | None,
@@ -152,7 +184,7 @@ def event_timestamps(
         else:
             if numbers_not_dates(raw):
                 raise DataError(f"{where}: column {column!r} {NUMBERS_NOT_DATES} (first value {str(raw.dropna().iloc[0])!r})")
-            ts = pd.to_datetime(raw, errors="coerce", utc=False, format="mixed")
+            ts = parse_times(raw, timezone)
         bad = ts.isna() & raw.notna()
         if parts:  # a date column whose time of day is in other columns (timestamp.parts: hour[, minute])
             offset = pd.to_timedelta(pd.to_numeric(df[parts["hour"]], errors="coerce"), unit="h")
