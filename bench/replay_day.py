@@ -107,7 +107,7 @@ def worker(profile: str, warmup_days: int, days: int) -> dict:
         run("train")
         ts = spec.source.timestamp
         source_days = split_days(
-            read_table(spec.source.path, spec.source.format),
+            read_table(spec.source.path, spec.source.format, spec.source.csv.options()),
             ts.column,
             ts.parts,
             ts.timezone,

@@ -30,7 +30,7 @@ def land(spec_ref, start: date, days: int = 1, on_day=None) -> list[str]:
 
     spec = spec_ref if isinstance(spec_ref, ModelSpec) else find_spec(spec_ref)
     lake = runtime()["lake"]
-    source = read_table(spec.source.path, spec.source.format)
+    source = read_table(spec.source.path, spec.source.format, spec.source.csv.options())
     ts = spec.source.timestamp
     written = []
     for i in range(days):

@@ -316,14 +316,14 @@ def frame_problems(spec: ModelSpec, frame: pd.DataFrame) -> list[Problem]:
     return problems + timestamp_problems(spec, frame) + time_of_day_problems(spec, frame)
 
 
-def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
+def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS, csv: dict | None = None) -> pd.DataFrame:
     """The first ``rows`` rows of a table (its first file when ``path`` is a glob), all as text like
     the landing zone reads them. Raises ``DataError`` naming the file."""
     import glob
 
     import pandas as pd
 
-    from mlops_assets.core.sources import DataError, infer_format, resolve_path
+    from mlops_assets.core.sources import NA_TEXT, DataError, infer_format, resolve_path
 
     resolved = resolve_path(path)
     files = sorted(glob.glob(resolved)) if glob.has_magic(resolved) else [resolved]
@@ -333,8 +333,21 @@ def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS) -> pd.DataF
     try:
         if infer_format(first, fmt) == "parquet":
             return pd.read_parquet(first).head(rows)
-        return pd.read_csv(first, dtype=str, nrows=rows, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null"])
-    except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:
+        dialect = csv or {}
+        return pd.read_csv(
+            first,
+            dtype=str,
+            nrows=rows,
+            keep_default_na=False,
+            na_values=[*NA_TEXT, *dialect.get("na_values", [])],
+            sep=dialect.get("sep", ","),
+            encoding=dialect.get("encoding", "utf-8"),
+        )
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{first}: cannot read a sample: {exc} (csv.encoding says how the file is written, e.g. latin-1)"
+        ) from exc
+    except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{first}: cannot read a sample: {exc}") from exc
 
 
@@ -356,7 +369,7 @@ def _read_lookups(spec: ModelSpec) -> list[Problem]:
     problems: list[Problem] = []
     for name, table in spec.lookups.items():
         try:
-            sample = read_sample(table.path, table.format, rows=200)
+            sample = read_sample(table.path, table.format, rows=200, csv=table.csv.options())
         except DataError as exc:
             problems.append(Problem(f"lookups.{name}.path", str(exc)))
             continue
@@ -392,7 +405,7 @@ def check_spec(spec: ModelSpec) -> list[Problem]:
 
     problems = estimator_problems(spec)
     try:
-        sample = read_sample(spec.source.path, spec.source.format)
+        sample = read_sample(spec.source.path, spec.source.format, csv=spec.source.csv.options())
     except DataError as exc:
         problems.append(Problem("source.path", str(exc)))
     else:

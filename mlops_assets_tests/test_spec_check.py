@@ -346,3 +346,59 @@ def test_static_check_imports_no_heavy_library():
     proc = subprocess.run([sys.executable, "-c", probe], check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[] False False"
+
+
+def test_a_source_written_another_way_is_read_as_its_csv_block_says(tmp_path, capsys):
+    """A semicolon-separated latin-1 export with '?' for a missing value and day-first times
+    (as some public datasets ship): without ``source.csv`` the check says the file is not UTF-8 and
+    which setting reads it, then that its columns are not the spec's (one column: the separator);
+    with the whole block it passes, and the dataset stage types the day as written."""
+    from mlops_assets.core.names import EVENT_TS
+    from mlops_assets.core.sources import extract_day, read_table
+    from mlops_assets.core.validation import clean_events
+    from mlops_assets.specs import load_spec
+
+    lines = ["horodatage;température;vent;ventes"]
+    lines += [
+        f"0{d}/01/2020 {h:02d}:00;{'?' if h == 3 else f'{0.2 + h / 100:.2f}'};{h % 5};{10 * h + d}"
+        for d in (1, 2)
+        for h in range(24)
+    ]
+    source = tmp_path / "data" / "ventes.csv"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    raw = {
+        "name": "ventes",
+        "description": "hourly sales",
+        "source": {"path": str(source), "format": "csv", "timestamp": {"column": "horodatage", "format": "%d/%m/%Y %H:%M"}},
+        "target": {"column": "ventes", "task": "regression"},
+        "features": [{"kind": "column", "name": "température"}, {"kind": "column", "name": "vent"}],
+        "estimator": {"class": "sklearn.linear_model.Ridge"},
+        "promotion": {"metric": "rmse"},
+        "partitions": {"start": "2020-01-01", "end": "2020-02-01"},
+    }
+    path = write_spec(tmp_path / "specs" / "ventes.yaml", raw)
+    rc, _, err = run_check(capsys, path)
+    assert rc == 1 and "cannot read a sample: 'utf-8' codec can't decode" in err and "csv.encoding" in err, err
+    raw["source"]["csv"] = {"encoding": "latin-1"}
+    write_spec(path, raw)
+    rc, _, err = run_check(capsys, path)  # read, but as one column: the separator is not a comma
+    assert rc == 1 and "source.timestamp.column: 'horodatage' is not a column of the source" in err, err
+    raw["source"]["csv"] = {"sep": ";", "na_values": ["?"], "encoding": "latin-1"}
+    write_spec(path, raw)
+    rc, out, err = run_check(capsys, path)
+    assert (rc, err) == (0, ""), err
+    assert f"{path}: ok: ventes" in out
+    spec = load_spec(path)
+    ts = spec.source.timestamp
+    table = read_table(spec.source.path, spec.source.format, spec.source.csv.options())
+    day = date(2020, 1, 2)
+    landed = extract_day(table, ts.column, ts.parts, ts.timezone, day, "x", unit=ts.unit, fmt=ts.format)
+    events = clean_events(landed.reset_index(drop=True), spec, day, "landing/2020-01-02.csv")
+    assert len(events) == 24 and events["température"].isna().sum() == 1
+    assert events["température"].iloc[4] == pytest.approx(0.24) and events["vent"].iloc[4] == 4.0
+    assert events[EVENT_TS].iloc[4] == pd.Timestamp("2020-01-02 04:00", tz="UTC")
+    raw["source"]["csv"]["encoding"] = "latin-2000"
+    write_spec(path, raw)
+    rc, _, err = run_check(capsys, path)
+    assert rc == 1 and "unknown encoding 'latin-2000'" in err

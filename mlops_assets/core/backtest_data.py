@@ -115,7 +115,7 @@ def load_history(spec: ModelSpec, start: date | None = None, end: date | None = 
     """The spec's days from ``start`` (default: ``partitions.start``) to ``end`` (exclusive; default:
     ``partitions.end`` or the source's last day) as model inputs and labels."""
     ts = spec.source.timestamp
-    source = read_table(spec.source.path, spec.source.format)
+    source = read_table(spec.source.path, spec.source.format, spec.source.csv.options())
     by_day = split_days(source, ts.column, ts.parts, ts.timezone, spec.source.path, unit=ts.unit, fmt=ts.format)
     lo = max(start or spec.partitions.start, spec.partitions.start)
     hi = min(d for d in (end, spec.partitions.end) if d is not None) if (end or spec.partitions.end) else None

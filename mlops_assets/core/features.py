@@ -158,7 +158,7 @@ def past_rate_table(
 def lookup_frame(name: str, table: LookupTableSpec, spec: ModelSpec) -> pd.DataFrame:
     """A lookup table ready for Feast: entity key as text, a UTC timestamp, renamed numeric columns."""
     where = f"lookups.{name} ({table.path})"
-    raw = read_table(table.path, table.format)
+    raw = read_table(table.path, table.format, table.csv.options())
     ts_cols = table.timestamp.source_columns if table.timestamp else []
     require_columns(raw, [table.key, *ts_cols, *table.columns], where, spec.name)
     out = pd.DataFrame({table.join_entity: raw[table.key].astype("string").fillna("").astype(object)})

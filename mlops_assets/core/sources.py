@@ -49,23 +49,28 @@ def infer_format(path: str, declared: str | None) -> str:
     raise DataError(f"{path}: cannot tell the file format; set 'format' to csv or parquet")
 
 
-def read_table(path: str, fmt: str | None = None) -> pd.DataFrame:
-    """Read a CSV/parquet file or every file of a glob into one frame, with errors naming the file."""
+NA_TEXT = ["", "NA", "NaN", "nan", "null"]
+
+
+def read_table(path: str, fmt: str | None = None, csv: dict | None = None) -> pd.DataFrame:
+    """Read a CSV/parquet file or every file of a glob into one frame, with errors naming the file.
+    ``csv``: how the CSV files are written (``CsvSpec.options``: separator, missing-value text,
+    encoding), when not comma-separated UTF-8."""
     resolved = resolve_path(path)
     files = sorted(glob.glob(resolved)) if glob.has_magic(resolved) else [resolved]
     if not files:
         raise DataError(f"{path}: no file matches")
-    frames = [read_file(f, infer_format(f, fmt)) for f in files]
+    frames = [read_file(f, infer_format(f, fmt), csv) for f in files]
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
-def read_file(path: str, fmt: str) -> pd.DataFrame:
+def read_file(path: str, fmt: str, csv: dict | None = None) -> pd.DataFrame:
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
-    return parse_file(path, fmt, path)
+    return parse_file(path, fmt, path, csv)
 
 
-def parse_file(source, fmt: str, where: str) -> pd.DataFrame:
+def parse_file(source, fmt: str, where: str, csv: dict | None = None) -> pd.DataFrame:
     """A file's rows from a path or its bytes (``where`` names it in errors: a path or a URI)."""
     import io
 
@@ -79,16 +84,27 @@ def parse_file(source, fmt: str, where: str) -> pd.DataFrame:
         if fmt == "parquet":
             return pd.read_parquet(path)
         # Everything as text: typing is the dataset stage's job, with errors that name the column.
+        dialect = csv or {}
         df = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_values=["", "NA", "NaN", "nan", "null"], compression=compression
+            path,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[*NA_TEXT, *dialect.get("na_values", [])],
+            sep=dialect.get("sep", ","),
+            encoding=dialect.get("encoding", "utf-8"),
+            compression=compression,
         )
     except pd.errors.ParserError as exc:
         raise DataError(f"{where}: malformed {fmt.upper()}: {exc}".strip()) from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{where}: file is empty") from exc
-    except (UnicodeDecodeError, ValueError, OSError, EOFError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{where}: cannot read as {fmt}: {exc} (csv.encoding says how the file is written, e.g. latin-1)"
+        ) from exc
+    except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{where}: cannot read as {fmt}: {exc}") from exc
-    if isinstance(path, io.BytesIO) and compression is None:
+    if isinstance(path, io.BytesIO) and compression is None and (csv or {}).get("sep", ",") == ",":
         truncated_csv(path.getvalue(), len(df.columns), where)
     return df
 

@@ -90,6 +90,31 @@ class TimestampSpec(StrictModel):
         return [*([self.column] if self.column else []), *(self.parts or {}).values()]
 
 
+class CsvSpec(StrictModel):
+    """How a table's CSV files are written, when not comma-separated UTF-8. The landing zone keeps
+    the platform's own form: ``mlops land`` and a replay write each day comma-separated UTF-8."""
+
+    sep: str = Field(",", min_length=1, max_length=1, description="the field separator: ';' or '\\t' or '|'")
+    na_values: list[str] = Field(
+        default_factory=list, description="text that also means a missing value (e.g. '?'), besides '', NA, NaN and null"
+    )
+    encoding: str = Field("utf-8", description="e.g. latin-1 for files from older tools")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding {v!r}") from exc
+        return v
+
+    def options(self) -> dict:
+        return {"sep": self.sep, "na_values": self.na_values, "encoding": self.encoding}
+
+
 class SourceSpec(StrictModel):
     """The event table: one row per event to predict (a flight, a half-hour of a market...).
 
@@ -99,6 +124,7 @@ class SourceSpec(StrictModel):
 
     path: str
     format: Literal["csv", "parquet"] | None = None
+    csv: CsvSpec = Field(default_factory=CsvSpec)
     timestamp: TimestampSpec
 
 
@@ -108,6 +134,7 @@ class LookupTableSpec(StrictModel):
 
     path: str
     format: Literal["csv", "parquet"] | None = None
+    csv: CsvSpec = Field(default_factory=CsvSpec)
     key: str = Field(description="Column of the table that matches an entity of the spec.")
     entity: str | None = Field(None, description="Entity it joins on; defaults to `key`.")
     timestamp: TimestampSpec | None = None
