@@ -313,7 +313,8 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
     champion = bootstrap if models.trainable(W, H, bootstrap) else None
     if champion is None:
         raise ValueError(f"{spec.name}: the first model (trained {bootstrap}) has too few rows in its window")
-    last = promoted_at = bootstrap
+    promoted_at = bootstrap
+    clock = _Clock(spec.source.timestamp.timezone, bootstrap)
     reference = _holdout_metric(spec, models, W, H, champion, champion)
     served: dict[date, date] = {}  # scored day -> the model that served it
     ys, ss, daily = [], [], []
@@ -332,10 +333,10 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
         ys.append(y)
         ss.append(s)
         daily.append(metric_value(metric, y, s))
-        age = (day - last).days
+        age = clock.age(day)  # days since the model was trained, on the replay's clock
         cause = None
         if cron:
-            cause = "cron" if age >= cron else None
+            cause = "cron" if age >= cron - SLACK else None
         elif c.retrain == "triggers":
             judged = _performance(spec, models, c, served, champion, promoted_at, day - timedelta(days=delay), reference)
             failing_now = judged is True
@@ -350,10 +351,10 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
                     pending = pending or "performance"
                 trigger = None
             previous_failing = failing_now  # a verdict not judged is not failing (Dagster skips the check)
-            if c.model_days and age > c.model_days and not fresh_flagged:
+            if c.model_days and age >= c.model_days and not fresh_flagged:
                 pending, fresh_flagged = pending or "freshness", True
             trigger = trigger or pending
-            cause = trigger if trigger and age >= c.cooldown_days else None
+            cause = trigger if trigger and age >= c.cooldown_days - SLACK else None
         if cause is not None and c.budget_days and retrains + 1 > math.floor((day - bootstrap).days / c.budget_days):
             cause = None  # the budget is spent: the trigger waits, as in the cooldown
         if cause is None:
@@ -365,7 +366,8 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
         retrains += 1
         causes[cause] = causes.get(cause, 0) + 1
         retrain_days.append(day.isoformat())
-        last, pending, verdict_before, fresh_flagged = day, None, False, False
+        pending, verdict_before, fresh_flagged = None, False, False
+        clock.trained(day)
         if _gate(spec, models, c, challenger, champion):
             champion, promoted_at, promotions = challenger, day, promotions + 1
             reference = _holdout_metric(spec, models, W, H, champion, champion)
@@ -375,6 +377,36 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
         Outcome(c, pooled, retrains, promotions, causes, retrain_days, daily, failed_fits=failed),
         Scored(ys, ss),
     )
+
+
+SLACK = 1 / 24  # the cooldown's and cron's hour of slack (policies.retrain_condition)
+
+
+class _Clock:
+    """How old the model is at a day's first automation tick, as the replay's clock measures it:
+    files land at 00:30 local after their day, the tick runs 5 minutes later, the first model is
+    trained 2 minutes after its day's file lands and a retrain 7 minutes after (after the tick and
+    the day's scoring run). In real time, so a change of daylight saving time between two days makes
+    them 23 or 25 hours apart, as it does for the platform's freshness and cooldown."""
+
+    TICK, FIRST_MODEL, RETRAIN = 5, 2, 7  # minutes after the file lands (mlops_assets.replay)
+
+    def __init__(self, timezone: str, bootstrap: date):
+        from zoneinfo import ZoneInfo
+
+        self._tz = ZoneInfo(timezone)
+        self._at = self._landed(bootstrap) + timedelta(minutes=self.FIRST_MODEL)
+
+    def _landed(self, day: date):
+        from datetime import UTC, datetime, time
+
+        return datetime.combine(day + timedelta(days=1), time(0, 30), self._tz).astimezone(UTC)
+
+    def trained(self, day: date) -> None:
+        self._at = self._landed(day) + timedelta(minutes=self.RETRAIN)
+
+    def age(self, day: date) -> float:
+        return ((self._landed(day) + timedelta(minutes=self.TICK)) - self._at).total_seconds() / 86400
 
 
 def _holdout_rows(models: Models, W: int, H: int, as_of: date) -> tuple[np.ndarray, list[date]]:
