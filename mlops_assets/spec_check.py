@@ -394,7 +394,8 @@ def landing_problems(spec: ModelSpec, frames: list[pd.DataFrame]) -> list[Proble
     problems += source_column_problems(spec, columns)
     whole = [f for f in frames if set(spec.source.timestamp.source_columns) <= set(f.columns)]
     if whole:
-        problems += time_of_day_problems(spec, pd.concat(whole, ignore_index=True).head(SAMPLE_ROWS))
+        sample = pd.concat(whole, ignore_index=True).head(SAMPLE_ROWS)
+        problems += timestamp_problems(spec, sample) + time_of_day_problems(spec, sample)
     return problems
 
 

@@ -402,3 +402,24 @@ def test_a_source_written_another_way_is_read_as_its_csv_block_says(tmp_path, ca
     write_spec(path, raw)
     rc, _, err = run_check(capsys, path)
     assert rc == 1 and "unknown encoding 'latin-2000'" in err
+
+
+def test_the_landing_sensors_first_look_blames_a_timestamp_setting_that_reads_none_of_the_files():
+    """A ``timestamp.format`` (or ``unit``) that reads none of the landed files' times is the spec's
+    fault, not the files': the landing sensor's check names the field, so it skips the spec instead
+    of quarantining every file."""
+    from mlops_assets.core.sources import read_table
+    from mlops_assets.spec_check import landing_problems
+    from mlops_assets.specs import ModelSpec
+
+    raw = elec2_raw()
+    frame = read_table(os.path.expandvars(raw["source"]["path"])).head(96)  # two days, as landed files hold them
+    assert [p for p in landing_problems(ModelSpec.model_validate(raw), [frame]) if p.field.startswith("source.timestamp")] == []
+    raw["source"]["timestamp"]["format"] = "%d/%m/%Y %H:%M"
+    problems = landing_problems(ModelSpec.model_validate(raw), [frame])
+    assert [p.field for p in problems] == ["source.timestamp.format"]
+    assert "reads none of column 'timestamp' (first value '1996-05-07 00:00:00')" in problems[0].message
+    del raw["source"]["timestamp"]["format"]
+    raw["source"]["timestamp"]["unit"] = "s"
+    problems = landing_problems(ModelSpec.model_validate(raw), [frame])
+    assert [p.field for p in problems] == ["source.timestamp.unit"]
