@@ -107,13 +107,7 @@ def worker(profile: str, warmup_days: int, days: int) -> dict:
         run("train")
         ts = spec.source.timestamp
         source_days = split_days(
-            read_table(spec.source.path, spec.source.format, spec.source.csv.options()),
-            ts.column,
-            ts.parts,
-            ts.timezone,
-            spec.source.path,
-            unit=ts.unit,
-            fmt=ts.format,
+            read_table(spec.source.path, spec.source.format, spec.source.csv.options()), ts, spec.source.path
         )
         setup_s = time.perf_counter() - t0
 

@@ -35,7 +35,7 @@ def land(spec_ref, start: date, days: int = 1, on_day=None) -> list[str]:
     written = []
     for i in range(days):
         day = start + timedelta(days=i)
-        rows = extract_day(source, ts.column, ts.parts, ts.timezone, day, spec.source.path, unit=ts.unit, fmt=ts.format)
+        rows = extract_day(source, ts, day, spec.source.path)
         if rows.empty:
             print(f"{spec.name}: no source rows on {day}; nothing landed", file=sys.stderr)
         else:

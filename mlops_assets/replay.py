@@ -122,9 +122,7 @@ class Replay:
         self.spec, self.home, self.progress, self.keep_instance = spec, home, progress, keep_instance
         tr, ts = spec.training, spec.source.timestamp
         source = read_table(spec.source.path, spec.source.format, spec.source.csv.options())
-        self.source_days: dict[date, pd.DataFrame] = split_days(
-            source, ts.column, ts.parts, ts.timezone, spec.source.path, unit=ts.unit, fmt=ts.format
-        )
+        self.source_days: dict[date, pd.DataFrame] = split_days(source, ts, spec.source.path)
         first = max(min(self.source_days), spec.partitions.start)
         self.start = start or first + timedelta(days=tr.window_days + tr.holdout_days)
         last = (

@@ -214,7 +214,7 @@ def test_a_day_the_platform_would_reject_is_named_with_what_broke_its_check(elec
     from mlops_assets.core.sources import read_table, split_days
 
     ts = elec2_spec.source.timestamp
-    days = split_days(read_table(elec2_spec.source.path, "csv"), ts.column, ts.parts, ts.timezone, elec2_spec.source.path)
+    days = split_days(read_table(elec2_spec.source.path, "csv"), ts, elec2_spec.source.path)
     day = date(1996, 7, 1)
     raw = days[day].copy()
     events, why = _accepted(raw, elec2_spec, day)

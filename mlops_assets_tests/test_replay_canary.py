@@ -100,7 +100,7 @@ def test_the_requests_a_replay_sends_are_what_the_server_accepts(flight_spec):
     from mlops_assets.core.validation import clean_events
 
     ts = flight_spec.source.timestamp
-    days = split_days(read_table(flight_spec.source.path, flight_spec.source.format), ts.column, ts.parts, ts.timezone, "x")
+    days = split_days(read_table(flight_spec.source.path, flight_spec.source.format), ts, "x")
     day = date(2013, 3, 10)  # the spring DST change in New York
     events = clean_events(days[day].reset_index(drop=True), flight_spec, day, "flights")
     times, rows = event_requests(events, flight_spec)

@@ -61,6 +61,16 @@ def hourly_raw(source: Path, with_hour: bool) -> dict:
     }
 
 
+def typed_day(spec, day: date) -> pd.DataFrame:
+    """One day of a spec's source as the landing command extracts it and the dataset stage types it."""
+    from mlops_assets.core.sources import extract_day, read_table
+    from mlops_assets.core.validation import clean_events
+
+    table = read_table(spec.source.path, spec.source.format, spec.source.csv.options())
+    landed = extract_day(table, spec.source.timestamp, day, spec.source.path)
+    return clean_events(landed.reset_index(drop=True), spec, day, f"landing/{day}")
+
+
 def run_check(capsys, *specs: Path) -> tuple[int, str, str]:
     from mlops_assets.cli import main
 
@@ -167,8 +177,6 @@ def test_check_refuses_epoch_numbers_without_a_unit_and_ingestion_reads_them_wit
     that read it; with ``unit: s`` the check passes, and the day the landing command extracts and
     the dataset stage types (``clean_events``) holds each event at the instant its ISO time gives."""
     from mlops_assets.core.names import EVENT_TS
-    from mlops_assets.core.sources import extract_day, read_table
-    from mlops_assets.core.validation import clean_events
     from mlops_assets.specs import load_spec
 
     source = hourly_source(tmp_path / "data")
@@ -187,11 +195,8 @@ def test_check_refuses_epoch_numbers_without_a_unit_and_ingestion_reads_them_wit
     rc, out, err = run_check(capsys, path)
     assert (rc, err) == (0, ""), err
     assert f"{path}: ok: hourly_rentals" in out
-    spec = load_spec(path)
-    ts = spec.source.timestamp
     day = date(2020, 1, 2)
-    landed = extract_day(read_table(spec.source.path), ts.column, ts.parts, ts.timezone, day, "x", unit=ts.unit, fmt=ts.format)
-    events = clean_events(landed.reset_index(drop=True), spec, day, "landing/2020-01-02.parquet")
+    events = typed_day(load_spec(path), day)
     assert len(events) == 24
     assert list(events[EVENT_TS]) == list(iso[iso.dt.date == day].dt.tz_localize("UTC"))
 
@@ -354,8 +359,6 @@ def test_a_source_written_another_way_is_read_as_its_csv_block_says(tmp_path, ca
     which setting reads it, then that its columns are not the spec's (one column: the separator);
     with the whole block it passes, and the dataset stage types the day as written."""
     from mlops_assets.core.names import EVENT_TS
-    from mlops_assets.core.sources import extract_day, read_table
-    from mlops_assets.core.validation import clean_events
     from mlops_assets.specs import load_spec
 
     lines = ["horodatage;température;vent;ventes"]
@@ -389,12 +392,7 @@ def test_a_source_written_another_way_is_read_as_its_csv_block_says(tmp_path, ca
     rc, out, err = run_check(capsys, path)
     assert (rc, err) == (0, ""), err
     assert f"{path}: ok: ventes" in out
-    spec = load_spec(path)
-    ts = spec.source.timestamp
-    table = read_table(spec.source.path, spec.source.format, spec.source.csv.options())
-    day = date(2020, 1, 2)
-    landed = extract_day(table, ts.column, ts.parts, ts.timezone, day, "x", unit=ts.unit, fmt=ts.format)
-    events = clean_events(landed.reset_index(drop=True), spec, day, "landing/2020-01-02.csv")
+    events = typed_day(load_spec(path), date(2020, 1, 2))
     assert len(events) == 24 and events["température"].isna().sum() == 1
     assert events["température"].iloc[4] == pytest.approx(0.24) and events["vent"].iloc[4] == 4.0
     assert events[EVENT_TS].iloc[4] == pd.Timestamp("2020-01-02 04:00", tz="UTC")

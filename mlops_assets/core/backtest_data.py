@@ -116,7 +116,7 @@ def load_history(spec: ModelSpec, start: date | None = None, end: date | None = 
     ``partitions.end`` or the source's last day) as model inputs and labels."""
     ts = spec.source.timestamp
     source = read_table(spec.source.path, spec.source.format, spec.source.csv.options())
-    by_day = split_days(source, ts.column, ts.parts, ts.timezone, spec.source.path, unit=ts.unit, fmt=ts.format)
+    by_day = split_days(source, ts, spec.source.path)
     lo = max(start or spec.partitions.start, spec.partitions.start)
     hi = min(d for d in (end, spec.partitions.end) if d is not None) if (end or spec.partitions.end) else None
     keep = [d for d in sorted(by_day) if d >= lo and (hi is None or d < hi)]

@@ -17,7 +17,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from mlops_assets.core.sources import DataError, day_start_utc, event_timestamps, read_table, require_columns
+from mlops_assets.core.sources import DataError, day_start_utc, read_table, require_columns, spec_timestamps
 from mlops_assets.core.validation import EVENT_ID, EVENT_TS, LABEL
 from mlops_assets.specs import ColumnFeature, LookupTableSpec, ModelSpec, PastRateFeature, TimePartFeature
 
@@ -164,7 +164,7 @@ def lookup_frame(name: str, table: LookupTableSpec, spec: ModelSpec) -> pd.DataF
     out = pd.DataFrame({table.join_entity: raw[table.key].astype("string").fillna("").astype(object)})
     if table.timestamp:
         t = table.timestamp
-        out[EVENT_TS] = event_timestamps(raw, t.column, t.parts, t.timezone, where, unit=t.unit, fmt=t.format)
+        out[EVENT_TS] = spec_timestamps(raw, t, where)
     else:
         out[EVENT_TS] = STATIC_TIMESTAMP.as_unit("us")
     for col in table.columns:

@@ -262,32 +262,19 @@ def day_start_utc(day: date, timezone: str) -> pd.Timestamp:
     return pd.Timestamp(day).tz_localize(timezone).tz_convert("UTC")
 
 
-def extract_day(
-    source: pd.DataFrame,
-    column: str | None,
-    parts: dict | None,
-    timezone: str,
-    day: date,
-    where: str,
-    *,
-    unit: str | None = None,
-    fmt: str | None = None,
-) -> pd.DataFrame:
-    """The rows of a source table that belong to one local day, columns untouched (for landing)."""
-    ts = event_timestamps(source, column, parts, timezone, where, unit=unit, fmt=fmt)
-    return source.loc[(local_dates(ts, timezone) == day).to_numpy()]
+def spec_timestamps(df: pd.DataFrame, ts, where: str) -> pd.Series:
+    """``event_timestamps`` as a spec's ``timestamp:`` block (``TimestampSpec``) says to read them."""
+    return event_timestamps(df, ts.column, ts.parts, ts.timezone, where, unit=ts.unit, fmt=ts.format)
 
 
-def split_days(
-    source: pd.DataFrame,
-    column: str | None,
-    parts: dict | None,
-    timezone: str,
-    where: str,
-    *,
-    unit: str | None = None,
-    fmt: str | None = None,
-) -> dict[date, pd.DataFrame]:
-    """Every local day of a source table and its rows, columns untouched (for replays and studies)."""
-    ts = event_timestamps(source, column, parts, timezone, where, unit=unit, fmt=fmt)
-    return {d: rows for d, rows in source.groupby(local_dates(ts, timezone).to_numpy(), sort=True)}
+def extract_day(source: pd.DataFrame, ts, day: date, where: str) -> pd.DataFrame:
+    """The rows of a source table that belong to one local day (``ts``: the spec's ``TimestampSpec``),
+    columns untouched (for landing)."""
+    return source.loc[(local_dates(spec_timestamps(source, ts, where), ts.timezone) == day).to_numpy()]
+
+
+def split_days(source: pd.DataFrame, ts, where: str) -> dict[date, pd.DataFrame]:
+    """Every local day of a source table and its rows (``ts``: the spec's ``TimestampSpec``), columns
+    untouched (for replays and studies)."""
+    days = local_dates(spec_timestamps(source, ts, where), ts.timezone).to_numpy()
+    return {d: rows for d, rows in source.groupby(days, sort=True)}

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.core.names import EVENT_ID, EVENT_TS, LABEL
-from mlops_assets.core.sources import DataError, event_timestamps, local_dates, require_columns
+from mlops_assets.core.sources import DataError, local_dates, require_columns, spec_timestamps
 from mlops_assets.specs import ColumnFeature, ModelSpec
 
 MAX_ROWS_NAMED = 10  # rows listed by number in a refusal or a check (the count says how many in all)
@@ -60,7 +60,7 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
     """
     require_columns(raw, spec.required_source_columns, where, spec.name)
     ts_spec = spec.source.timestamp
-    ts = event_timestamps(raw, ts_spec.column, ts_spec.parts, ts_spec.timezone, where, unit=ts_spec.unit, fmt=ts_spec.format)
+    ts = spec_timestamps(raw, ts_spec, where)
     local = local_dates(ts, ts_spec.timezone)
     wrong_day = (local != day).to_numpy()
     if wrong_day.any():
