@@ -106,17 +106,21 @@ def run_replay(args) -> int:
     import warnings
     from pathlib import Path
 
-    from mlops_assets.replay import replay
+    from mlops_assets.replay import Stopped, replay
 
     warnings.filterwarnings("ignore", module="dagster")  # beta/preview notices of the evaluator, once per tick
-    report = replay(
-        args.spec,
-        args.policy,
-        start=args.start,
-        days=args.days,
-        home=Path(args.home) if args.home else None,
-        keep_instance=args.keep_instance,
-    )
+    try:
+        report = replay(
+            args.spec,
+            args.policy,
+            start=args.start,
+            days=args.days,
+            home=Path(args.home) if args.home else None,
+            keep_instance=args.keep_instance,
+        )
+    except Stopped as exc:
+        print(f"\nmlops replay: stopped by {exc}; no report written (the model servers it started are stopped)", file=sys.stderr)
+        return 130
     Path(args.out).write_text(json.dumps(report, indent=1))
     summary = {k: v for k, v in report.items() if k != "rows"}
     print(json.dumps(summary))

@@ -149,6 +149,7 @@ class Replay:
         self.landing_cursor: str | None = None
         self.pending_causes: set[str] = set()
         self.failing_causes: set[str] = set()
+        self._check_signals = lambda: None  # while ``run`` plays: stop on SIGINT/SIGTERM (_stop_signals)
         self._setup_platform()
         from mlops_assets.replay_traffic import for_replay
 
@@ -212,6 +213,7 @@ class Replay:
         chatter = io.StringIO()  # MLflow prints registry notices to stderr; keep the progress line clean
         with frozen_dagster_clock(at), contextlib.redirect_stderr(chatter):
             result = self.in_process.execute(job, instance=self.instance, raise_on_error=False, run_config=QUIET, **kwargs)
+        self._check_signals()  # a signal during the run: the run ended as Dagster let it; stop here
         if not result.success:
             print(f"\n{self.spec.name}: {_why_failed(result, kwargs.get('partition_key'), chatter.getvalue())}", file=sys.stderr)
         return result
@@ -242,6 +244,7 @@ class Replay:
         dg = self.dg
         with frozen_dagster_clock(at):
             result = evaluate_automation(self.defs, self.instance, self.automation_cursor, at)
+        self._check_signals()
         self.automation_cursor = result.cursor
         for r in result.results:
             if r.key == self.key("training_set"):
@@ -373,7 +376,7 @@ class Replay:
 
         t0 = time.perf_counter()
         try:
-            with _own_sigint_handler():
+            with _stop_signals() as self._check_signals:
                 self._play(t0)
         finally:
             stopped = self.close()
@@ -467,34 +470,61 @@ def _fired(result) -> set[str]:
     return labels
 
 
-@contextlib.contextmanager
-def _own_sigint_handler():
-    """Ctrl-C raises ``KeyboardInterrupt`` as always, through a handler of our own while it lasts.
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the replay between two runs (the servers it started are stopped)."""
 
-    Every automation tick runs its evaluator under ``asyncio.run``. On the main thread, with Python's
-    default SIGINT handler in place, ``asyncio.run`` installs one bound to its task, and on the way
-    out asks ``signal.getsignal``, which fails to map that handler onto the ``Handlers`` enum and
-    formats it in the error it then swallows: the finished task, with every evaluation result
-    pretty-printed. That was 1.3 % of a replay (py-spy, 120 Elec2 days). With another handler in
-    place ``asyncio.run`` leaves SIGINT alone. Off the main thread (the daemon) nothing changes."""
+
+@contextlib.contextmanager
+def _stop_signals():
+    """Ctrl-C and SIGTERM stop a replay, also when they arrive during a run; yields the check the
+    replay makes after every run and tick.
+
+    Dagster owns both signals while it executes a run (``capture_interrupts``): it records them, the
+    run goes on to its end, and the record is cleared, so a replay used to carry on as if nothing had
+    happened (a ``timeout`` or a container's stop went unheard). The signals are also written to a
+    wakeup pipe whatever Python handler is in place; after each run the replay reads it and raises
+    ``Stopped``. Between runs our own handler raises at once.
+
+    It also spares each automation tick a cost: with Python's default SIGINT handler in place,
+    ``asyncio.run`` (the evaluator's) installs one bound to its task and, on the way out, formats the
+    finished task with every evaluation result in an error it then swallows (1.3 % of a replay of
+    120 Elec2 days, py-spy). With another handler in place it leaves SIGINT alone. Off the main
+    thread (the daemon) nothing changes."""
     import signal
     import threading
 
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise Stopped(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, interrupt)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    for sig in previous:
+        signal.signal(sig, interrupt)
+
+    def check() -> None:
+        try:
+            received = os.read(read_end, 512)
+        except BlockingIOError:
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum.value in received:
+                raise Stopped(signum.name)
+
     try:
-        yield
+        yield check
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        os.close(read_end)
+        os.close(write_end)
 
 
 def replay(

@@ -404,3 +404,44 @@ def test_a_day_refused_by_a_blocking_check_is_reported_in_one_line():
     other = dg.materialize([broken], partition_key="2024-01-03", raise_on_error=False, run_config=quiet)
     line = _why_failed(other, "2024-01-03", "what the run printed")
     assert line.startswith(f"run {other.run_id} failed: [") and line.endswith("what the run printed")
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_replay_stops_on_sigterm_and_ctrl_c_also_during_a_run(tmp_path, signame):
+    """Dagster holds SIGINT and SIGTERM while it executes a run and forgets them at its end, so a
+    replay used to carry on to its last day under ``timeout``, a container's stop or Ctrl-C. Sent
+    once the scored days are under way (a run is then executing most of the time), the signal
+    stops ``mlops replay`` within seconds: exit status 130, the reason, and no report."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlops_assets_tests.conftest import ELEC2_SPEC
+
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "mlops_assets.cli", "replay", "--spec", str(ELEC2_SPEC), "--days", "300"]
+    cmd += ["--home", str(tmp_path / "home"), "--out", str(out)]
+    env = {**os.environ, "MLOPS_HOME": str(tmp_path)}
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 180
+            while b"days  accuracy" not in log.read_bytes():  # the progress line: scored days under way
+                assert proc.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "the replay never reached its scored days"
+                time.sleep(0.5)
+            time.sleep(2)
+            sent = time.monotonic()
+            proc.send_signal(getattr(signal, signame))
+            rc = proc.wait(timeout=60)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert rc == 130, text[-2000:]
+    assert f"mlops replay: stopped by {signame}; no report written" in text
+    assert took < 30 and not out.exists()
