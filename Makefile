@@ -41,8 +41,11 @@ demo: $(STAMP)  ## land two weeks of 2013 flights, ingest, train, gate, score; p
 # module fixtures, such as a trained home, are built once). PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
 
+# One rerun, only for CPython 3.11's spurious "AST constructor recursion depth mismatch" SystemError
+# (python/cpython#106905, fixed by #106906 in later releases; this machine has 3.11.7). It has hit a
+# test now and then inside skops' and typeguard's ast.parse, never in the platform's own code.
 test: $(STAMP) $(TOOLS_STAMP)  ## the whole suite (real Dagster, MLflow, Feast on temporary homes)
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --reruns 1 --only-rerun "AST constructor recursion depth mismatch"
 
 ui: $(STAMP)  ## Dagster UI on http://127.0.0.1:3000 and MLflow UI on :5000 for the embedded home; Ctrl-C stops both
 	$(BIN)/mlops ui
