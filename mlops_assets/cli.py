@@ -106,7 +106,8 @@ def run_replay(args) -> int:
     import warnings
     from pathlib import Path
 
-    from mlops_assets.replay import Stopped, replay
+    from mlops_assets.replay import replay
+    from mlops_assets.replay_signals import Stopped
 
     warnings.filterwarnings("ignore", module="dagster")  # beta/preview notices of the evaluator, once per tick
     try:

@@ -59,6 +59,7 @@ from mlops_assets.policies import (
     TRIGGER_FAILING,
     TRIGGER_FRESHNESS,
 )
+from mlops_assets.replay_signals import stop_signals
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 CAUSES = {  # the retrain triggers' labels (mlops_assets.policies) -> cause in the report
@@ -149,7 +150,7 @@ class Replay:
         self.landing_cursor: str | None = None
         self.pending_causes: set[str] = set()
         self.failing_causes: set[str] = set()
-        self._check_signals = lambda: None  # while ``run`` plays: stop on SIGINT/SIGTERM (_stop_signals)
+        self._check_signals = lambda: None  # while ``run`` plays: stop on SIGINT/SIGTERM (replay_signals)
         self._setup_platform()
         from mlops_assets.replay_traffic import for_replay
 
@@ -376,7 +377,7 @@ class Replay:
 
         t0 = time.perf_counter()
         try:
-            with _stop_signals() as self._check_signals:
+            with stop_signals() as self._check_signals:
                 self._play(t0)
         finally:
             stopped = self.close()
@@ -468,63 +469,6 @@ def _fired(result) -> set[str]:
             labels.add(label)
         stack.extend(r.child_results)
     return labels
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the replay between two runs (the servers it started are stopped)."""
-
-
-@contextlib.contextmanager
-def _stop_signals():
-    """Ctrl-C and SIGTERM stop a replay, also when they arrive during a run; yields the check the
-    replay makes after every run and tick.
-
-    Dagster owns both signals while it executes a run (``capture_interrupts``): it records them, the
-    run goes on to its end, and the record is cleared, so a replay used to carry on as if nothing had
-    happened (a ``timeout`` or a container's stop went unheard). The signals are also written to a
-    wakeup pipe whatever Python handler is in place; after each run the replay reads it and raises
-    ``Stopped``. Between runs our own handler raises at once.
-
-    It also spares each automation tick a cost: with Python's default SIGINT handler in place,
-    ``asyncio.run`` (the evaluator's) installs one bound to its task and, on the way out, formats the
-    finished task with every evaluation result in an error it then swallows (1.3 % of a replay of
-    120 Elec2 days, py-spy). With another handler in place it leaves SIGINT alone. Off the main
-    thread (the daemon) nothing changes."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
-        return
-
-    def interrupt(signum, frame):
-        raise Stopped(signal.Signals(signum).name)
-
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    os.set_blocking(write_end, False)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    for sig in previous:
-        signal.signal(sig, interrupt)
-
-    def check() -> None:
-        try:
-            received = os.read(read_end, 512)
-        except BlockingIOError:
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            if signum.value in received:
-                raise Stopped(signum.name)
-
-    try:
-        yield check
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        os.close(read_end)
-        os.close(write_end)
 
 
 def replay(
