@@ -104,7 +104,9 @@ class Predictor:
     here in numpy (fill with the imputer's statistics, map each category to its code, -1 when unseen)
     and the estimator is called on the array it was fitted on. That path is used only after it has
     reproduced the pipeline's own scores on probe rows (every category, an unseen one, missing
-    values); otherwise, and for any other pipeline, the pipeline itself scores."""
+    values); otherwise, and for any other pipeline, the pipeline itself scores. A model learned
+    relative to a level (``core.relative_target``) takes the same path for its inner pipeline and
+    adds the level as its ``predict`` does."""
 
     def __init__(self, model: Any, spec: ModelSpec):
         self.model = model
@@ -122,7 +124,12 @@ class Predictor:
         from sklearn.impute import SimpleImputer
         from sklearn.preprocessing import OrdinalEncoder
 
-        pre, self.estimator = self.model[:-1][0], self.model[-1]
+        from mlops_assets.core.relative_target import RelativeTarget
+
+        pipeline, self.level = self.model, None
+        if isinstance(pipeline, RelativeTarget):  # target.relative_to: the pipeline's deviation + the level
+            pipeline, self.level, self.level_fill = pipeline.pipeline_, pipeline.level, pipeline.fill_
+        pre, self.estimator = pipeline[:-1][0], pipeline[-1]
         self.numeric, self.codes = [], []
         self.fill = np.empty(0)
         for name, transformer, cols in pre.transformers_:
@@ -159,7 +166,12 @@ class Predictor:
             get = mapping.get
             parts.append(np.fromiter((get(v, -1.0) for v in columns[c]), dtype="float64", count=len(columns[c]))[:, None])
         X = np.hstack(parts) if len(parts) > 1 else parts[0]
-        return self.estimator.predict_proba(X)[:, 1] if self.classification else self.estimator.predict(X)
+        if self.classification:
+            return self.estimator.predict_proba(X)[:, 1]
+        if self.level is None:
+            return self.estimator.predict(X)
+        level = np.asarray(columns[self.level], dtype="float64")
+        return self.estimator.predict(X) + np.where(np.isnan(level), self.level_fill, level)
 
     def _pipeline_scores(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         frame = pd.DataFrame(columns)

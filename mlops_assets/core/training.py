@@ -15,7 +15,9 @@ from mlops_assets.specs import ModelSpec
 
 
 def build_pipeline(spec: ModelSpec):
-    """A scikit-learn Pipeline: categorical encoding and numeric imputation, then the estimator.
+    """A scikit-learn Pipeline: categorical encoding and numeric imputation, then the estimator;
+    with ``target.relative_to``, wrapped to learn the target relative to that level
+    (``core.relative_target``).
 
     Imputation keeps linear estimators usable on features Feast could not join (a flight whose
     weather observation is older than the TTL); tree models would cope without it.
@@ -37,7 +39,12 @@ def build_pipeline(spec: ModelSpec):
     if cats:
         transformers.append(("categorical", encoder, cats))
     pre = ColumnTransformer(transformers, verbose_feature_names_out=False)
-    return Pipeline([("features", pre), ("estimator", estimator)])
+    pipeline = Pipeline([("features", pre), ("estimator", estimator)])
+    if spec.target.relative_to is None:
+        return pipeline
+    from mlops_assets.core.relative_target import RelativeTarget
+
+    return RelativeTarget(pipeline, level=spec.target.relative_to)
 
 
 def feature_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:

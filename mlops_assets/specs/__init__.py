@@ -63,6 +63,13 @@ class TargetSpec(StrictModel):
         "column is entirely empty carries labels still to come: its rows are kept unlabelled, and the "
         "same day's file is landed again once its labels exist.",
     )
+    relative_to: str | None = Field(
+        None,
+        description="A regression only: the name of a past_rate feature (a recent level of this target, "
+        "such as yesterday's mean by station). The model learns the target's deviation from that level and "
+        "predicts level + deviation, so it follows a level that moves from day to day without being "
+        "retrained for it (core.relative_target).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
@@ -373,6 +380,15 @@ class ModelSpec(StrictModel):
                 raise ValueError(
                     f"deployment.unknown_entity.defaults: {stray} are not online features (past rates or lookups); "
                     f"online features: {sorted(online)}"
+                )
+        if self.target.relative_to is not None:
+            rates = [f.name for f in self.past_rate_features]
+            if self.target.task != "regression":
+                raise ValueError("target.relative_to: a level to predict relative to needs a regression target")
+            if self.target.relative_to not in rates:
+                raise ValueError(
+                    f"target.relative_to: {self.target.relative_to!r} is not a past_rate feature of this spec "
+                    f"(past_rate features: {rates or 'none'}); the level must be a past rate of the target"
                 )
         if self.promotion.metric not in task_metrics[self.target.task]:
             raise ValueError(f"promotion.metric {self.promotion.metric!r} does not fit a {self.target.task} target")
