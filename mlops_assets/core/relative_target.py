@@ -25,8 +25,9 @@ class RelativeTarget(RegressorMixin, BaseEstimator):
 
     A row whose level is missing (a group with no labelled history in the feature's window, a
     feature the online store could not serve) is read at the training rows' mean level, learned at
-    fit time, so it gets the plain model's kind of answer instead of NaN. The level column stays
-    one of the pipeline's inputs, so the model can still learn how deviations depend on the level.
+    fit time, so it gets the plain model's kind of answer instead of NaN. ``build_pipeline`` leaves
+    the level out of the pipeline's inputs: the deviation is learned from everything else, so a
+    level never seen in training cannot send a row to the wrong leaves of a tree.
     """
 
     def __init__(self, pipeline=None, level: str = ""):

@@ -152,6 +152,10 @@ class Predictor:
             x = self.fill[i] * rng.uniform(0.5, 1.5, n) + rng.normal(0, 1, n)
             x[::3] = np.nan
             cols[c] = x
+        if self.level is not None:  # the level is no input of the pipeline, but its predict reads it
+            level = self.level_fill + rng.normal(0, 1 + abs(self.level_fill), n)
+            level[1::3] = np.nan
+            cols[self.level] = level
         for c, mapping in self.codes:
             seen = list(mapping)
             cols[c] = np.array([seen[i % len(seen)] if seen and i < n - 1 else "\x00unseen" for i in range(n)], dtype=object)

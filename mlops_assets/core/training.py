@@ -30,7 +30,9 @@ def build_pipeline(spec: ModelSpec):
     module, _, cls = spec.estimator.cls.rpartition(".")
     estimator = getattr(importlib.import_module(module), cls)(**spec.estimator.params)
     cats = spec.categorical_features
-    nums = [f for f in spec.feature_names if f not in cats]
+    # a level the target is learned relative to is not also an input: trees split on it, and a level
+    # outside the training window's range (the reason for the design) would land in the wrong leaves
+    nums = [f for f in spec.feature_names if f not in cats and f != spec.target.relative_to]
     if spec.estimator.categorical_encoding == "onehot":
         encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
     else:
