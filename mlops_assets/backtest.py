@@ -79,6 +79,7 @@ def summary_metadata(report: dict, svg: str) -> dict:
         }
     )
     ci = {k: rec[k] for k in ("vs_static", "vs_cron1")}
+    advice = {"advice": dg.MetadataValue.md("\n\n".join(report["advice"]))} if report.get("advice") else {}
     return {
         "recommended": rec["policy"],
         f"recommended_{metric}": rec["metric"],
@@ -91,6 +92,7 @@ def summary_metadata(report: dict, svg: str) -> dict:
         "candidates": report["candidates"],
         "models_fitted": report["models_fitted"],
         "chart": svg_markdown(svg),
+        **advice,
     }
 
 

@@ -224,3 +224,28 @@ def test_a_day_the_platform_would_reject_is_named_with_what_broke_its_check(elec
     assert events is None
     limit = elec2_spec.checks.null_fraction.get("nswprice", elec2_spec.checks.max_null_fraction)
     assert why.startswith("nulls (") and f"nswprice: 62.5% > {limit:.1%}" in why, why
+
+
+def test_when_no_policy_within_the_budget_keeps_up_the_report_says_what_to_change(elec2_spec):
+    """Behind ``cron:1`` by more than 1 %, the report says the remedy is in the features: for a
+    regression, a level the target is learned relative to (``target.relative_to``)."""
+    from mlops_assets.core.backtest import Candidate, Outcome
+    from mlops_assets.core.backtest_choice import advice
+    from mlops_assets.specs import load_spec
+    from mlops_assets_tests.conftest import REPO
+
+    bike = load_spec(REPO / "examples" / "specs" / "bike_sharing.yaml")
+    daily = Candidate("cron:1", 28, 3)
+
+    def outcome(metric: float, retrains: int = 30) -> Outcome:
+        return Outcome(Candidate("cron:7", 28, 3), metric, retrains, 0, {}, [], [])
+
+    cron1 = Outcome(daily, 60.0, 300, 0, {}, [], [])
+    said = advice(bike, outcome(66.0), cron1)  # RMSE 10 % worse
+    assert len(said) == 2 and "cron:1 (300 retrains) beats the recommendation (30) by 10.0% in rmse" in said[0]
+    assert "target.relative_to" in said[1]
+    assert advice(bike, outcome(60.5), cron1) == []  # within 1 %
+    assert advice(bike, outcome(59.0), cron1) == []  # better
+    # a classification (higher is better) is told about recent-state features, not relative_to
+    said = advice(elec2_spec, outcome(0.76), Outcome(daily, 0.80, 300, 0, {}, [], []))
+    assert "by 5.0% in accuracy" in said[0] and "relative_to" not in said[1] and "past_rate" in said[1]

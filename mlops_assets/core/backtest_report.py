@@ -21,6 +21,7 @@ import numpy as np
 
 from mlops_assets.core.backtest import Candidate, Models, Outcome
 from mlops_assets.core.backtest_choice import (
+    advice,
     best_neighbourhood,
     budget_days,
     difference_interval,
@@ -137,6 +138,7 @@ def backtest(
         "spec_policy": outcomes[own].summary(),
         "best_within_budget": [o.summary() for o in within[:TOP]],
         "recommended": chosen.summary(),
+        "advice": advice(spec, chosen, outcomes[daily]),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     lines = {"static": outcomes[static], "cron:1": outcomes[daily], "spec": outcomes[own], "recommended": chosen}
