@@ -249,3 +249,27 @@ def test_when_no_policy_within_the_budget_keeps_up_the_report_says_what_to_chang
     # a classification (higher is better) is told about recent-state features, not relative_to
     said = advice(elec2_spec, outcome(0.76), Outcome(daily, 0.80, 300, 0, {}, [], []))
     assert "by 5.0% in accuracy" in said[0] and "relative_to" not in said[1] and "past_rate" in said[1]
+
+
+def test_kept_scores_are_not_reused_by_other_code_or_libraries(elec2_spec, monkeypatch):
+    """The score cache is keyed by what decides a model's scores: the spec's content, and the code
+    and libraries that fit and score (an earlier release's scores were reused after the pipeline
+    recipe changed, and the backtest reported figures of a pipeline that no longer existed)."""
+    import importlib.metadata
+
+    from mlops_assets.core import backtest_report
+    from mlops_assets.core.backtest_report import cache_key
+
+    key = cache_key(elec2_spec)
+    assert cache_key(elec2_spec.model_copy()) == key
+    versions = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda d: "0.0" if d == "scikit-learn" else versions(d))
+    backtest_report._recipe_fingerprint.cache_clear()
+    try:
+        assert cache_key(elec2_spec) != key
+    finally:
+        monkeypatch.undo()
+        backtest_report._recipe_fingerprint.cache_clear()
+    assert cache_key(elec2_spec) == key
+    target = elec2_spec.target.model_copy(update={"label_delay_days": 1})
+    assert cache_key(elec2_spec.model_copy(update={"target": target})) != key

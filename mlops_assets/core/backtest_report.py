@@ -9,6 +9,7 @@ the recommendation over time, with a mark under each for every retrain.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -47,13 +48,34 @@ def scored_days(spec: ModelSpec, available: list[date], start: date | None, days
     return [d for d in available if d >= start and (end is None or d < end)]
 
 
+# The code that turns a spec's data into a model's scores: a change to any of them (a new release, a
+# fix) makes the kept scores stale, as does an upgrade of the libraries that fit and read.
+_RECIPE_MODULES = ("sources", "validation", "features", "training", "relative_target", "backtest_data", "backtest")
+_RECIPE_LIBRARIES = ("scikit-learn", "numpy", "pandas", "pyarrow")
+
+
+@functools.cache
+def _recipe_fingerprint() -> str:
+    import importlib
+    import importlib.metadata
+
+    digest = hashlib.sha256()
+    for name in _RECIPE_MODULES:
+        digest.update(Path(importlib.import_module(f"mlops_assets.core.{name}").__file__).read_bytes())
+    for dist in _RECIPE_LIBRARIES:
+        digest.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+    return digest.hexdigest()
+
+
 def cache_key(spec: ModelSpec) -> str:
     """What decides a fitted model's scores: the data, its typing and checks, the features, the
-    estimator and the minimum rows (not the policies, which only choose among the models)."""
+    target (and the level it is learned relative to), the estimator and the minimum rows (not the
+    policies, which only choose among the models), and the code and libraries that fit and score
+    (``_recipe_fingerprint``: scores kept by an earlier release are not reused by the next)."""
     decides = spec.model_dump_json(
         include={"source", "target", "features", "lookups", "entities", "estimator", "checks", "partitions"}
     )
-    return hashlib.sha256(f"{decides}{spec.training.min_rows}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{decides}{spec.training.min_rows}{_recipe_fingerprint()}".encode()).hexdigest()[:16]
 
 
 def cached_models(spec: ModelSpec, history, cache_dir: Path | None) -> tuple[Models, Path | None]:
