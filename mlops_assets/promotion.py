@@ -97,7 +97,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             client.set_registered_model_alias(name, CHAMPION, challenger.version)
         serving = challenger if promote else current
         serving_score = challenger_score if promote else champion_score
-        baseline = metric_of(y, baseline_scores(y_train, len(y), spec), spec, metric)
+        baseline = metric_of(y, baseline_scores(y_train, X, spec), spec, metric)
         beats_baseline = serving is not None and (serving_score > baseline if spec.higher_is_better else serving_score < baseline)
 
         run_id = challenger.run_id

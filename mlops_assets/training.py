@@ -214,7 +214,7 @@ def _train_and_log(
         X_train, X_hold = feature_frame(train, spec), feature_frame(holdout, spec)
         scores = predict_scores(fitted, X_hold, spec)
         metrics = evaluate(holdout[LABEL], scores, spec)
-        base = evaluate(holdout[LABEL], baseline_scores(train[LABEL], len(holdout), spec), spec)
+        base = evaluate(holdout[LABEL], baseline_scores(train[LABEL], X_hold, spec), spec)
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
         mlflow.log_metrics({f"baseline_{k}": v for k, v in base.items()})
         mlflow.log_metric("rows_train", len(train))

@@ -96,6 +96,13 @@ def test_a_missing_level_is_read_as_the_training_mean():
     np.testing.assert_allclose(model.predict(X)[5:], inner[5:] + X["station_level"].to_numpy()[5:])
     # the day before any history (day 0 has no level at all) is still answered, not NaN
     assert np.isfinite(model.predict(feature_frame(frame[frame["day"] == 0], spec))).all()
+    # the no-skill model the gate and MLflow hold it against is the level itself (persistence)
+    from mlops_assets.core.training import baseline_scores
+
+    base = baseline_scores(train[LABEL], X, spec)
+    np.testing.assert_allclose(base[5:], X["station_level"].to_numpy()[5:])
+    np.testing.assert_allclose(base[:5], train[LABEL].mean())
+    assert (baseline_scores(train[LABEL], X, _spec(None)) == train[LABEL].mean()).all()
 
 
 def test_the_servers_fast_path_adds_the_level_as_predict_does():

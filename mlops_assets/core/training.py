@@ -104,9 +104,15 @@ def metric(y: pd.Series | np.ndarray, scores: np.ndarray, spec: ModelSpec, name:
     return float(_metrics(spec)[name or spec.promotion.metric](np.asarray(y, dtype="float64"), scores))
 
 
-def baseline_scores(y_train: pd.Series, n: int, spec: ModelSpec) -> np.ndarray:
-    """The no-skill model: the training base rate (or mean) for every row."""
-    return np.full(n, float(np.mean(y_train)))
+def baseline_scores(y_train: pd.Series, X: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """The no-skill model for the rows of ``X``: the training base rate (or mean) for every row; with
+    ``target.relative_to``, the level itself (no deviation, persistence), which is what a model
+    learned relative to it has to beat, a missing level read as the training mean."""
+    mean = float(np.mean(y_train))
+    if spec.target.relative_to is None:
+        return np.full(len(X), mean)
+    level = np.asarray(X[spec.target.relative_to], dtype="float64")
+    return np.where(np.isnan(level), mean, level)
 
 
 def fit(spec: ModelSpec, train: pd.DataFrame) -> Any:
