@@ -79,7 +79,8 @@ def summary_metadata(report: dict, svg: str) -> dict:
         }
     )
     ci = {k: rec[k] for k in ("vs_static", "vs_cron1")}
-    advice = {"advice": dg.MetadataValue.md("\n\n".join(report["advice"]))} if report.get("advice") else {}
+    blocks = [f"{v['change']}:\n```yaml\n{v['yaml']}```" for v in report.get("variants", [])]
+    advice = {"advice": dg.MetadataValue.md("\n\n".join(report["advice"] + blocks))} if report.get("advice") else {}
     return {
         "recommended": rec["policy"],
         f"recommended_{metric}": rec["metric"],

@@ -157,6 +157,8 @@ def run_backtest(args) -> int:
     print(rec["yaml"], end="", file=sys.stderr)
     for line in report["advice"]:
         print(f"{spec.name}: {line}", file=sys.stderr)
+    for variant in report["variants"]:
+        print(f"{spec.name}: {variant['change']}:\n{variant['yaml']}", end="", file=sys.stderr)
     summary = {k: report[k] for k in ("spec", "start", "end", "scored_days")}
     summary["recommended"] = {k: rec[k] for k in ("policy", "metric", "retrains", "promotions", "vs_static", "vs_cron1")}
     if args.verify:

@@ -230,7 +230,7 @@ def test_when_no_policy_within_the_budget_keeps_up_the_report_says_what_to_chang
     """Behind ``cron:1`` by more than 1 %, the report says the remedy is in the features: for a
     regression, a level the target is learned relative to (``target.relative_to``)."""
     from mlops_assets.core.backtest import Candidate, Outcome
-    from mlops_assets.core.backtest_choice import advice
+    from mlops_assets.core.backtest_advice import advice
     from mlops_assets.specs import load_spec
     from mlops_assets_tests.conftest import REPO
 

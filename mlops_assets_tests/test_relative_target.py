@@ -179,7 +179,10 @@ def _weather_spec() -> ModelSpec:
                 {"kind": "column", "name": "origin", "type": "categorical"},
                 {"kind": "past_rate", "name": "origin_yesterday", "by": ["origin"], "window_days": 1, "prior_weight": 0},
             ],
-            "estimator": {"class": "sklearn.ensemble.HistGradientBoostingRegressor", "params": {"max_iter": 50, "random_state": 0}},
+            "estimator": {
+                "class": "sklearn.ensemble.HistGradientBoostingRegressor",
+                "params": {"max_iter": 50, "random_state": 0},
+            },
             "training": {"window_days": 7, "holdout_days": 2, "min_rows": 50},
             "promotion": {"metric": "rmse"},
             "checks": {"min_rows": 24, "max_null_fraction": 0.6},
@@ -229,3 +232,39 @@ def test_a_replay_trains_gates_and_scores_it_through_the_platform(weather_spec, 
         X = served[[c for c in served.columns if c.startswith("feature.")]].rename(columns=lambda c: c[len("feature.") :])
         np.testing.assert_allclose(served["score"], model.predict(X[weather_spec.feature_names]), rtol=1e-9)
         np.testing.assert_allclose(served["score"] - level, model.pipeline_.predict(X[weather_spec.feature_names]), rtol=1e-6)
+
+
+def test_the_backtest_tries_the_level_when_no_policy_keeps_up():
+    """A regression that falls behind cron:1 within the budget is backtested again relative to the
+    target's level of the day before by each entity, on the same days; the report says what it gave
+    and the change it needs, which pastes into the spec."""
+    import yaml
+
+    from mlops_assets.core.backtest import Candidate
+    from mlops_assets.core.backtest_report import backtest
+
+    spec = _weather_spec()
+    data = spec.model_dump(by_alias=True)
+    data["target"]["relative_to"] = None
+    data["features"] = [f for f in data["features"] if f["kind"] != "past_rate"]
+    plain = ModelSpec.model_validate(data)
+    # the peers and one budgeted schedule: enough to see whether a policy within the budget keeps up
+    candidates = [Candidate("static", 7, 2), Candidate("cron:1", 7, 2), Candidate("cron:14", 7, 2, budget_days=10)]
+    report, _ = backtest(plain, start=date(2013, 4, 1), days=20, candidates=candidates)
+    peers = {p["candidate"]["retrain"]: p["metric"] for p in report["peers"]}
+    assert report["recommended"]["metric"] > 1.01 * peers["cron:1"]  # the premise: behind by more than 1 %
+    assert len(report["advice"]) == 3 and "target.relative_to" in report["advice"][1]
+    (variant,) = report["variants"]
+    assert variant["change"].startswith("target.relative_to: temp_level_by_origin")
+    assert f"recommended rmse {variant['recommended']['metric']:.4g}" in report["advice"][2]
+    # the block pastes: the spec with it is the variant the backtest played, and plays the same
+    blocks = yaml.safe_load(variant["yaml"])
+    pasted = plain.model_dump(by_alias=True)
+    pasted["target"].update(blocks["target"])
+    pasted["features"] += blocks["features (add)"]
+    again, _ = backtest(ModelSpec.model_validate(pasted), start=date(2013, 4, 1), days=20, candidates=candidates)
+    assert again["recommended"]["metric"] == pytest.approx(variant["recommended"]["metric"])
+    assert again["variants"] == []  # already relative to a level: nothing more to try
+    # and the variant did better here, as the level makes it: the report says so
+    assert variant["recommended"]["metric"] < report["recommended"]["metric"]
+    assert "better than the spec as it is" in report["advice"][2]

@@ -245,36 +245,3 @@ def spec_candidate(spec: ModelSpec, candidates: list[Candidate]) -> Candidate:
     """The spec's own policy (added to the grid when it is not already in it)."""
     own = Candidate.from_spec(spec)
     return next((c for c in candidates if c == own), own)
-
-
-def advice(spec: ModelSpec, chosen: Outcome, daily: Outcome, tolerance: float = 0.01) -> list[str]:
-    """What the report tells the spec's author when no policy within the budget keeps up with
-    retraining every day (by more than ``tolerance``, relative): then the model follows the series
-    only by being retrained, and the remedy is in the spec's features, not in its policy. A
-    regression is told about ``target.relative_to`` (the target learned relative to a recent level
-    of itself: the README's out-of-sample acceptance shows what it did for hourly temperatures)."""
-    if not (math.isfinite(chosen.metric) and math.isfinite(daily.metric)) or daily.metric == 0:
-        return []
-    sign = 1 if spec.higher_is_better else -1
-    shortfall = sign * (daily.metric - chosen.metric) / abs(daily.metric)
-    if shortfall <= tolerance:
-        return []
-    metric = spec.promotion.metric
-    said = [
-        f"cron:1 ({daily.retrains} retrains) beats the recommendation ({chosen.retrains}) by {shortfall:.1%} in "
-        f"{metric} on these days: the model keeps up with the series only by being retrained, so within a "
-        "budget the remedy is in the features, not in the policy."
-    ]
-    if spec.target.task == "regression" and spec.target.relative_to is None:
-        said.append(
-            "If the target's level moves from day to day (a temperature, a demand, a price), add a past_rate "
-            f"feature of it by the entities it moves with (window_days: 1, prior_weight: 0) and set "
-            "target.relative_to to its name: the model then learns the deviation from that level, which is "
-            "served fresh every day, and backtest again."
-        )
-    else:
-        said.append(
-            "Give the model the recent state of the series as features (past_rate features over short "
-            "windows, by the entities it moves with), then backtest again."
-        )
-    return said

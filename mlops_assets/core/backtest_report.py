@@ -15,14 +15,15 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from mlops_assets.core.backtest import Candidate, Models, Outcome
+from mlops_assets.core.backtest_advice import advice, level_blocks, level_variants, variant_advice
 from mlops_assets.core.backtest_choice import (
-    advice,
     best_neighbourhood,
     budget_days,
     difference_interval,
@@ -88,27 +89,22 @@ def cached_models(spec: ModelSpec, history, cache_dir: Path | None) -> tuple[Mod
     return models, cache
 
 
-def backtest(
-    spec: ModelSpec,
-    *,
-    start: date | None = None,
-    days: int | None = None,
-    budget_share: float = 0.1,
-    cache_dir: Path | None = None,
-    candidates: list[Candidate] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[dict, str]:
-    """Play every candidate over the scored days and recommend one; the report and the SVG chart."""
-    t0 = time.perf_counter()
-    end = None
-    if start and days:
-        end = start + timedelta(days=days)
-    history = load_history(spec, end=end)
-    scored = scored_days(spec, history.dates, start, days)
-    if len(scored) < 2:
-        raise ValueError(
-            f"{spec.name}: fewer than 2 days to score from {start or 'the replay start'} (history {history.dates[0]}..{history.dates[-1]})"
-        )
+@dataclass
+class _Choice:
+    """One spec's grid played over the scored days, and what it recommends."""
+
+    outcomes: dict
+    served: dict
+    models: Models
+    static: Candidate
+    daily: Candidate
+    own: Candidate
+    best: Outcome
+    noise: float
+    chosen: Outcome
+
+
+def _choose(spec, history, scored, budget_share, cache_dir, candidates, progress) -> _Choice:
     models, cache = cached_models(spec, history, cache_dir)
     candidates = candidates or grid(spec, budget_share)
     own = spec_candidate(spec, candidates)
@@ -138,11 +134,61 @@ def backtest(
     import yaml
 
     chosen.extra["yaml"] = yaml.safe_dump(chosen.extra["spec_blocks"], sort_keys=False)
+    return _Choice(outcomes, served, models, static, daily, own, best, noise, chosen)
+
+
+def backtest(
+    spec: ModelSpec,
+    *,
+    start: date | None = None,
+    days: int | None = None,
+    budget_share: float = 0.1,
+    cache_dir: Path | None = None,
+    candidates: list[Candidate] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict, str]:
+    """Play every candidate over the scored days and recommend one; the report and the SVG chart.
+    When no policy within the budget keeps up with ``cron:1`` (``advice``), the spec changes the
+    advice names (``level_variants``) are backtested over the same days too."""
+    t0 = time.perf_counter()
+    end = None
+    if start and days:
+        end = start + timedelta(days=days)
+    history = load_history(spec, end=end)
+    scored = scored_days(spec, history.dates, start, days)
+    if len(scored) < 2:
+        raise ValueError(
+            f"{spec.name}: fewer than 2 days to score from {start or 'the replay start'} (history {history.dates[0]}..{history.dates[-1]})"
+        )
+    c = _choose(spec, history, scored, budget_share, cache_dir, candidates, progress)
+    outcomes, chosen = c.outcomes, c.chosen
+    budget = math.floor(budget_share * len(scored))
     sign = 1 if spec.higher_is_better else -1
     within = sorted(
         (o for o in outcomes.values() if o.retrains <= budget and o.robust is not None),
         key=lambda o: (-sign * o.robust, o.retrains),
     )
+    import yaml
+
+    said = advice(spec, chosen, outcomes[c.daily])
+    variants = []
+    if said:
+        for change, variant in level_variants(spec):
+            if progress:
+                progress(f"backtesting the spec with {change}")
+            v_history = load_history(variant, end=end)
+            v = _choose(variant, v_history, scored, budget_share, cache_dir, candidates, progress)
+            variants.append(
+                {
+                    "change": change,
+                    "spec_blocks": level_blocks(variant),
+                    "yaml": yaml.safe_dump(level_blocks(variant), sort_keys=False),
+                    "static": v.outcomes[v.static].summary(),
+                    "cron:1": v.outcomes[v.daily].summary(),
+                    "recommended": v.chosen.summary(),
+                }
+            )
+        said += variant_advice(spec, chosen, variants)
     report = {
         "spec": spec.name,
         "metric_name": spec.promotion.metric,
@@ -152,18 +198,19 @@ def backtest(
         "scored_days": len(scored),
         "rejected_days": {d.isoformat(): why for d, why in history.rejected.items() if scored[0] <= d <= scored[-1]},
         "budget": {"share_of_days": budget_share, "max_retrains": budget},
-        "best_neighbourhood": best.summary(),
-        "one_standard_error": noise,
+        "best_neighbourhood": c.best.summary(),
+        "one_standard_error": c.noise,
         "candidates": len(outcomes),
-        "models_fitted": models.fits,
-        "peers": [o.summary() for c, o in outcomes.items() if c.retrain != "triggers"],
-        "spec_policy": outcomes[own].summary(),
+        "models_fitted": c.models.fits,
+        "peers": [o.summary() for cand, o in outcomes.items() if cand.retrain != "triggers"],
+        "spec_policy": outcomes[c.own].summary(),
         "best_within_budget": [o.summary() for o in within[:TOP]],
         "recommended": chosen.summary(),
-        "advice": advice(spec, chosen, outcomes[daily]),
+        "advice": said,
+        "variants": variants,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    lines = {"static": outcomes[static], "cron:1": outcomes[daily], "spec": outcomes[own], "recommended": chosen}
+    lines = {"static": outcomes[c.static], "cron:1": outcomes[c.daily], "spec": outcomes[c.own], "recommended": chosen}
     return report, chart(spec, scored, lines)
 
 

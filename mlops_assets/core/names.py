@@ -49,3 +49,9 @@ CANARY_REASON_TAG = "mlops.canary_reason"
 
 def lookup_view_name(table: str) -> str:
     return f"lookup_{table}"
+
+
+def level_feature_name(target_column: str, entity: str) -> str:
+    """The past_rate feature the backtest adds when it tries a target relative to its level by an
+    entity (``core.backtest_advice.level_variants``)."""
+    return f"{target_column}_level_by_{entity}"
