@@ -177,7 +177,8 @@ def backtest(
             if progress:
                 progress(f"backtesting the spec with {change}")
             v_history = load_history(variant, end=end)
-            v = _choose(variant, v_history, scored, budget_share, cache_dir, candidates, progress)
+            v_scored = [d for d in scored if d in v_history.days]  # the same days (its checks could refuse one)
+            v = _choose(variant, v_history, v_scored, budget_share, cache_dir, candidates, progress)
             variants.append(
                 {
                     "change": change,
