@@ -313,7 +313,40 @@ def timestamp_problems(spec: ModelSpec, sample: pd.DataFrame) -> list[Problem]:
 def frame_problems(spec: ModelSpec, frame: pd.DataFrame) -> list[Problem]:
     """The spec against one frame of its event table (a landed file or a sample of the source)."""
     problems = source_column_problems(spec, list(frame.columns))
-    return problems + timestamp_problems(spec, frame) + time_of_day_problems(spec, frame)
+    return problems + timestamp_problems(spec, frame) + time_of_day_problems(spec, frame) + number_problems(spec, frame)
+
+
+def number_problems(spec: ModelSpec, frame: pd.DataFrame) -> list[Problem]:
+    """Columns the spec reads as numbers (numeric features, a numeric target, ranges) whose sampled
+    values are not numbers: found here, not by the first ingest run. Numbers written with a decimal
+    comma are named as such, with the setting that reads them."""
+    import pandas as pd
+
+    from mlops_assets.core.sources import looks_like_decimal_commas
+    from mlops_assets.core.validation import numeric_columns
+
+    fields = {f.source: f"features[{i}]" for i, f in enumerate(spec.features) if isinstance(f, ColumnFeature)}
+    fields[spec.target.column] = "target.column"
+    problems = []
+    for column in numeric_columns(spec):
+        if column not in frame.columns:
+            continue
+        values = frame[column].dropna()
+        bad = values[pd.to_numeric(values, errors="coerce").isna()]
+        if bad.empty:
+            continue
+        hint = (
+            "; they are numbers written with a decimal comma: set source.csv.decimal: ','"
+            if looks_like_decimal_commas(values)
+            else ""
+        )
+        problems.append(
+            Problem(
+                fields.get(column, f"checks.ranges.{column}"),
+                f"column {column!r} is read as numbers, but {len(bad)} of {len(values)} sampled values are not (first {bad.iloc[0]!r}){hint}",
+            )
+        )
+    return problems
 
 
 def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS, csv: dict | None = None) -> pd.DataFrame:
@@ -323,7 +356,7 @@ def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS, csv: dict |
 
     import pandas as pd
 
-    from mlops_assets.core.sources import NA_TEXT, DataError, infer_format, resolve_path
+    from mlops_assets.core.sources import NA_TEXT, DataError, decimal_points, infer_format, resolve_path
 
     resolved = resolve_path(path)
     files = sorted(glob.glob(resolved)) if glob.has_magic(resolved) else [resolved]
@@ -334,7 +367,7 @@ def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS, csv: dict |
         if infer_format(first, fmt) == "parquet":
             return pd.read_parquet(first).head(rows)
         dialect = csv or {}
-        return pd.read_csv(
+        sample = pd.read_csv(
             first,
             dtype=str,
             nrows=rows,
@@ -343,6 +376,7 @@ def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS, csv: dict |
             sep=dialect.get("sep", ","),
             encoding=dialect.get("encoding", "utf-8"),
         )
+        return decimal_points(sample, dialect.get("decimal", "."))
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{first}: cannot read a sample: {exc} (csv.encoding says how the file is written, e.g. latin-1)"

@@ -402,6 +402,58 @@ def test_a_source_written_another_way_is_read_as_its_csv_block_says(tmp_path, ca
     assert rc == 1 and "unknown encoding 'latin-2000'" in err
 
 
+def test_numbers_written_with_a_decimal_comma_are_read_as_csv_decimal_says(tmp_path, capsys):
+    """A European export: ';' between fields, '0,24' for a number, and a text column with commas of
+    its own. Without ``csv.decimal`` the check says the feature holds no numbers; with it the
+    numbers read as numbers, the text stays as written, and ',' for both settings is refused."""
+    from mlops_assets.core.names import EVENT_TS
+    from mlops_assets.core.sources import DataError, read_table
+    from mlops_assets.specs import load_spec
+
+    lines = ["horodatage;température;ville;ventes"]
+    lines += [
+        f"2020-01-0{d} {h:02d}:00;{'' if h == 3 else f'{0.2 + h / 100:.2f}'.replace('.', ',')};Paris, {h % 3 + 1}e;{10 * h + d},5"
+        for d in (1, 2)
+        for h in range(24)
+    ]
+    source = tmp_path / "data" / "ventes.csv"
+    source.parent.mkdir(parents=True)
+    source.write_text("\n".join(lines) + "\n")
+    raw = {
+        "name": "ventes",
+        "description": "hourly sales",
+        "source": {"path": str(source), "format": "csv", "timestamp": {"column": "horodatage"}, "csv": {"sep": ";"}},
+        "target": {"column": "ventes", "task": "regression"},
+        "features": [{"kind": "column", "name": "température"}, {"kind": "column", "name": "ville", "type": "categorical"}],
+        "estimator": {"class": "sklearn.linear_model.Ridge"},
+        "promotion": {"metric": "rmse"},
+        "partitions": {"start": "2020-01-01", "end": "2020-02-01"},
+    }
+    path = write_spec(tmp_path / "specs" / "ventes.yaml", raw)
+    rc, _, err = run_check(capsys, path)
+    assert (
+        rc == 1
+        and "features[0]: column 'température' is read as numbers, but 46 of 46 sampled values are not (first '0,20')" in err
+    )
+    assert "target.column: column 'ventes'" in err and err.count("set source.csv.decimal: ','") == 2, err
+    with pytest.raises(DataError, match=r"column 'température' row 1: '0,20' is not a number .*csv.decimal: ','"):
+        typed_day(load_spec(path), date(2020, 1, 2))  # the dataset stage says the same
+    raw["source"]["csv"]["decimal"] = ","
+    write_spec(path, raw)
+    rc, _, err = run_check(capsys, path)
+    assert (rc, err) == (0, ""), err
+    events = typed_day(load_spec(path), date(2020, 1, 2))
+    assert len(events) == 24 and events["température"].isna().sum() == 1
+    assert events["température"].iloc[4] == pytest.approx(0.24) and events["label"].iloc[4] == pytest.approx(42.5)
+    assert events["ville"].iloc[4] == "Paris, 2e" and events[EVENT_TS].iloc[4] == pd.Timestamp("2020-01-02 04:00", tz="UTC")
+    frame = read_table(str(source), "csv", load_spec(path).source.csv.options())
+    assert frame["horodatage"].iloc[0] == "2020-01-01 00:00"  # dates are not numbers: left as written
+    raw["source"]["csv"]["sep"] = ","
+    write_spec(path, raw)
+    rc, _, err = run_check(capsys, path)
+    assert rc == 1 and "decimal and sep are both ','" in err, err
+
+
 def test_the_landing_sensors_first_look_blames_a_timestamp_setting_that_reads_none_of_the_files():
     """A ``timestamp.format`` (or ``unit``) that reads none of the landed files' times is the spec's
     fault, not the files': the landing sensor's check names the field, so it skips the spec instead

@@ -106,6 +106,34 @@ def parse_file(source, fmt: str, where: str, csv: dict | None = None) -> pd.Data
         raise DataError(f"{where}: cannot read as {fmt}: {exc}") from exc
     if isinstance(path, io.BytesIO) and compression is None and (csv or {}).get("sep", ",") == ",":
         truncated_csv(path.getvalue(), len(df.columns), where)
+    return decimal_points(df, dialect.get("decimal", "."))
+
+
+# A number written with a decimal comma: 3,5  -0,25  ,5  12  1,5e3 (no thousands separators).
+_COMMA_NUMBER = r"\s*[+-]?(?:\d+(?:,\d*)?|,\d+)(?:[eE][+-]?\d+)?\s*"
+
+
+def looks_like_decimal_commas(values: pd.Series) -> bool:
+    """Whether every value of a text column reads as a number written with a decimal comma, and at
+    least one has the comma."""
+    present = values.dropna().astype(str)
+    return bool(len(present)) and bool(present.str.fullmatch(_COMMA_NUMBER).all()) and bool(present.str.contains(",").any())
+
+
+def decimal_points(df: pd.DataFrame, decimal: str) -> pd.DataFrame:
+    """With ``csv.decimal: ','``, every text column whose values all read as numbers written with a
+    decimal comma, rewritten with a decimal point: the dataset stage, the checks and the landing
+    zone (which keeps the platform's own form) then read them as any other number. A column with
+    any other value (text such as "Paris, 1er", dates) is left as written, so only what is surely a
+    number changes."""
+    if decimal == ".":
+        return df
+    for column in df.columns:
+        values = df[column]
+        if values.dtype != object:
+            continue
+        if looks_like_decimal_commas(values):
+            df[column] = values.str.replace(",", ".", regex=False)
     return df
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.core.names import EVENT_ID, EVENT_TS, LABEL
-from mlops_assets.core.sources import DataError, local_dates, require_columns, spec_timestamps
+from mlops_assets.core.sources import DataError, local_dates, looks_like_decimal_commas, require_columns, spec_timestamps
 from mlops_assets.specs import ColumnFeature, ModelSpec
 
 MAX_ROWS_NAMED = 10  # rows listed by number in a refusal or a check (the count says how many in all)
@@ -81,8 +81,11 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
         bad = values.isna() & raw[col].notna()
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
+            hint = (
+                "; numbers written with a decimal comma: source.csv.decimal: ','" if looks_like_decimal_commas(raw[col]) else ""
+            )
             raise DataError(
-                f"{where}: column '{col}' row {i + 1}: {raw[col].iloc[i]!r} is not a number ({int(bad.sum())} such rows)"
+                f"{where}: column '{col}' row {i + 1}: {raw[col].iloc[i]!r} is not a number ({int(bad.sum())} such rows){hint}"
             )
         out[col] = values.astype("float64")
     for col in categorical_columns(spec):

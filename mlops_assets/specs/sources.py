@@ -67,6 +67,11 @@ class CsvSpec(StrictModel):
         default_factory=list, description="text that also means a missing value (e.g. '?'), besides '', NA, NaN and null"
     )
     encoding: str = Field("utf-8", description="e.g. latin-1 for files from older tools")
+    decimal: Literal[".", ","] = Field(
+        ".",
+        description="',' for numbers written 3,5: every column whose values all read as such numbers is read "
+        "with a decimal point (text and dates are left as written)",
+    )
 
     @field_validator("encoding")
     @classmethod
@@ -79,8 +84,16 @@ class CsvSpec(StrictModel):
             raise ValueError(f"unknown encoding {v!r}") from exc
         return v
 
+    @model_validator(mode="after")
+    def _separators_differ(self) -> CsvSpec:
+        if self.decimal == self.sep:
+            raise ValueError(
+                f"csv: decimal and sep are both {self.sep!r}; a file with decimal commas separates fields with ';' or a tab"
+            )
+        return self
+
     def options(self) -> dict:
-        return {"sep": self.sep, "na_values": self.na_values, "encoding": self.encoding}
+        return {"sep": self.sep, "na_values": self.na_values, "encoding": self.encoding, "decimal": self.decimal}
 
 
 class SourceSpec(StrictModel):
