@@ -107,6 +107,7 @@ PRIVATE_APIS = (
             "has_backfill_tags_table",
         )
     ),
+    ("dagster._core.storage.defs_state.base", "set_defs_state_storage"),
     ("ibis.backends.duckdb", "Backend._load_extensions"),
     ("feast.infra.online_stores.redis", "RedisOnlineStore._parse_connection_string"),
 )
@@ -329,6 +330,22 @@ def _freezable_log_manager() -> Any:
     from dagster._core.test_utils import get_freezable_log_manager
 
     return get_freezable_log_manager()
+
+
+@contextmanager
+def definitions_state_of(instance: Any) -> Iterator[None]:
+    """Load definitions with ``instance``'s definitions-state storage as the current one.
+
+    Loading a ``Definitions`` (its repository, on first use) asks for the *current* state storage,
+    which entering a ``DagsterInstance`` (``with instance:``) sets in a context variable and leaving it
+    restores. In a process that has entered and left other instances (a test session, a notebook
+    that replays), that variable can still name the storage of an instance that is gone, and the load
+    fails with "Attempted to resolve undefined DagsterInstance weakref" (seen in the suite). A replay
+    and the test platform load their definitions once, under the instance they run on."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(instance.defs_state_storage):
+        yield
 
 
 def held_connection_instance():

@@ -172,7 +172,7 @@ class Replay:
         import dagster as dg
 
         from mlops_assets.common import key
-        from mlops_assets.compat import InProcessJobs, held_connection_instance
+        from mlops_assets.compat import InProcessJobs, definitions_state_of, held_connection_instance
         from mlops_assets.core.names import job_name, sensor_name
         from mlops_assets.factory import build_definitions
         from mlops_assets.resources.feast import cached_feature_store
@@ -183,6 +183,8 @@ class Replay:
         # In memory by default: the Dagster bookkeeping of a thousand simulated days costs half the
         # replay's time in SQLite. ``keep_instance`` writes it to the home so the UI can open it.
         self.instance = dg.DagsterInstance.from_config(str(dagster_home)) if self.keep_instance else held_connection_instance()
+        with definitions_state_of(self.instance):  # loaded once, under this replay's instance
+            self.repository = self.defs.get_repository_def()
         self.lake = resources()["lake"]
         self.landing = self.defs.get_sensor_def(sensor_name("landing", self.spec))
         # as the daemon does, a tick builds only the resources the sensor asks for (the lake), not all
@@ -190,7 +192,6 @@ class Replay:
         self.ingest_job = self.defs.resolve_job_def(job_name("ingest", self.spec))
         self.train_job = self.defs.resolve_job_def(job_name("train", self.spec))
         self.assets_job = self.defs.resolve_implicit_global_asset_job_def()
-        self.repository = self.defs.get_repository_def()
         self.key = lambda stage: key(stage, self.spec)
         self.in_process = InProcessJobs()
 

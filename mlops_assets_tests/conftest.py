@@ -74,8 +74,12 @@ class Platform:
 
         self.home = home
         self.specs = {s.name: s for s in specs}
+        from mlops_assets.compat import definitions_state_of
+
         self.defs = build_definitions(list(specs))
         self.instance = instance
+        with definitions_state_of(instance):  # loaded once, under this platform's instance
+            self.defs.get_repository_def()
 
     def resources(self) -> dict:
         """The profile's resources for this home, with their settings read now."""

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import mlops_assets
 
 PACKAGE = Path(mlops_assets.__file__).parent
@@ -125,3 +127,38 @@ def test_a_skipped_check_after_a_failure_reads_as_not_failing():
         assert latest_check_failure(instance, check) is None
         assert dg.materialize([scored], instance=instance).success
         assert latest_check_failure(instance, check) is None
+
+
+def test_definitions_load_under_their_instance_whatever_a_gone_instance_left_current(flight_spec):
+    """Entering a Dagster instance makes its definitions-state storage the current one, and leaving
+    restores the one before. A process that entered instances in other contexts can be left naming
+    the storage of an instance that is gone; loading definitions then failed ("Attempted to resolve
+    undefined DagsterInstance weakref", seen in the suite). ``definitions_state_of`` loads them under
+    the instance they run on, as a replay and the test platform do."""
+    import gc
+
+    import dagster as dg
+    from dagster._core.errors import DagsterInvariantViolationError
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    from mlops_assets.compat import definitions_state_of, held_connection_instance
+    from mlops_assets.factory import build_definitions
+
+    with dg.instance_for_test() as gone:
+        storage = gone.defs_state_storage
+    stale = set_defs_state_storage(storage)
+    stale.__enter__()  # what a context entered elsewhere and never left does
+    del gone
+    gc.collect()
+    try:
+        with pytest.raises(DagsterInvariantViolationError, match="undefined DagsterInstance weakref"):
+            build_definitions([flight_spec]).get_repository_def()
+        instance = held_connection_instance()
+        try:
+            with definitions_state_of(instance):
+                repository = build_definitions([flight_spec]).get_repository_def()
+        finally:
+            instance.dispose()
+        assert repository.has_job("ingest_flight_delays")
+    finally:
+        stale.__exit__(None, None, None)
