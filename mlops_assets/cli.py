@@ -161,6 +161,11 @@ def run_backtest(args) -> int:
         print(f"{spec.name}: {variant['change']}:\n{variant['yaml']}", end="", file=sys.stderr)
     summary = {k: report[k] for k in ("spec", "start", "end", "scored_days")}
     summary["recommended"] = {k: rec[k] for k in ("policy", "metric", "retrains", "promotions", "vs_static", "vs_cron1")}
+    if report["variants"]:
+        summary["variants"] = [
+            {"change": v["change"], "recommended": {k: v["recommended"][k] for k in ("policy", "metric", "retrains")}}
+            for v in report["variants"]
+        ]
     if args.verify:
         summary["verification"] = report["verification"]
     print(json.dumps(summary))
