@@ -74,12 +74,11 @@ def level_variants(spec: ModelSpec) -> list[tuple[str, ModelSpec]]:
         data = spec.model_dump(by_alias=True)
         data["features"].append({"kind": "past_rate", "name": name, "by": [entity], "window_days": 1, "prior_weight": 0.0})
         data["target"]["relative_to"] = name
-        out.append(
-            (
-                f"target.relative_to: {name} (the mean {spec.target.column} of the day before by {entity})",
-                ModelSpec.model_validate(data),
-            )
-        )
+        try:
+            variant = ModelSpec.model_validate(data)
+        except ValueError:  # a spec the change cannot apply to is not tried (the advice still says it)
+            continue
+        out.append((f"target.relative_to: {name} (the mean {spec.target.column} of the day before by {entity})", variant))
     return out
 
 
