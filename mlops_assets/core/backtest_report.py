@@ -20,6 +20,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from mlops_assets.core.backtest import Candidate, Models, Outcome
 from mlops_assets.core.backtest_advice import advice, level_blocks, level_variants, variant_advice
@@ -102,6 +103,7 @@ class _Choice:
     best: Outcome
     noise: float
     chosen: Outcome
+    budget: int  # the most retrains a candidate may have on the scored days
 
 
 def _choose(spec, history, scored, budget_share, cache_dir, candidates, progress) -> _Choice:
@@ -131,10 +133,8 @@ def _choose(spec, history, scored, budget_share, cache_dir, candidates, progress
         "vs_cron1": difference_interval(spec, served[chosen.candidate], served[daily]),
         "spec_blocks": chosen.candidate.spec_blocks(spec),
     }
-    import yaml
-
     chosen.extra["yaml"] = yaml.safe_dump(chosen.extra["spec_blocks"], sort_keys=False)
-    return _Choice(outcomes, served, models, static, daily, own, best, noise, chosen)
+    return _Choice(outcomes, served, models, static, daily, own, best, noise, chosen, budget)
 
 
 def backtest(
@@ -161,15 +161,12 @@ def backtest(
             f"{spec.name}: fewer than 2 days to score from {start or 'the replay start'} (history {history.dates[0]}..{history.dates[-1]})"
         )
     c = _choose(spec, history, scored, budget_share, cache_dir, candidates, progress)
-    outcomes, chosen = c.outcomes, c.chosen
-    budget = math.floor(budget_share * len(scored))
+    outcomes, chosen, budget = c.outcomes, c.chosen, c.budget
     sign = 1 if spec.higher_is_better else -1
     within = sorted(
         (o for o in outcomes.values() if o.retrains <= budget and o.robust is not None),
         key=lambda o: (-sign * o.robust, o.retrains),
     )
-    import yaml
-
     said = advice(spec, chosen, outcomes[c.daily])
     variants = []
     if said:
