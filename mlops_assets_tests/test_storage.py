@@ -62,6 +62,46 @@ def test_lake_partitions_and_feature_days_round_trip(root):
     pd.testing.assert_frame_equal(lake.read_feature_day("s", "events", "2013-01-01"), frame.iloc[:1])
 
 
+def test_a_parquet_file_read_again_is_parsed_once_and_a_rewrite_is_never_missed(root, monkeypatch):
+    """``files.read_parquet`` keeps parsed frames by the digest of the file's bytes: a file read again
+    unchanged is not parsed again, a rewrite of the same size at once (no clock or name can tell it
+    apart) reads the new rows, and no caller sees what another did to its copy."""
+    import io
+
+    uri = files.join(root, "lake", "predictions", "s", "2013-01-01.parquet")
+    first = pd.DataFrame({"event_id": ["a", "b"], "score": [0.25, 0.75]})
+    files.write_parquet(first, uri)
+    monkeypatch.setattr(files, "_parsed", files._ParsedParquet())  # what this process read before is not this test's
+    parsed = []
+    real = pd.read_parquet
+    monkeypatch.setattr(pd, "read_parquet", lambda source, **kw: parsed.append(source) or real(source, **kw))
+
+    a = files.read_parquet(uri)
+    a.loc[0, "score"] = 99.0  # a caller's own copy
+    b = files.read_parquet(uri)
+    pd.testing.assert_frame_equal(b, first)
+    assert len(parsed) == 1 and isinstance(parsed[0], io.BytesIO)
+
+    second = first.assign(score=[0.5, 0.125])  # the same size, written at once
+    files.write_parquet(second, uri)
+    pd.testing.assert_frame_equal(files.read_parquet(uri), second)
+    assert len(parsed) == 2
+    only_b = files.read_parquet(uri, filters=[("event_id", "==", "b")])  # a filtered read is its own
+    assert only_b["event_id"].tolist() == ["b"] and len(parsed) == 3
+
+
+def test_the_landed_file_of_a_day_is_found_among_many(root):
+    from mlops_assets.resources import LakeStorage
+
+    lake = LakeStorage(root=root)
+    for day in ("2013-01-01", "2013-01-02", "2013-01-10"):
+        lake.land("s", day, pd.DataFrame({"x": [1]}))
+    files.write_bytes(files.join(lake.landing_dir("s"), ".2013-01-03.csv.tmp-1"), b"half")  # a work file
+    assert lake.landing_file("s", "2013-01-01") == files.join(lake.landing_dir("s"), "2013-01-01.csv")
+    assert lake.landing_file("s", "2013-01-03") is None
+    assert [e.name for e in files.listing(lake.landing_dir("s"), prefix="2013-01-1")] == ["2013-01-10.csv"]
+
+
 def test_two_writers_of_one_month_file_lose_no_day_on_s3(s3, tmp_path, monkeypatch):
     """The month file's read-modify-write runs under a lock object created with If-None-Match: *,
     which moto honours as S3 does: eight days written at once by eight threads all survive."""

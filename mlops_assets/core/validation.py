@@ -40,9 +40,9 @@ def derive_label(target: pd.Series, spec: ModelSpec) -> pd.Series:
         return target.astype("float64")
     ((op, value),) = t.positive.items()  # type: ignore[union-attr]
     positive = target > float(value) if op == "greater_than" else target.astype("string") == str(value)
-    label = positive.astype("float64")
-    label[target.isna()] = {"positive": 1.0, "negative": 0.0, "drop": np.nan}[t.missing]
-    return label
+    label = positive.astype("float64").to_numpy(dtype="float64", copy=True)
+    label[target.isna().to_numpy()] = {"positive": 1.0, "negative": 0.0, "drop": np.nan}[t.missing]
+    return pd.Series(label, index=target.index, name=target.name)
 
 
 def labels_pending(raw: pd.DataFrame, spec: ModelSpec) -> bool:
@@ -73,33 +73,37 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
             f"(local day in {ts_spec.timezone}): {listed}{more}. A file holds the events of the one day its name says."
         )
 
-    out = pd.DataFrame(index=raw.index)
+    # Built as one frame from its columns, sorted and filtered once: column by column it took twice
+    # as long, and it runs for every landed day (raw, dataset, a replay's truth).
+    columns: dict[str, Any] = {}
     for col in numeric_columns(spec):
         if col not in raw.columns:
             continue
-        values = pd.to_numeric(raw[col], errors="coerce")
-        bad = values.isna() & raw[col].notna()
-        if bad.any():
-            i = int(bad.to_numpy().nonzero()[0][0])
+        values = pd.to_numeric(raw[col], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        bad = np.isnan(values)
+        if bad.any() and (bad := bad & raw[col].notna().to_numpy()).any():
+            i = int(bad.nonzero()[0][0])
             hint = (
                 "; numbers written with a decimal comma: source.csv.decimal: ','" if looks_like_decimal_commas(raw[col]) else ""
             )
             raise DataError(
                 f"{where}: column '{col}' row {i + 1}: {raw[col].iloc[i]!r} is not a number ({int(bad.sum())} such rows){hint}"
             )
-        out[col] = values.astype("float64")
+        columns[col] = values
     for col in categorical_columns(spec):
-        out[col] = raw[col].astype("string").fillna("").astype(object)
-    if spec.target.column not in out.columns:
-        out[spec.target.column] = raw[spec.target.column]
-    out[EVENT_TS] = ts
+        columns[col] = raw[col].astype("string").fillna("").to_numpy(dtype=object)
+    if spec.target.column not in columns:
+        columns[spec.target.column] = raw[spec.target.column].array
+    columns[EVENT_TS] = ts.array
     pending = labels_pending(raw, spec)
+    out = pd.DataFrame(columns)
     # the day's labels come later (target.label_delay_days): keep the events, unlabelled
     out[LABEL] = np.nan if pending else derive_label(out[spec.target.column], spec)
-    out = out.sort_values(EVENT_TS, kind="stable").reset_index(drop=True)
+    order = np.argsort(ts.array.asi8, kind="stable")
+    out = out.take(order).reset_index(drop=True)
     # Ids before any row is dropped: the same event keeps its id when its day lands again with labels.
     out.insert(0, EVENT_ID, [f"{day.isoformat()}-{i:06d}" for i in range(len(out))])
-    return out if pending else out[out[LABEL].notna()].reset_index(drop=True)
+    return out if pending else out[out[LABEL].notna().to_numpy()].reset_index(drop=True)
 
 
 @dataclass(frozen=True)

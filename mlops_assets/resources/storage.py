@@ -17,8 +17,6 @@ from mlops_assets import files
 if TYPE_CHECKING:
     import pandas as pd
 
-LANDING_SUFFIXES = (".csv", ".csv.gz", ".parquet")
-
 
 class LakeStorage(dg.ConfigurableResource):
     """The platform's file storage.
@@ -59,7 +57,7 @@ class LakeStorage(dg.ConfigurableResource):
 
     def landing_file(self, spec: str, day: str) -> str | None:
         """The landed file for a day, whatever its extension (csv, csv.gz, parquet)."""
-        matches = [e.uri for e in self.landed(spec) if e.name.startswith(f"{day}.")]
+        matches = [e.uri for e in files.listing(self.landing_dir(spec), prefix=f"{day}.")]
         return matches[0] if matches else None
 
     def land(self, spec: str, day: str, rows: pd.DataFrame) -> str:
