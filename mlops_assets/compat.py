@@ -94,7 +94,18 @@ PRIVATE_APIS = (
     # what held_connection_instance overrides (a method gone from Dagster would leave ours unused)
     *(
         ("dagster._core.storage.event_log", f"InMemoryEventLogStorage.{m}")
-        for m in ("_connect", "has_table", "has_asset_key_col", "_has_asset_key_col_on_connection")
+        for m in (
+            "_connect",
+            "has_table",
+            "has_asset_key_col",
+            "_has_asset_key_col_on_connection",
+            "fetch_materializations",
+            "delete_events",
+            "wipe",
+            "wipe_asset",
+            "wipe_asset_partitions",
+            "update_event_log_record",
+        )
     ),
     *(
         ("dagster._core.storage.runs", f"InMemoryRunStorage.{m}")
@@ -397,6 +408,8 @@ def held_connection_instance():
         def __init__(self):
             self._tables: dict[str, bool] = {}
             self._asset_key_cols: dict[str, bool] = {}
+            self._latest: dict = {}  # asset key -> partition -> its latest materialization (fetch_materializations)
+            self._latest_lock = threading.RLock()
             super().__init__()
             # per connection in SQLite, so set once on the held one (journal_mode is moot in memory)
             self._held_conn.execute(db.text("PRAGMA foreign_keys=ON;")).close()
@@ -410,7 +423,62 @@ def held_connection_instance():
         def store_event(self, event) -> None:
             if event.dagster_event is None or event.dagster_event.event_type in unread:
                 return
-            super().store_event(event)
+            with self._latest_lock:  # no answer kept from before this event once it is stored
+                if event.dagster_event.event_type == T.ASSET_MATERIALIZATION:
+                    self._latest.pop(event.dagster_event.asset_key, None)
+                super().store_event(event)
+
+        # Each check result of a partitioned step asks for its asset's latest materialization of that
+        # partition (the check's target), as do data versions: the same query, answered by
+        # deserialising the whole event again, up to a dozen times a replayed day and 4 % of a full
+        # Elec2 replay (py-spy). The answer changes only when that asset is materialized again or
+        # events are removed, so it is kept until then.
+        def fetch_materializations(self, records_filter, limit, cursor=None, ascending=False):
+            f = records_filter
+            plain = (
+                isinstance(f, dg.AssetRecordsFilter)
+                and limit == 1
+                and cursor is None
+                and not ascending
+                and f.asset_partitions is not None
+                and len(f.asset_partitions) == 1
+                and (f.after_timestamp, f.before_timestamp, f.after_storage_id, f.before_storage_id, f.storage_ids)
+                == (None,) * 5
+            )
+            if not plain:
+                return super().fetch_materializations(records_filter, limit, cursor, ascending)
+            with self._latest_lock:
+                by_partition = self._latest.setdefault(f.asset_key, {})
+                partition = f.asset_partitions[0]
+                if partition not in by_partition:
+                    by_partition[partition] = super().fetch_materializations(records_filter, limit, cursor, ascending)
+                return by_partition[partition]
+
+        @contextmanager
+        def _forgetting(self):
+            with self._latest_lock:  # no answer read from before the removal is kept after it
+                self._latest.clear()
+                yield
+
+        def delete_events(self, run_id: str) -> None:
+            with self._forgetting():
+                super().delete_events(run_id)
+
+        def wipe(self) -> None:
+            with self._forgetting():
+                super().wipe()
+
+        def wipe_asset(self, asset_key) -> None:
+            with self._forgetting():
+                super().wipe_asset(asset_key)
+
+        def wipe_asset_partitions(self, asset_key, partition_keys) -> None:
+            with self._forgetting():
+                super().wipe_asset_partitions(asset_key, partition_keys)
+
+        def update_event_log_record(self, record_id: int, event) -> None:
+            with self._forgetting():
+                super().update_event_log_record(record_id, event)
 
         # The schema of the in-memory database is created with it and never changes, but Dagster
         # asks about it (tables, asset-key columns) several times per event written or read, on a

@@ -162,3 +162,53 @@ def test_definitions_load_under_their_instance_whatever_a_gone_instance_left_cur
         assert repository.has_job("ingest_flight_delays")
     finally:
         stale.__exit__(None, None, None)
+
+
+def test_a_replay_instance_answers_the_latest_materialization_of_a_partition_as_its_storage_does():
+    """The replay's in-memory instance (``held_connection_instance``) keeps the answer to "the latest
+    materialization of this asset's partition" (asked by every check result of a partitioned step)
+    until that asset is materialized again or events are removed. Against the storage's own query
+    after each change: materializations of two partitions, a rematerialization, a deleted run, a
+    wiped asset; and each check evaluation targets its partition's newest
+    materialization."""
+    import dagster as dg
+
+    from mlops_assets.compat import held_connection_instance
+
+    parts = dg.DailyPartitionsDefinition(start_date="2024-01-01")
+
+    @dg.asset(partitions_def=parts, check_specs=[dg.AssetCheckSpec("rows", asset="daily")])
+    def daily(context):
+        yield dg.Output(None)
+        yield dg.AssetCheckResult(passed=True, metadata={"day": context.partition_key})
+
+    instance = held_connection_instance()
+    storage = instance.event_log_storage
+    key = dg.AssetKey("daily")
+
+    def latest(day, cached=True):
+        f = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[day])
+        fetch = storage.fetch_materializations if cached else super(type(storage), storage).fetch_materializations
+        return [r.storage_id for r in fetch(f, limit=1).records]
+
+    def agree():
+        for day in ("2024-01-01", "2024-01-02"):
+            assert latest(day) == latest(day, cached=False)
+
+    try:
+        agree()  # nothing yet: both empty
+        results = [dg.materialize([daily], instance=instance, partition_key=d) for d in ("2024-01-01", "2024-01-02")]
+        agree()
+        again = dg.materialize([daily], instance=instance, partition_key="2024-01-01")
+        agree()
+        for result, day in ((again, "2024-01-01"), (results[1], "2024-01-02")):
+            [evaluation] = result.get_asset_check_evaluations()
+            assert evaluation.target_materialization_data.storage_id == latest(day)[0]
+        instance.delete_run(results[1].run_id)
+        agree()
+        assert latest("2024-01-02") == [] and latest("2024-01-01")
+        instance.wipe_assets([key])
+        agree()
+        assert latest("2024-01-01") == []
+    finally:
+        instance.dispose()
