@@ -269,7 +269,8 @@ class _ParsedParquet:
                 self._frames.move_to_end(digest)
                 return hit[0].copy()
         frame = pd.read_parquet(io.BytesIO(data))
-        size = len(frame) * sum(64 if dt.kind == "O" else getattr(dt, "itemsize", 64) for dt in frame.dtypes)  # estimate: a text 64 B
+        # an estimate (a text counts 64 B): pandas' own deep count took longer than the parse
+        size = len(frame) * sum(64 if dt.kind == "O" else getattr(dt, "itemsize", 64) for dt in frame.dtypes)
         if size <= self.budget // 8:  # one large table would flush everything else
             with self._lock:
                 if digest not in self._frames:

@@ -14,6 +14,7 @@ import pytest
 import mlops_assets
 
 PACKAGE = Path(mlops_assets.__file__).parent
+COMPAT = PACKAGE / "compat"
 
 
 def _import_nodes(paths: list[Path]) -> dict[Path, list[ast.stmt]]:
@@ -48,7 +49,7 @@ def test_every_private_api_the_platform_uses_still_exists(monkeypatch):
     from mlops_assets import compat
 
     missing = compat.missing_private_apis()
-    assert not missing, f"a library upgrade removed or moved: {missing} (see mlops_assets/compat.py)"
+    assert not missing, f"a library upgrade removed or moved: {missing} (see mlops_assets/compat/)"
     # the check is live: a name that is gone is reported by its full path
     monkeypatch.setattr(compat, "PRIVATE_APIS", (*compat.PRIVATE_APIS, ("dagster._core.test_utils", "no_such_helper")))
     assert compat.missing_private_apis() == ["dagster._core.test_utils.no_such_helper"]
@@ -57,7 +58,7 @@ def test_every_private_api_the_platform_uses_still_exists(monkeypatch):
 def test_no_module_but_compat_imports_dagster_internals():
     """An import of ``dagster._…`` anywhere else is a private API outside the inventory."""
     offenders = []
-    paths = [p for p in sorted(PACKAGE.rglob("*.py")) if not (p.name == "compat.py" and p.parent == PACKAGE)]
+    paths = [p for p in sorted(PACKAGE.rglob("*.py")) if p.parent != COMPAT]
     for path, nodes in _import_nodes(paths).items():
         for node in nodes:
             modules = []
@@ -70,11 +71,13 @@ def test_no_module_but_compat_imports_dagster_internals():
 
 
 def test_the_inventory_lists_every_private_dagster_import_of_compat():
-    """compat's own ``dagster._`` imports are all in ``PRIVATE_APIS``, so the first test covers them."""
+    """compat's own ``dagster._`` imports (all its modules) are in ``PRIVATE_APIS``, so the first test
+    covers them."""
     from mlops_assets.compat import PRIVATE_APIS
 
     listed = {(module, path.split(".")[0]) for module, path in PRIVATE_APIS}
-    source = ast.Module(body=_import_nodes([PACKAGE / "compat.py"])[PACKAGE / "compat.py"], type_ignores=[])
+    nodes = _import_nodes(sorted(COMPAT.glob("*.py")))
+    source = ast.Module(body=[n for found in nodes.values() for n in found], type_ignores=[])
     imported = {
         (node.module, alias.name)
         for node in ast.walk(source)
@@ -165,9 +168,10 @@ def test_definitions_load_under_their_instance_whatever_a_gone_instance_left_cur
 
 
 def test_a_replay_instance_answers_the_latest_materialization_of_a_partition_as_its_storage_does():
-    """The replay's in-memory instance (``held_connection_instance``) keeps the answer to "the latest
+    """The replay's in-memory instance (``held_connection_instance``) keeps the answers to "the latest
     materialization of this asset's partition" (asked by every check result of a partitioned step)
-    until that asset is materialized again or events are removed. Against the storage's own query
+    and "this asset's record" (asked by data versions) until that asset has a new event or events
+    are removed. Against the storage's own queries
     after each change: materializations of two partitions, a rematerialization, a deleted run, a
     wiped asset; and each check evaluation targets its partition's newest
     materialization."""
@@ -194,6 +198,8 @@ def test_a_replay_instance_answers_the_latest_materialization_of_a_partition_as_
     def agree():
         for day in ("2024-01-01", "2024-01-02"):
             assert latest(day) == latest(day, cached=False)
+        keys = [dg.AssetKey("never"), key]  # one never materialized: no record
+        assert storage.get_asset_records(keys) == super(type(storage), storage).get_asset_records(keys)
 
     try:
         agree()  # nothing yet: both empty
