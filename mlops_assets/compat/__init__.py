@@ -108,10 +108,6 @@ PRIVATE_APIS = (
             "wipe_asset",
             "wipe_asset_partitions",
             "update_event_log_record",
-            "get_asset_records",
-            "store_asset_event",
-            "update_asset_cached_status_data",
-            "wipe_asset_cached_status",
         )
     ),
     *(

@@ -56,7 +56,6 @@ def held_connection_instance():
             self._tables: dict[str, bool] = {}
             self._asset_key_cols: dict[str, bool] = {}
             self._latest: dict = {}  # asset key -> partition -> its latest materialization (fetch_materializations)
-            self._records: dict = {}  # asset key -> its AssetRecord, None for none (get_asset_records)
             self._latest_lock = threading.RLock()
             super().__init__()
             # per connection in SQLite, so set once on the held one (journal_mode is moot in memory)
@@ -72,11 +71,8 @@ def held_connection_instance():
             if event.dagster_event is None or event.dagster_event.event_type in unread:
                 return
             with self._latest_lock:  # no answer kept from before this event once it is stored
-                asset_key = event.dagster_event.asset_key
-                if asset_key is not None:
-                    self._records.pop(asset_key, None)
-                    if event.dagster_event.event_type == T.ASSET_MATERIALIZATION:
-                        self._latest.pop(asset_key, None)
+                if event.dagster_event.event_type == T.ASSET_MATERIALIZATION:
+                    self._latest.pop(event.dagster_event.asset_key, None)
                 super().store_event(event)
 
         # Each check result of a partitioned step asks for its asset's latest materialization of that
@@ -104,39 +100,10 @@ def held_connection_instance():
                     by_partition[partition] = super().fetch_materializations(records_filter, limit, cursor, ascending)
                 return by_partition[partition]
 
-        # Likewise each step's data versions read its inputs' asset records (the asset_keys row and the
-        # latest materialization): 2.8 % of a full Elec2 replay. A record changes only with an event of
-        # its asset (stored above), a wipe, or its status cache.
-        def get_asset_records(self, asset_keys=None):
-            if asset_keys is None:
-                return super().get_asset_records(asset_keys)
-            with self._latest_lock:
-                missing = [k for k in dict.fromkeys(asset_keys) if k not in self._records]
-                if missing:
-                    found = {r.asset_entry.asset_key: r for r in super().get_asset_records(missing)}
-                    self._records.update({k: found.get(k) for k in missing})
-                records = [self._records[k] for k in dict.fromkeys(asset_keys)]
-            return sorted((r for r in records if r is not None), key=lambda r: r.asset_entry.asset_key.to_string())
-
-        def store_asset_event(self, event, event_id: int) -> None:
-            with self._forgetting():
-                super().store_asset_event(event, event_id)
-
-        def update_asset_cached_status_data(self, asset_key, cache_values) -> None:
-            with self._latest_lock:
-                self._records.pop(asset_key, None)
-                super().update_asset_cached_status_data(asset_key, cache_values)
-
-        def wipe_asset_cached_status(self, asset_key) -> None:
-            with self._latest_lock:
-                self._records.pop(asset_key, None)
-                super().wipe_asset_cached_status(asset_key)
-
         @contextmanager
         def _forgetting(self):
-            with self._latest_lock:  # no answer read from before the change is kept after it
+            with self._latest_lock:  # no answer read from before the removal is kept after it
                 self._latest.clear()
-                self._records.clear()
                 yield
 
         def delete_events(self, run_id: str) -> None:
