@@ -319,10 +319,10 @@ def frame_problems(spec: ModelSpec, frame: pd.DataFrame) -> list[Problem]:
 def number_problems(spec: ModelSpec, frame: pd.DataFrame) -> list[Problem]:
     """Columns the spec reads as numbers (numeric features, a numeric target, ranges) whose sampled
     values are not numbers: found here, not by the first ingest run. Numbers written with a decimal
-    comma are named as such, with the setting that reads them."""
+    comma or thousands separators are named as such, with the settings that read them."""
     import pandas as pd
 
-    from mlops_assets.core.sources import looks_like_decimal_commas
+    from mlops_assets.core.sources import separators_hint
     from mlops_assets.core.validation import numeric_columns
 
     fields = {f.source: f"features[{i}]" for i, f in enumerate(spec.features) if isinstance(f, ColumnFeature)}
@@ -335,11 +335,8 @@ def number_problems(spec: ModelSpec, frame: pd.DataFrame) -> list[Problem]:
         bad = values[pd.to_numeric(values, errors="coerce").isna()]
         if bad.empty:
             continue
-        hint = (
-            "; they are numbers written with a decimal comma: set source.csv.decimal: ','"
-            if looks_like_decimal_commas(values)
-            else ""
-        )
+        written = separators_hint(values)
+        hint = f"; they are numbers written with {written[0]}: set {written[1]}" if written else ""
         problems.append(
             Problem(
                 fields.get(column, f"checks.ranges.{column}"),
@@ -356,7 +353,7 @@ def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS, csv: dict |
 
     import pandas as pd
 
-    from mlops_assets.core.sources import NA_TEXT, DataError, decimal_points, infer_format, resolve_path
+    from mlops_assets.core.sources import DataError, infer_format, read_csv_text, resolve_path
 
     resolved = resolve_path(path)
     files = sorted(glob.glob(resolved)) if glob.has_magic(resolved) else [resolved]
@@ -366,17 +363,7 @@ def read_sample(path: str, fmt: str | None, rows: int = SAMPLE_ROWS, csv: dict |
     try:
         if infer_format(first, fmt) == "parquet":
             return pd.read_parquet(first).head(rows)
-        dialect = csv or {}
-        sample = pd.read_csv(
-            first,
-            dtype=str,
-            nrows=rows,
-            keep_default_na=False,
-            na_values=[*NA_TEXT, *dialect.get("na_values", [])],
-            sep=dialect.get("sep", ","),
-            encoding=dialect.get("encoding", "utf-8"),
-        )
-        return decimal_points(sample, dialect.get("decimal", "."))
+        return read_csv_text(first, csv, nrows=rows)
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{first}: cannot read a sample: {exc} (csv.encoding says how the file is written, e.g. latin-1)"

@@ -454,6 +454,63 @@ def test_numbers_written_with_a_decimal_comma_are_read_as_csv_decimal_says(tmp_p
     assert rc == 1 and "decimal and sep are both ','" in err, err
 
 
+def _grouped(x: float, thousands: str, decimal: str) -> str:
+    return f"{x:,.1f}".replace(",", "\0").replace(".", decimal).replace("\0", thousands)
+
+
+@pytest.mark.parametrize(
+    ("csv", "written", "settings"),
+    [
+        ({}, lambda x: f'"{_grouped(x, ",", ".")}"', {"thousands": ","}),  # "1,234.5", quoted in a comma-separated file
+        ({"sep": ";"}, lambda x: _grouped(x, ".", ","), {"decimal": ",", "thousands": "."}),  # 1.234,5
+        ({"sep": ";"}, lambda x: _grouped(x, "\u202f", ","), {"decimal": ",", "thousands": " "}),  # 1 234,5 (no-break space)
+    ],
+    ids=["comma", "point", "no-break-space"],
+)
+def test_numbers_with_thousands_separators_are_read_as_csv_thousands_says(tmp_path, capsys, csv, written, settings):
+    """Sales of a few thousand a day written as spreadsheets export them: 1,234.5, 1.234,5 or 1 234,5
+    (a narrow no-break space). Without the settings ``mlops check`` and the dataset stage name the
+    ones that read them; with them the values are the numbers (small ones, without a separator,
+    too), and a ``thousands`` equal to ``decimal`` is refused."""
+    from mlops_assets.core.sources import DataError
+    from mlops_assets.specs import load_spec
+
+    sep = csv.get("sep", ",")
+    sales = [500.5 + 997.0 * h for h in range(24)]
+    lines = [sep.join(["time", "temperature", "sales"])]
+    lines += [sep.join([f"2020-01-0{d} {h:02d}:00", str(h), written(sales[h] + d)]) for d in (1, 2) for h in range(24)]
+    source = tmp_path / "data" / "sales.csv"
+    source.parent.mkdir(parents=True)
+    source.write_text("\n".join(lines) + "\n")
+    raw = {
+        "name": "sales",
+        "description": "hourly sales",
+        "source": {"path": str(source), "format": "csv", "timestamp": {"column": "time"}, "csv": csv},
+        "target": {"column": "sales", "task": "regression"},
+        "features": [{"kind": "column", "name": "temperature"}],
+        "estimator": {"class": "sklearn.linear_model.Ridge"},
+        "promotion": {"metric": "rmse"},
+        "partitions": {"start": "2020-01-01", "end": "2020-02-01"},
+    }
+    hint = " and ".join(f"source.csv.{k}: {v!r}" for k, v in settings.items())
+    path = write_spec(tmp_path / "specs" / "sales.yaml", raw)
+    rc, _, err = run_check(capsys, path)
+    assert rc == 1 and "target.column: column 'sales' is read as numbers" in err and f"set {hint}" in err, err
+    with pytest.raises(DataError, match=rf"column 'sales' row \d+: .* is not a number .*{hint}"):
+        typed_day(load_spec(path), date(2020, 1, 2))  # the dataset stage says the same
+    raw["source"]["csv"] = {**csv, **settings}
+    write_spec(path, raw)
+    rc, _, err = run_check(capsys, path)
+    assert (rc, err) == (0, ""), err
+    events = typed_day(load_spec(path), date(2020, 1, 2))
+    assert events["label"].tolist() == pytest.approx([x + 2 for x in sales])
+    assert events["temperature"].tolist() == list(range(24))
+    raw["source"]["csv"] = {"sep": ";", "decimal": ",", "thousands": ","}
+    write_spec(path, raw)
+    rc, _, err = run_check(capsys, path)
+    assert rc == 1 and "thousands and decimal are both ','" in err, err
+
+
 def test_the_landing_sensors_first_look_blames_a_timestamp_setting_that_reads_none_of_the_files():
     """A ``timestamp.format`` (or ``unit``) that reads none of the landed files' times is the spec's
     fault, not the files': the landing sensor's check names the field, so it skips the spec instead

@@ -83,17 +83,7 @@ def parse_file(source, fmt: str, where: str, csv: dict | None = None) -> pd.Data
     try:
         if fmt == "parquet":
             return pd.read_parquet(path)
-        # Everything as text: typing is the dataset stage's job, with errors that name the column.
-        dialect = csv or {}
-        df = pd.read_csv(
-            path,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[*NA_TEXT, *dialect.get("na_values", [])],
-            sep=dialect.get("sep", ","),
-            encoding=dialect.get("encoding", "utf-8"),
-            compression=compression,
-        )
+        df = read_csv_text(path, csv, compression=compression)
     except pd.errors.ParserError as exc:
         raise DataError(f"{where}: malformed {fmt.upper()}: {exc}".strip()) from exc
     except pd.errors.EmptyDataError as exc:
@@ -106,34 +96,81 @@ def parse_file(source, fmt: str, where: str, csv: dict | None = None) -> pd.Data
         raise DataError(f"{where}: cannot read as {fmt}: {exc}") from exc
     if isinstance(path, io.BytesIO) and compression is None and (csv or {}).get("sep", ",") == ",":
         truncated_csv(path.getvalue(), len(df.columns), where)
-    return decimal_points(df, dialect.get("decimal", "."))
+    return df
 
 
-# A number written with a decimal comma: 3,5  -0,25  ,5  12  1,5e3 (no thousands separators).
-_COMMA_NUMBER = r"\s*[+-]?(?:\d+(?:,\d*)?|,\d+)(?:[eE][+-]?\d+)?\s*"
+def read_csv_text(source, csv: dict | None, compression: str | None = "infer", nrows: int | None = None) -> pd.DataFrame:
+    """A CSV's rows as the spec's ``csv`` block says it is written (``CsvSpec.options``), every value as
+    text (typing is the dataset stage's job, with errors that name the column), and numbers written
+    with other separators in the platform's own form (``plain_numbers``). The one reader of CSV
+    files: ingest, sources and ``mlops check``'s samples."""
+    dialect = csv or {}
+    df = pd.read_csv(
+        source,
+        dtype=str,
+        keep_default_na=False,
+        na_values=[*NA_TEXT, *dialect.get("na_values", [])],
+        sep=dialect.get("sep", ","),
+        encoding=dialect.get("encoding", "utf-8"),
+        compression=compression,
+        nrows=nrows,
+    )
+    return plain_numbers(df, dialect.get("decimal", "."), dialect.get("thousands", ""))
 
 
-def looks_like_decimal_commas(values: pd.Series) -> bool:
-    """Whether every value of a text column reads as a number written with a decimal comma, and at
-    least one has the comma."""
+_SPACES = " \u00a0\u202f"  # a space, and the no-break spaces spreadsheets group digits with
+
+
+def _number_pattern(decimal: str, thousands: str) -> re.Pattern:
+    """A number written with these separators: 3,5  -0,25  ,5  12  1,5e3 for decimal ','; 1.234,5 and
+    1234,5 with thousands '.' as well (groups of exactly three digits)."""
+    d = re.escape(decimal)
+    t = f"[{_SPACES}]" if thousands == " " else re.escape(thousands)
+    whole = rf"\d{{1,3}}(?:{t}\d{{3}})+|\d+" if thousands else r"\d+"
+    return re.compile(rf"\s*[+-]?(?:(?:{whole})(?:{d}\d*)?|{d}\d+)(?:[eE][+-]?\d+)?\s*")
+
+
+def reads_as_numbers(values: pd.Series, decimal: str = ",", thousands: str = "") -> bool:
+    """Whether every value of a text column reads as a number written with these separators, and at
+    least one needs them (a decimal comma, a thousands separator): such a column is rewritten."""
     present = values.dropna().astype(str)
-    return bool(len(present)) and bool(present.str.fullmatch(_COMMA_NUMBER).all()) and bool(present.str.contains(",").any())
+    if not len(present) or not present.str.fullmatch(_number_pattern(decimal, thousands)).all():
+        return False
+    marks = (decimal if decimal != "." else "") + (_SPACES if thousands == " " else thousands)
+    return bool(marks) and bool(present.str.contains(f"[{re.escape(marks)}]", regex=True).any())
 
 
-def decimal_points(df: pd.DataFrame, decimal: str) -> pd.DataFrame:
-    """With ``csv.decimal: ','``, every text column whose values all read as numbers written with a
-    decimal comma, rewritten with a decimal point: the dataset stage, the checks and the landing
-    zone (which keeps the platform's own form) then read them as any other number. A column with
-    any other value (text such as "Paris, 1er", dates) is left as written, so only what is surely a
-    number changes."""
-    if decimal == ".":
+def separators_hint(values: pd.Series) -> tuple[str, str] | None:
+    """How these values are written and the ``csv`` settings that would read them as numbers
+    (``decimal``/``thousands``), for a message about a column that holds none; None when none would."""
+    for decimal, thousands in ((",", ""), (",", "."), (",", " "), (".", ","), (".", " "), (".", "'"), (",", "'")):
+        if reads_as_numbers(values, decimal, thousands):
+            settings = [f"source.csv.decimal: {decimal!r}"] if decimal != "." else []
+            settings += [f"source.csv.thousands: {thousands!r}"] if thousands else []
+            marks = [f"{thousands!r} between thousands"] if thousands else []
+            marks += ["a decimal comma"] if decimal == "," else []
+            return " and ".join(marks), " and ".join(settings)
+    return None
+
+
+def plain_numbers(df: pd.DataFrame, decimal: str = ".", thousands: str = "") -> pd.DataFrame:
+    """With ``csv.decimal: ','`` or a ``csv.thousands`` separator, every text column whose values all
+    read as numbers written so, rewritten in the platform's own form (no thousands separator, a
+    decimal point): the dataset stage, the checks and the landing zone (which keeps the platform's
+    own form) then read them as any other number. A column with any other value (text such as
+    "Paris, 1er", dates) is left as written, so only what is surely a number changes."""
+    if decimal == "." and not thousands:
         return df
+    drop = re.compile(f"[{_SPACES}]" if thousands == " " else re.escape(thousands)) if thousands else None
     for column in df.columns:
         values = df[column]
-        if values.dtype != object:
+        if values.dtype != object or not reads_as_numbers(values, decimal, thousands):
             continue
-        if looks_like_decimal_commas(values):
-            df[column] = values.str.replace(",", ".", regex=False)
+        if drop is not None:
+            values = values.str.replace(drop, "", regex=True)
+        if decimal != ".":
+            values = values.str.replace(decimal, ".", regex=False)
+        df[column] = values
     return df
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.core.names import EVENT_ID, EVENT_TS, LABEL
-from mlops_assets.core.sources import DataError, local_dates, looks_like_decimal_commas, require_columns, spec_timestamps
+from mlops_assets.core.sources import DataError, local_dates, require_columns, separators_hint, spec_timestamps
 from mlops_assets.specs import ColumnFeature, ModelSpec
 
 MAX_ROWS_NAMED = 10  # rows listed by number in a refusal or a check (the count says how many in all)
@@ -83,9 +83,8 @@ def clean_events(raw: pd.DataFrame, spec: ModelSpec, day: date, where: str) -> p
         bad = np.isnan(values)
         if bad.any() and (bad := bad & raw[col].notna().to_numpy()).any():
             i = int(bad.nonzero()[0][0])
-            hint = (
-                "; numbers written with a decimal comma: source.csv.decimal: ','" if looks_like_decimal_commas(raw[col]) else ""
-            )
+            written = separators_hint(raw[col])
+            hint = f"; numbers written with {written[0]}: {written[1]}" if written else ""
             raise DataError(
                 f"{where}: column '{col}' row {i + 1}: {raw[col].iloc[i]!r} is not a number ({int(bad.sum())} such rows){hint}"
             )

@@ -72,6 +72,12 @@ class CsvSpec(StrictModel):
         description="',' for numbers written 3,5: every column whose values all read as such numbers is read "
         "with a decimal point (text and dates are left as written)",
     )
+    thousands: Literal["", ".", ",", " ", "'"] = Field(
+        "",
+        description="the separator of thousands in numbers such as 1.234,5 ('.', with decimal ','), 1,234.5 (',') "
+        "or 1 234,5 (' ', which also matches the no-break spaces spreadsheets write); a column is read so only "
+        "when all its values are such numbers, groups of three digits each",
+    )
 
     @field_validator("encoding")
     @classmethod
@@ -90,10 +96,18 @@ class CsvSpec(StrictModel):
             raise ValueError(
                 f"csv: decimal and sep are both {self.sep!r}; a file with decimal commas separates fields with ';' or a tab"
             )
+        if self.thousands and self.thousands == self.decimal:
+            raise ValueError(f"csv: thousands and decimal are both {self.thousands!r}; a number could not be read one way")
         return self
 
     def options(self) -> dict:
-        return {"sep": self.sep, "na_values": self.na_values, "encoding": self.encoding, "decimal": self.decimal}
+        return {
+            "sep": self.sep,
+            "na_values": self.na_values,
+            "encoding": self.encoding,
+            "decimal": self.decimal,
+            "thousands": self.thousands,
+        }
 
 
 class SourceSpec(StrictModel):
