@@ -38,7 +38,7 @@ HISTORY_ROWS = 30
 def canary_verdict(spec: ModelSpec, lake: LakeStorage, current, now: datetime):
     """The canary check's verdict on a running canary, from the prediction store."""
     from mlops_assets.core.rollout import judge_canary
-    from mlops_assets.prediction_store import canary_sides
+    from mlops_assets.rollout.canary_stats import canary_sides
 
     def labels(days: list[str]):
         return lake.read_partitions("dataset", spec.name, days)

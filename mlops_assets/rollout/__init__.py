@@ -6,6 +6,10 @@
                  rollout.kubernetes_schemas      validated offline against the Kubernetes schemas,
                  rollout.kubernetes_cluster      applied and verified by KubernetesTarget)
     sagemaker    rollout.sagemaker               a SageMaker endpoint with one variant per version
+                 rollout.sagemaker_container     (its container's environment and model artifact)
+
+A canary on any target is judged on what each version served (``rollout.canary_stats``, from the
+prediction store).
 
 Every target has the same two operations (``Target``). The model server itself (``server/``) is a
 separate program: the two sides share only plain modules (``core``, ``endpoint_state``,
