@@ -246,9 +246,10 @@ class _ParsedParquet:
     reference is read by every scoring run. In one process (a replay, a backtest, a test session,
     the runs of an in-process executor) the parse was 7 % of a replayed Elec2 day (py-spy); the
     digest of a 10 KB file takes microseconds. By content, never by name or modification time: a
-    file replaced within the clock's granularity by one of the same size is still read anew."""
+    file replaced within the clock's granularity by one of the same size is still read anew. 64 MiB:
+    a long-lived process (the code server's sensors, a model server) keeps no more than that."""
 
-    def __init__(self, budget: int = 128 * 2**20) -> None:
+    def __init__(self, budget: int = 64 * 2**20) -> None:
         import threading
         from collections import OrderedDict
 

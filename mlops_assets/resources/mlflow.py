@@ -14,6 +14,7 @@ between left an untagged RUNNING run no sensor could find), and its import costs
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import threading
 from collections import OrderedDict
@@ -193,7 +194,15 @@ def _load_version(tracking_uri: str, registry_uri: str, name: str, version: str)
 
 def pip_requirements() -> list[str]:
     """Exact requirements of a logged model, given explicitly: inferring them costs ~8 s a model."""
-    return [f"{d}=={importlib.metadata.version(d)}" for d in ("scikit-learn", "pandas", "numpy", "scipy", "skops", "cloudpickle")]
+    return list(_installed_requirements())
+
+
+@functools.cache
+def _installed_requirements() -> tuple[str, ...]:
+    """Read once a process: the installed versions are those the process imported."""
+    return tuple(
+        f"{d}=={importlib.metadata.version(d)}" for d in ("scikit-learn", "pandas", "numpy", "scipy", "skops", "cloudpickle")
+    )
 
 
 def log_pipeline(model, registered_name: str, input_example, signature=None, tags: dict[str, str] | None = None):
