@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -139,19 +138,19 @@ def test_stop_signals_nothing_but_its_own_server(elec2_spec, tmp_path):
     assert target.stop() is False and not target.pid_file.exists()
 
 
-def feast_metrics_folders() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("feast_metrics_*")}
-
-
-def test_a_server_with_online_features_leaves_no_temp_folder(flight_spec, tmp_path):
+def test_a_server_with_online_features_leaves_no_temp_folder(flight_spec, tmp_path, monkeypatch):
     """The flight spec's server imports Feast (online features), whose metrics module makes a
     ``feast_metrics_*`` folder in the temp directory that only a normal exit removes: the target
-    gives it one in the server's run folder, gone once the server is stopped."""
+    gives it one in the server's run folder, gone once the server is stopped. The server's temp
+    directory is this test's own (``TMPDIR``, inherited): other processes importing Feast meanwhile
+    (another test worker's servers) leave theirs in the machine's."""
     from mlops_assets.environments import admin_token
 
     home = tmp_path / "home"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     target = target_for(flight_spec, home, free_port())
-    before = feast_metrics_folders()
     pid = target.start()
     try:
         holder = target.holder()
@@ -167,7 +166,7 @@ def test_a_server_with_online_features_leaves_no_temp_folder(flight_spec, tmp_pa
         assert target.stop() is True
     assert not _running(pid)
     assert not target.pid_file.exists() and not target.prometheus_dir.exists()
-    assert feast_metrics_folders() <= before  # nothing new left in the temp directory
+    assert not list(scratch.glob("feast_metrics_*"))  # nothing left in the server's temp directory
     assert target.stop() is False  # stopped once
 
 
