@@ -47,18 +47,24 @@ def hourly_source(folder: Path, days: int = 3) -> Path:
     return folder / "hourly.csv"
 
 
-def hourly_raw(source: Path, with_hour: bool) -> dict:
-    timestamp = {"column": "dteday", "timezone": "UTC", **({"parts": {"hour": "hr"}} if with_hour else {})}
+def regression_raw(name: str, source: Path, timestamp: dict, target: str, features: list[dict], csv: dict | None = None) -> dict:
+    """A regression spec of a constructed CSV (Ridge, rmse, partitions of January 2020)."""
     return {
-        "name": "hourly_rentals",
-        "description": "hourly counts",
-        "source": {"path": str(source), "format": "csv", "timestamp": timestamp},
-        "target": {"column": "cnt", "task": "regression"},
-        "features": [{"kind": "column", "name": "hr"}, {"kind": "column", "name": "temp"}],
+        "name": name,
+        "description": f"hourly {target}",
+        "source": {"path": str(source), "format": "csv", "timestamp": timestamp, **({"csv": csv} if csv is not None else {})},
+        "target": {"column": target, "task": "regression"},
+        "features": features,
         "estimator": {"class": "sklearn.linear_model.Ridge"},
         "promotion": {"metric": "rmse"},
         "partitions": {"start": "2020-01-01", "end": "2020-02-01"},
     }
+
+
+def hourly_raw(source: Path, with_hour: bool) -> dict:
+    timestamp = {"column": "dteday", "timezone": "UTC", **({"parts": {"hour": "hr"}} if with_hour else {})}
+    features = [{"kind": "column", "name": "hr"}, {"kind": "column", "name": "temp"}]
+    return regression_raw("hourly_rentals", source, timestamp, "cnt", features)
 
 
 def typed_day(spec, day: date) -> pd.DataFrame:
@@ -370,16 +376,9 @@ def test_a_source_written_another_way_is_read_as_its_csv_block_says(tmp_path, ca
     source = tmp_path / "data" / "ventes.csv"
     source.parent.mkdir(parents=True)
     source.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
-    raw = {
-        "name": "ventes",
-        "description": "hourly sales",
-        "source": {"path": str(source), "format": "csv", "timestamp": {"column": "horodatage", "format": "%d/%m/%Y %H:%M"}},
-        "target": {"column": "ventes", "task": "regression"},
-        "features": [{"kind": "column", "name": "température"}, {"kind": "column", "name": "vent"}],
-        "estimator": {"class": "sklearn.linear_model.Ridge"},
-        "promotion": {"metric": "rmse"},
-        "partitions": {"start": "2020-01-01", "end": "2020-02-01"},
-    }
+    timestamp = {"column": "horodatage", "format": "%d/%m/%Y %H:%M"}
+    features = [{"kind": "column", "name": "température"}, {"kind": "column", "name": "vent"}]
+    raw = regression_raw("ventes", source, timestamp, "ventes", features)
     path = write_spec(tmp_path / "specs" / "ventes.yaml", raw)
     rc, _, err = run_check(capsys, path)
     assert rc == 1 and "cannot read a sample: 'utf-8' codec can't decode" in err and "csv.encoding" in err, err
@@ -419,16 +418,8 @@ def test_numbers_written_with_a_decimal_comma_are_read_as_csv_decimal_says(tmp_p
     source = tmp_path / "data" / "ventes.csv"
     source.parent.mkdir(parents=True)
     source.write_text("\n".join(lines) + "\n")
-    raw = {
-        "name": "ventes",
-        "description": "hourly sales",
-        "source": {"path": str(source), "format": "csv", "timestamp": {"column": "horodatage"}, "csv": {"sep": ";"}},
-        "target": {"column": "ventes", "task": "regression"},
-        "features": [{"kind": "column", "name": "température"}, {"kind": "column", "name": "ville", "type": "categorical"}],
-        "estimator": {"class": "sklearn.linear_model.Ridge"},
-        "promotion": {"metric": "rmse"},
-        "partitions": {"start": "2020-01-01", "end": "2020-02-01"},
-    }
+    features = [{"kind": "column", "name": "température"}, {"kind": "column", "name": "ville", "type": "categorical"}]
+    raw = regression_raw("ventes", source, {"column": "horodatage"}, "ventes", features, csv={"sep": ";"})
     path = write_spec(tmp_path / "specs" / "ventes.yaml", raw)
     rc, _, err = run_check(capsys, path)
     assert (
@@ -482,16 +473,7 @@ def test_numbers_with_thousands_separators_are_read_as_csv_thousands_says(tmp_pa
     source = tmp_path / "data" / "sales.csv"
     source.parent.mkdir(parents=True)
     source.write_text("\n".join(lines) + "\n")
-    raw = {
-        "name": "sales",
-        "description": "hourly sales",
-        "source": {"path": str(source), "format": "csv", "timestamp": {"column": "time"}, "csv": csv},
-        "target": {"column": "sales", "task": "regression"},
-        "features": [{"kind": "column", "name": "temperature"}],
-        "estimator": {"class": "sklearn.linear_model.Ridge"},
-        "promotion": {"metric": "rmse"},
-        "partitions": {"start": "2020-01-01", "end": "2020-02-01"},
-    }
+    raw = regression_raw("sales", source, {"column": "time"}, "sales", [{"kind": "column", "name": "temperature"}], csv=csv)
     hint = " and ".join(f"source.csv.{k}: {v!r}" for k, v in settings.items())
     path = write_spec(tmp_path / "specs" / "sales.yaml", raw)
     rc, _, err = run_check(capsys, path)

@@ -130,7 +130,7 @@ def _number_pattern(decimal: str, thousands: str) -> re.Pattern:
     return re.compile(rf"\s*[+-]?(?:(?:{whole})(?:{d}\d*)?|{d}\d+)(?:[eE][+-]?\d+)?\s*")
 
 
-def reads_as_numbers(values: pd.Series, decimal: str = ",", thousands: str = "") -> bool:
+def reads_as_numbers(values: pd.Series, decimal: str, thousands: str) -> bool:
     """Whether every value of a text column reads as a number written with these separators, and at
     least one needs them (a decimal comma, a thousands separator): such a column is rewritten."""
     present = values.dropna().astype(str)
