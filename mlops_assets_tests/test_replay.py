@@ -250,7 +250,8 @@ def test_freshness_retrains_promotions_and_the_endpoint_a_replay_started_is_stop
 def test_in_process_jobs_run_like_execute_in_process_and_keep_one_copy_per_selection():
     """``compat.InProcessJobs`` (the replay's runs): the same runs as ``execute_in_process`` (the
     selection, the partition and its tags, the caller's tags, failures reported), with the job's
-    ephemeral copy built once per asset selection."""
+    ephemeral copy built once per asset selection, and the run's job snapshot (with its lineage)
+    recorded as ``execute_in_process`` records it, from one subset of that copy."""
     from mlops_assets.compat import InProcessJobs
 
     parts = dg.DailyPartitionsDefinition(start_date="2024-01-01")
@@ -277,6 +278,16 @@ def test_in_process_jobs_run_like_execute_in_process_and_keep_one_copy_per_selec
         assert run.tags["dagster/partition"] == day and run.tags["x"] == "y"
         assert run.asset_selection == {a.key}
         assert result.asset_materializations_for_node("a")[0].metadata["day"].value == day
+    reference = job.execute_in_process(instance=instance, run_config=quiet, partition_key="2024-01-02", asset_selection=[a.key])
+    dagsters = instance.get_run_by_id(reference.run_id)
+    assert (run.job_snapshot_id, run.execution_plan_snapshot_id) == (
+        dagsters.job_snapshot_id,
+        dagsters.execution_plan_snapshot_id,
+    )
+    assert instance.get_job_snapshot(run.job_snapshot_id).lineage_snapshot is not None  # a subset, as Dagster's
+    ephemeral = next(copy for (_, selection), (_, copy) in jobs._ephemeral.items() if selection == {a.key})
+    assert ephemeral.get_subset(asset_selection=frozenset({a.key})) is ephemeral.get_subset(asset_selection=frozenset({a.key}))
+    assert ephemeral.get_subset(asset_selection={b.key}).asset_layer.executable_asset_keys == {b.key}
     failed = jobs.execute(job, instance=instance, run_config=quiet, partition_key="2024-01-03", raise_on_error=False)
     assert not failed.success
     assert [e.step_key for e in failed.all_events if e.is_step_failure] == ["b"]
