@@ -22,6 +22,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     parts = daily_partitions(spec)
     name = spec.name
     history_days = max((f.window_days for f in spec.past_rate_features), default=0)
+    lookback_days = spec.past_rate_lookback_days  # the window reaches back over days without labels
 
     @dg.asset(
         **asset_kwargs(
@@ -61,7 +62,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             "features",
             spec,
             "One day of features, written as Feast offline sources: per-event features, and per-group "
-            f"past rates computed from the {history_days} days before (never the day itself).",
+            f"past rates computed from the {history_days} days before (never the day itself; a day without labels "
+            f"does not count, and the window reaches back over it, at most {lookback_days} days in all).",
             {"feast", "parquet"},
         ),
         partitions_def=parts,
@@ -80,13 +82,13 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             events = row_features(today, spec)
             lake.write_feature_day(name, EVENTS_VIEW, context.partition_key, events)
             written[EVENTS_VIEW] = len(events)
-        history_available = 0
+        history_available = history_read = 0
         if spec.past_rate_features:
-            history_keys = days_before(day, history_days)
             present = set(lake.partitions("dataset", name))
-            available = [d for d in history_keys if d in present]
+            available = [d for d in days_before(day, lookback_days) if d in present]
             history = lake.read_days("dataset", name, available)
-            history_available = len(available)
+            history_available = sum(1 for d in days_before(day, history_days) if d in present)
+            history_read = len(available)
             if history is None:
                 history = today.iloc[0:0]
             for f in spec.past_rate_features:
@@ -98,6 +100,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 "dagster/row_count": written.get(EVENTS_VIEW, len(today)),
                 "history_days_available": history_available,
                 "history_days_wanted": history_days,
+                "history_days_read": history_read,  # up to lookback_days: the window reaches back over gaps
                 "rows_per_table": table_metadata(pd.DataFrame({"feature_view": list(written), "rows": list(written.values())})),
             }
         )

@@ -18,8 +18,8 @@ Dagster's clock is frozen at each simulated moment, so run and event timestamps,
 cooldown and cron ages all live in simulated time. The replay keeps the truth aside: the metric of a
 day is computed from the predictions served for it when it arrived and the day's real labels.
 
-The ``window_days + holdout_days`` days before the first scored day, and before them the longest
-``past_rate`` window, are the warm-up: ingested the same way, then the first model is trained with
+The ``window_days + holdout_days`` days before the first scored day, and before them the days the
+past rates may read (``past_rate_lookback_days``), are the warm-up: ingested the same way, then the first model is trained with
 the ``train_<spec>`` job (as CI would); prequential scoring starts after it.
 
 A spec with a ``local`` deployment gets its endpoint too: the automation materializes it after each
@@ -136,7 +136,7 @@ class Replay:
         # and before it the days the past rates of that window read: a platform running since the
         # first partition has them, and a first model trained on rates from a shorter history learns
         # from values it is never served (the backtest reads them too: core.backtest_data).
-        lookback = max((f.window_days for f in spec.past_rate_features), default=0)
+        lookback = spec.past_rate_lookback_days
         warm_from = max(first, self.start - timedelta(days=tr.window_days + tr.holdout_days + lookback))
         self.warmup = [warm_from + timedelta(days=i) for i in range((self.start - warm_from).days)]
         if (self.start - first).days < tr.window_days:

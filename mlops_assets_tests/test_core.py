@@ -452,7 +452,9 @@ def events(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
 
 
 HISTORY = [
-    ("2013-01-02 12:00", "AA", 1),  # before the 7-day window (which starts 2013-01-03 05:00 UTC)
+    # before the 7-day window (2013-01-03 05:00 UTC), and before the 14 days it may reach back over
+    # days without labels (only 2 of its 7 days have any)
+    ("2012-12-26 12:00", "AA", 1),
     ("2013-01-08 12:00", "AA", 1),
     ("2013-01-08 13:00", "AA", 0),
     ("2013-01-09 12:00", "AA", 1),
@@ -523,6 +525,31 @@ def test_past_rate_snapshot_is_the_day_start_in_utc():
     assert (out[EVENT_TS] == RATE_START).all()
     summer = features.past_rate(events(HISTORY), events(TODAY), rate_feature(), date(2013, 7, 1), NY)
     assert (summer[EVENT_TS] == pd.Timestamp("2013-07-01 04:00", tz="UTC")).all()  # EDT
+
+
+def test_a_past_rate_window_reaches_back_over_days_without_labels_and_no_further_than_its_lookback():
+    """A day the checks refused or the source lacks, or whose labels are still to come, does not
+    count: the window is the newest ``window_days`` labelled days, within ``lookback_days``."""
+    f = PastRateFeature(kind="past_rate", name="carrier_rate", by=["carrier"], window_days=2, prior_weight=0)
+    assert f.lookback_days == 9  # 2 + at least a week
+
+    def rate(days_ago: dict[int, float | None]) -> float:
+        rows = [
+            ((RATE_START - pd.Timedelta(days=k) + pd.Timedelta(hours=12)).strftime("%Y-%m-%d %H:%M"), "AA", label)
+            for k, label in days_ago.items()
+        ]
+        history = events([(t, c, np.nan if y is None else y) for t, c, y in rows])
+        return rates(features.past_rate(history, events(TODAY[:1]), f, RATE_DAY, NY))["AA"]
+
+    assert rate({1: 1, 2: 1, 3: 0}) == 1.0  # a full window: the third day back is not read
+    assert rate({1: 1, 3: 0, 4: 0}) == 0.5  # day 2 missing: days 1 and 3
+    assert rate({1: None, 2: 1, 3: 0, 4: 0}) == 0.5  # day 1 unlabelled: days 2 and 3
+    assert rate({1: 1, 9: 0}) == 0.5  # the ninth day back is within reach
+    assert rate({1: 1, 10: 0}) == 1.0  # the tenth is not: only the one labelled day
+    assert np.isnan(rate({10: 1}))  # an outage longer than the lookback: missing, as with no history
+    one = PastRateFeature(kind="past_rate", name="carrier_rate", by=["carrier"], window_days=1, prior_weight=0)
+    level = features.past_rate(events([("2013-01-08 17:00", "AA", 3.0)]), events(TODAY[:1]), one, RATE_DAY, NY)
+    assert rates(level)["AA"] == 3.0  # yesterday refused: the level of the day before
 
 
 def test_past_rate_groups_by_several_columns():

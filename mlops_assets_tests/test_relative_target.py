@@ -234,6 +234,34 @@ def test_a_replay_trains_gates_and_scores_it_through_the_platform(weather_spec, 
         np.testing.assert_allclose(served["score"] - level, model.pipeline_.predict(X[weather_spec.feature_names]), rtol=1e-6)
 
 
+def test_the_day_after_a_refused_day_is_served_the_level_of_the_day_before_it(weather_spec, tmp_path, monkeypatch):
+    """2013-05-08 has pressure missing in 58 % of its hours: with ``max_null_fraction: 0.5`` the
+    dataset's checks refuse it. The next day's level, yesterday's mean by airport, then reaches back
+    to 2013-05-07 (the window passes over a day without labels), where it used to be missing and
+    read as the training window's mean. The backtest reads the same level."""
+    from mlops_assets.core.backtest_data import load_history
+    from mlops_assets.replay import replay
+
+    spec = weather_spec.model_copy(update={"checks": weather_spec.checks.model_copy(update={"max_null_fraction": 0.5})})
+    home = tmp_path / "home"
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    report = replay(spec, "static", start=date(2013, 5, 7), days=3, home=home, progress=False)
+    scored = {r["day"]: r for r in report["rows"]}
+    assert scored["2013-05-08"]["metric"] is None and scored["2013-05-09"]["metric"] is not None
+
+    from mlops_assets.core.sources import read_table
+
+    weather = read_table(spec.source.path, spec.source.format, spec.source.csv.options())
+    local = pd.to_datetime(weather["time_hour"], utc=True).dt.tz_convert("America/New_York")
+    may7 = weather[local.dt.date.astype(str) == "2013-05-07"]
+    level = pd.to_numeric(may7["temp"]).groupby(may7["origin"]).mean()
+    served = pd.read_parquet(home / "lake" / "predictions" / "nyc_temperature" / "2013-05-09.parquet")
+    np.testing.assert_allclose(served["feature.origin_yesterday"], level[served["origin"]].to_numpy())
+    history = load_history(spec, start=date(2013, 5, 9), end=date(2013, 5, 10))
+    np.testing.assert_allclose(np.sort(history.days[date(2013, 5, 9)].X["origin_yesterday"].unique()), np.sort(level.to_numpy()))
+
+
 def test_the_backtest_tries_the_level_when_no_policy_keeps_up():
     """A regression that falls behind cron:1 within the budget is backtested again relative to the
     target's level of the day before by each entity, on the same days; the report says what it gave

@@ -358,19 +358,20 @@ def test_the_replays_instance_and_automation_answer_as_dagsters_own():
 
 def test_the_warm_up_ingests_the_days_the_first_models_past_rates_read(flight_spec, replay_env):
     """Flights' first model trains on 28 + 3 days whose route delay rates read the 28 days before
-    them: the warm-up ingests those too, as a platform running since the first partition has them
-    (a shorter warm-up trained the first model on rates of too little history, and a static replay
-    of the last two thirds of 2013 scored 0.7153 against the backtest's 0.7102)."""
+    them, and up to 28 more over days without labels: the warm-up ingests those too, as a platform
+    running since the first partition has them (a shorter warm-up trained the first model on rates
+    of too little history, and a static replay of the last two thirds of 2013 scored 0.7153 against
+    the backtest's 0.7102)."""
     from datetime import timedelta
 
     from mlops_assets.replay import Replay
 
     start = date(2013, 5, 3)
-    lookback = max(f.window_days for f in flight_spec.past_rate_features)
+    lookback = flight_spec.past_rate_lookback_days
     replay = Replay(flight_spec, replay_env / "warm", start=start, days=1, progress=False)
     try:
         t = flight_spec.training
-        assert lookback == 28
+        assert lookback == 56  # the route window, 28 days, and as many again
         assert replay.warmup[0] == start - timedelta(days=t.window_days + t.holdout_days + lookback)
         assert replay.warmup[-1] == start - timedelta(days=1)
     finally:  # a replay that never runs still gives back the process's environment (the replay clock)

@@ -6,8 +6,9 @@ the same recipes the platform's assets call (``core.validation`` for typing and 
 checks, ``core.features`` for row features, past rates and lookups, ``core.training`` for the
 model's columns), and joins them the way Feast's point-in-time join does:
 
-* a past rate of day *d* is the snapshot computed from the ``window_days`` before *d* (the
-  ``<spec>/features`` partition of *d*); every event of *d* gets its own day's snapshot;
+* a past rate of day *d* is the snapshot computed from the ``window_days`` labelled days before *d*
+  (the ``<spec>/features`` partition of *d*, reading as far back as ``lookback_days``); every event
+  of *d* gets its own day's snapshot;
 * a lookup with a timestamp gives each event the newest row at or before the event, no older than
   ``ttl_hours``; a static lookup joins on its key alone;
 * derived features (``years_since``) are computed after the join, as ``<spec>/training_set`` does.
@@ -120,7 +121,7 @@ def load_history(spec: ModelSpec, start: date | None = None, end: date | None = 
     lo = max(start or spec.partitions.start, spec.partitions.start)
     hi = min(d for d in (end, spec.partitions.end) if d is not None) if (end or spec.partitions.end) else None
     keep = [d for d in sorted(by_day) if d >= lo and (hi is None or d < hi)]
-    history_days = max((f.window_days for f in spec.past_rate_features), default=0)
+    history_days = spec.past_rate_lookback_days
     # past rates of the first kept day read the days before it, as the platform's would have been ingested
     first_needed = (keep[0] - timedelta(days=history_days)) if keep else None
     accepted: dict[date, pd.DataFrame] = {}

@@ -112,7 +112,9 @@ def row_features(dataset: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 def past_rate(history: pd.DataFrame, today: pd.DataFrame, feature: PastRateFeature, day: date, timezone: str) -> pd.DataFrame:
     """Smoothed mean label per group over the ``window_days`` before ``day``.
 
-    ``history`` holds labelled events of earlier days (any span; it is cut to the window here);
+    Days without a labelled event do not count: the window is the newest ``window_days`` days
+    before ``day`` that have labels, within ``feature.lookback_days`` (``window_start``). ``history``
+    holds events of earlier days (any span; it is cut to the window here);
     ``today`` contributes only its group keys, so groups first seen today still get the prior
     instead of a missing value. The snapshot is stamped with the start of ``day``; the prior (the
     window's label mean, what a group without history gets) is stored as a row by ``past_rate_table``.
@@ -124,8 +126,7 @@ def _past_rate(
     history: pd.DataFrame, today: pd.DataFrame, feature: PastRateFeature, day: date, timezone: str
 ) -> tuple[pd.DataFrame, float]:
     start = day_start_utc(day, timezone)
-    window_start = start - pd.Timedelta(days=feature.window_days)
-    past = history[(history[EVENT_TS] >= window_start) & (history[EVENT_TS] < start)]
+    past = history[(history[EVENT_TS] >= window_start(history, feature, start)) & (history[EVENT_TS] < start)]
     prior = float(past[LABEL].mean()) if len(past) else np.nan
     stats = past.groupby(feature.by, dropna=False)[LABEL].agg(["sum", "count"]).reset_index()
     groups = pd.concat([stats[feature.by], today[feature.by]]).drop_duplicates()
@@ -138,6 +139,23 @@ def _past_rate(
     out[f"{feature.name}_count"] = out["count"].astype("float64")
     out[EVENT_TS] = start.as_unit("us")
     return out.drop(columns=["sum", "count"]).reset_index(drop=True), prior
+
+
+def window_start(history: pd.DataFrame, feature: PastRateFeature, start: pd.Timestamp) -> pd.Timestamp:
+    """Where a past rate's window begins for the day that begins at ``start``: ``window_days`` days
+    of 24 hours before it, pushed back one day for each of those days without a labelled event in
+    ``history``, at most ``lookback_days`` before ``start``. With a label every day it is
+    ``start - window_days``: a day missing or refused by the checks no longer leaves the next days'
+    rates (a level read from yesterday) missing, while a longer outage still does."""
+    days = feature.lookback_days
+    earliest = start - pd.Timedelta(days=days)
+    labelled = history[EVENT_TS][history[LABEL].notna() & (history[EVENT_TS] >= earliest) & (history[EVENT_TS] < start)]
+    # the day (1 = the day before ``start``, up to ``days``) each labelled event falls in
+    ago = np.ceil((start - labelled).to_numpy() / np.timedelta64(1, "D")).astype(int)
+    present = np.unique(ago)  # ascending: the newest days first
+    if len(present) < feature.window_days:
+        return earliest  # fewer labelled days than the window holds: all of them (none: the prior)
+    return start - pd.Timedelta(days=int(present[feature.window_days - 1]))
 
 
 def past_rate_table(

@@ -127,7 +127,7 @@ class FeastFeatureStore(dg.ConfigurableResource):
                     ttl=timedelta(days=2),
                     schema=[FeastField(name=f.name, dtype=Float64), FeastField(name=f"{f.name}_count", dtype=Float64)],
                     source=source(f.name),
-                    description=f"Smoothed mean label per {'+'.join(f.by)} over the {f.window_days} days before the event's day.",
+                    description=f"Smoothed mean label per {'+'.join(f.by)} over the {f.window_days} labelled days before the event's day.",
                 )
             )
         for tname, table in spec.lookups.items():

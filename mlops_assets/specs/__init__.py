@@ -325,6 +325,12 @@ class ModelSpec(StrictModel):
         return [f for f in self.features if isinstance(f, PastRateFeature)]
 
     @property
+    def past_rate_lookback_days(self) -> int:
+        """The days before a day its past rates may read (0 without past rates): what the features
+        asset reads, what a replay's warm-up ingests and what the backtest keeps before its start."""
+        return max((f.lookback_days for f in self.past_rate_features), default=0)
+
+    @property
     def lookup_features(self) -> list[LookupFeature]:
         return [f for f in self.features if isinstance(f, LookupFeature)]
 

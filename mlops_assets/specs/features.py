@@ -75,7 +75,9 @@ class PastRateFeature(StrictModel):
 
     Computed once per day from history only (never the day itself), so it is leak-free by
     construction; smoothed towards the window's overall rate with ``prior_weight`` pseudo-events so a
-    group seen twice does not get a rate of 0 or 1.
+    group seen twice does not get a rate of 0 or 1. Days without labelled events (a day the checks
+    refused, a day the source lacks) do not count: the window reaches back over them, by at most
+    ``lookback_days`` in all.
     """
 
     kind: Literal["past_rate"]
@@ -83,6 +85,14 @@ class PastRateFeature(StrictModel):
     by: list[str]
     window_days: int = Field(28, ge=1)
     prior_weight: float = Field(20.0, ge=0)
+
+    @property
+    def lookback_days(self) -> int:
+        """How far back the window may reach over days without labels: as many days again as the
+        window, and at least a week. A level read from yesterday (``window_days: 1``) then survives a
+        refused day or a weekend without data, instead of being missing the day after; an outage
+        longer than that leaves the rate missing (the prior) rather than reading a stale one."""
+        return self.window_days + max(self.window_days, 7)
 
 
 class LookupFeature(StrictModel):
