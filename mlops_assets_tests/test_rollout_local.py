@@ -170,6 +170,34 @@ def test_a_server_with_online_features_leaves_no_temp_folder(flight_spec, tmp_pa
     assert target.stop() is False  # stopped once
 
 
+def test_a_killed_server_leaves_its_metrics_files_in_its_run_folder_not_in_the_temp_directory(flight_spec, tmp_path, monkeypatch):
+    """A server killed outright (out of memory, SIGKILL) runs no shutdown to remove its metrics
+    folder (``server._own_metrics_dir``, or Feast's ``feast_metrics_*``): given the run folder's
+    ``PROMETHEUS_MULTIPROCESS_DIR``, it makes none in the temp directory, and the next stop (or
+    start) clears the run folder. Without that setting this test fails (the server's folder lands in
+    ``TMPDIR`` and stays)."""
+    import signal
+
+    from mlops_assets.rollout.local import _alive
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    target = target_for(flight_spec, tmp_path / "home", free_port())
+    pid = target.start()
+    try:
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:  # reaps our child, as the target does
+            time.sleep(0.1)
+        assert not _alive(pid)
+        assert not list(scratch.iterdir())  # nothing in the temp directory, even killed
+        assert target.prometheus_dir.is_dir()  # the metrics folder is in the run folder
+    finally:
+        assert target.stop() is False  # nothing left to stop: the pid file and the folder are cleared
+    assert not target.pid_file.exists() and not target.prometheus_dir.exists()
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
