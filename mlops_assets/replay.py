@@ -19,8 +19,9 @@ cooldown and cron ages all live in simulated time. The replay keeps the truth as
 day is computed from the predictions served for it when it arrived and the day's real labels.
 
 The ``window_days + holdout_days`` days before the first scored day, and before them the days the
-past rates may read (``past_rate_lookback_days``), are the warm-up: ingested the same way, then the first model is trained with
-the ``train_<spec>`` job (as CI would); prequential scoring starts after it.
+past rates may read (``past_rate_lookback_days``), are the warm-up: ingested the same way, then the
+first model is trained with the ``train_<spec>`` job (as CI would); prequential scoring starts after
+it.
 
 A spec with a ``local`` deployment gets its endpoint too: the automation materializes it after each
 gate, and the local target starts a model server of the replay's home on the spec's port. A replay

@@ -72,12 +72,14 @@ def _recipe_fingerprint() -> str:
 def cache_key(spec: ModelSpec) -> str:
     """What decides a fitted model's scores: the data, its typing and checks, the features, the
     target (and the level it is learned relative to), the estimator and the minimum rows (not the
-    policies, which only choose among the models), and the code and libraries that fit and score
-    (``_recipe_fingerprint``: scores kept by an earlier release are not reused by the next)."""
+    policies, which only choose among the models), how far back past rates reach (a property of the
+    spec, not in its dump), and the code and libraries that fit and score (``_recipe_fingerprint``:
+    scores kept by an earlier release are not reused by the next)."""
     decides = spec.model_dump_json(
         include={"source", "target", "features", "lookups", "entities", "estimator", "checks", "partitions"}
     )
-    return hashlib.sha256(f"{decides}{spec.training.min_rows}{_recipe_fingerprint()}".encode()).hexdigest()[:16]
+    reach = [f.lookback_days for f in spec.past_rate_features]
+    return hashlib.sha256(f"{decides}{spec.training.min_rows}{reach}{_recipe_fingerprint()}".encode()).hexdigest()[:16]
 
 
 def cached_models(spec: ModelSpec, history, cache_dir: Path | None) -> tuple[Models, Path | None]:
