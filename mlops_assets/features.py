@@ -111,6 +111,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             spec,
             "Feast materialization of the day into the online store, so serving reads the same feature values "
             "training used: the views keyed by an entity (past rates, lookups); a request brings its own row. "
+            "Past rates are written for the next day too (they read only the days before it, all landed now), "
+            "so a request during that day gets the rates its batch scoring and training will use. "
             "Never goes back in time: an older day re-run (relanded, or labels that came late) leaves the newer "
             "values of an entity in place (rows_kept_newer counts them).",
             {"feast", "sqlite"},
@@ -118,9 +120,10 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         partitions_def=parts,
         deps=[key("features", spec), key("feature_registry", spec)],
     )
-    def online_features(context: dg.AssetExecutionContext, feast: FeastFeatureStore) -> dg.MaterializeResult:
+    def online_features(context: dg.AssetExecutionContext, feast: FeastFeatureStore, lake: LakeStorage) -> dg.MaterializeResult:
         import pandas as pd
 
+        from mlops_assets.core.features import past_rate_table
         from mlops_assets.core.sources import day_start_utc
 
         day = day_of(context.partition_key)
@@ -132,6 +135,19 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         skipped = feast.materialize(spec, start, end)
         if not skipped:
             context.log.info(f"'{name}' has no entity-keyed features: serving needs nothing from the online store")
+        # The next day's rates read only days up to this one: written now, a request during that day
+        # is served the snapshot its own batch scoring reads (a group first seen then gets the prior,
+        # from the prior row, as training gives it). A later day already online is never overwritten.
+        following = (day + timedelta(days=1)).isoformat()
+        if spec.past_rate_features:
+            present = set(lake.partitions("dataset", name))
+            history = lake.read_days(
+                "dataset", name, [d for d in days_before(day + timedelta(days=1), lookback_days) if d in present]
+            )
+            if history is not None:
+                for f in spec.past_rate_features:
+                    table = past_rate_table(history, history.iloc[0:0], f, day + timedelta(days=1), tz)
+                    skipped[f.name] = skipped.get(f.name, 0) + feast.write_online(spec, f.name, table)
         older = sum(skipped.values())
         if older:
             context.log.info(
@@ -142,6 +158,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             metadata={
                 "feature_views": dg.MetadataValue.json(list(skipped)),
                 "rows_kept_newer": older,
+                "next_day_rates": following if spec.past_rate_features else "none",
                 "window_start_utc": start.isoformat(),
                 "window_end_utc": end.isoformat(),
                 "online_rows_total": feast.online_row_count(spec),

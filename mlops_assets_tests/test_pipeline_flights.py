@@ -432,7 +432,9 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     """The model server of the pipeline's champion: past rates and the plane come from the Feast
     online store by entity key; a plane and a route the store never saw get what training gives
     them (the rate's prior, served from the online store; the plane left to the model's
-    imputation) and are flagged."""
+    imputation) and are flagged. A request arrives on the day after the newest landed day, as a
+    live one does: it gets that day's rates (from the days up to the newest), the snapshot the
+    day's batch scoring and training will read, not the newest day's own."""
     from mlops_assets.core.features import past_rate, past_rate_table
     from mlops_assets.environments import server_stores
     from mlops_assets.server import build_server
@@ -447,16 +449,19 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     day = pd.read_parquet(lake / f"{newest}.parquet")
     known = day.dropna(subset=["tailnum"]).iloc[0]
     row = {k: str(known[k]) for k in ("carrier", "origin", "dest", "tailnum")}
-    row |= {"distance": float(known["distance"]), "event_timestamp": f"{newest}T09:00"}
+    following = date.fromisoformat(newest) + timedelta(days=1)
+    row |= {"distance": float(known["distance"]), "event_timestamp": f"{following}T09:00"}
     unknown = {**row, "tailnum": "N0NE", "dest": "XXX"}
     status, out = server.predict({"instances": [row, unknown]})
     assert status == 200, out
     assert out["unknown_entities"] == [[], ["origin+dest", "tailnum"]]
     assert 0 < out["scores"][0] < 1 and 0 < out["scores"][1] < 1
-    # the online carrier rate is the newest day's point-in-time snapshot (features of that day)
-    history = pd.concat([pd.read_parquet(lake / f"{d}.parquet") for d in days[:-1]])
+    # the online carrier rate is the following day's point-in-time snapshot, from every landed day
+    history = pd.concat([pd.read_parquet(lake / f"{d}.parquet") for d in days])
     feature = next(f for f in flight_spec.past_rate_features if f.name == "carrier_delay_rate")
-    expected = past_rate(history, day, feature, date.fromisoformat(newest), "America/New_York").set_index("carrier")
+    expected = past_rate(history, day.iloc[0:0], feature, following, "America/New_York").set_index("carrier")
+    stale = past_rate(history, day, feature, date.fromisoformat(newest), "America/New_York").set_index("carrier")
+    assert expected.loc[row["carrier"], feature.name] != stale.loc[row["carrier"], feature.name]  # the test can tell
     from mlops_assets.core.requests import parse_request
     from mlops_assets.core.serving import build_features
 
@@ -465,7 +470,7 @@ def test_server_reads_online_features_and_defaults_unknown_entities(flights, fli
     assert cols["carrier_delay_rate"][0] == pytest.approx(expected.loc[row["carrier"], feature.name])
     # an unknown route gets the prior the offline rates shrink towards: the same value training gives it
     route = next(f for f in flight_spec.past_rate_features if f.name == "route_delay_rate")
-    prior = past_rate_table(history, day, route, date.fromisoformat(newest), "America/New_York").iloc[-1]
+    prior = past_rate_table(history, day.iloc[0:0], route, following, "America/New_York").iloc[-1]
     assert cols["route_delay_rate"][1] == pytest.approx(prior["route_delay_rate"])
     assert np.isnan(cols["plane_year"][1]) and not np.isnan(cols["plane_year"][0])
 

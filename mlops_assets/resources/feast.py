@@ -212,6 +212,17 @@ class FeastFeatureStore(dg.ConfigurableResource):
                 store.materialize(datetime(1970, 1, 1, tzinfo=start.tzinfo), end, feature_views=static)
         return {v: SKIPPED_OLDER[(spec.name, v)] - n for v, n in before.items()}
 
+    def write_online(self, spec: ModelSpec, view: str, rows: pd.DataFrame) -> int:
+        """Write rows of one view straight into the online store (entity keys, the view's values
+        and ``event_timestamp``), monotone per entity as ``materialize`` is; the rows not written
+        because the store holds newer ones."""
+        from mlops_assets.resources.online_stores import SKIPPED_OLDER
+
+        before = SKIPPED_OLDER[(spec.name, view)]
+        with _quiet():
+            self.store(spec).write_to_online_store(feature_view_name=view, df=rows)
+        return SKIPPED_OLDER[(spec.name, view)] - before
+
     def online_row_count(self, spec: ModelSpec) -> int:
         """Entity rows in the online store for this spec's project, over all views (an entity
         known to two views counts twice)."""
