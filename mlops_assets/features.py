@@ -139,13 +139,14 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         # is served the snapshot its own batch scoring reads (a group first seen then gets the prior,
         # from the prior row, as training gives it). A later day already online is never overwritten.
         following = (day + timedelta(days=1)).isoformat()
-        if spec.past_rate_features:
+        registered = [f for f in spec.past_rate_features if f.name in skipped]  # none before feature_registry ran
+        if registered:
             present = set(lake.partitions("dataset", name))
             history = lake.read_days(
                 "dataset", name, [d for d in days_before(day + timedelta(days=1), lookback_days) if d in present]
             )
             if history is not None:
-                for f in spec.past_rate_features:
+                for f in registered:
                     table = past_rate_table(history, history.iloc[0:0], f, day + timedelta(days=1), tz)
                     skipped[f.name] = skipped.get(f.name, 0) + feast.write_online(spec, f.name, table)
         older = sum(skipped.values())
@@ -158,7 +159,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             metadata={
                 "feature_views": dg.MetadataValue.json(list(skipped)),
                 "rows_kept_newer": older,
-                "next_day_rates": following if spec.past_rate_features else "none",
+                "next_day_rates": following if registered else "none",
                 "window_start_utc": start.isoformat(),
                 "window_end_utc": end.isoformat(),
                 "online_rows_total": feast.online_row_count(spec),
