@@ -108,17 +108,6 @@ def test_sqlite_online_store_keeps_newer_days_through_relands_and_late_labels(ho
     assert rerun == pytest.approx(next_rates(lake, flight_spec, DAY3)) and rerun != day3
 
 
-def test_a_day_ingested_before_the_feature_registry_leaves_the_online_store_alone(tmp_path, flight_spec):
-    """A replay's warm-up ingests days before ``feature_registry`` has run (the first training
-    registers it): with no view registered yet there is nothing to write online, neither the day
-    nor the next day's rates, and the ingest succeeds (writing them failed every warm-up day)."""
-    with platform(tmp_path / "home", [flight_spec]) as p:
-        p.land("flight_delays", date(2013, 1, 1), 1)
-        assert p.run("ingest", "flight_delays", DAY1).success
-        online_step = p.latest("flight_delays/online_features")
-        assert online_step["next_day_rates"] == "none" and online_step["feature_views"] == []
-
-
 def test_redis_online_store_keeps_newer_days_and_takes_a_rerun_of_the_newest(home, flight_spec, redis, tmp_path):
     """The same rule on a real Redis: Feast's own Redis check skips equal instants, so a re-run of the
     newest day with corrected values would never reach it; ours writes it, and still refuses older days."""
