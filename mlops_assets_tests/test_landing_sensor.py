@@ -104,3 +104,17 @@ def test_landing_sensor_skips_a_file_relanded_with_bytes_already_ingested(tmp_pa
         df.to_csv(file, index=False)
         third = tick(second.cursor)
         assert [r.partition_key for r in third.run_requests] == ["2013-01-01"]
+
+
+def test_the_first_day_a_fresh_platform_ingests_needs_no_feature_registry(tmp_path, flight_spec):
+    """The first run the sensor asks for on a fresh platform, and every day a replay's warm-up ingests,
+    come before ``feature_registry`` has run (the first training registers it): with no view
+    registered there is nothing to write online, neither the day nor the next day's rates, and the
+    ingest succeeds (writing the next day's rates failed every such day once)."""
+    from mlops_assets_tests.conftest import platform
+
+    with platform(tmp_path, [flight_spec]) as p:
+        p.land("flight_delays", date(2013, 1, 1), 1)
+        assert p.run("ingest", "flight_delays", "2013-01-01").success
+        online_step = p.latest("flight_delays/online_features")
+        assert online_step["next_day_rates"] == "none" and online_step["feature_views"] == []
