@@ -138,16 +138,14 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         # The next day's rates read only days up to this one: written now, a request during that day
         # is served the snapshot its own batch scoring reads (a group first seen then gets the prior,
         # from the prior row, as training gives it). A later day already online is never overwritten.
-        following = (day + timedelta(days=1)).isoformat()
+        following = day + timedelta(days=1)
         registered = [f for f in spec.past_rate_features if f.name in skipped]  # none before feature_registry ran
         if registered:
-            present = set(lake.partitions("dataset", name))
-            history = lake.read_days(
-                "dataset", name, [d for d in days_before(day + timedelta(days=1), lookback_days) if d in present]
-            )
+            # the days the features step just read, and this one (parsed once: files.read_parquet keeps them)
+            history = lake.read_partitions("dataset", name, days_before(following, lookback_days))
             if history is not None:
                 for f in registered:
-                    table = past_rate_table(history, history.iloc[0:0], f, day + timedelta(days=1), tz)
+                    table = past_rate_table(history, history.iloc[0:0], f, following, tz)
                     skipped[f.name] = skipped.get(f.name, 0) + feast.write_online(spec, f.name, table)
         older = sum(skipped.values())
         if older:
@@ -159,7 +157,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
             metadata={
                 "feature_views": dg.MetadataValue.json(list(skipped)),
                 "rows_kept_newer": older,
-                "next_day_rates": following if registered else "none",
+                "next_day_rates": following.isoformat() if registered else "none",
                 "window_start_utc": start.isoformat(),
                 "window_end_utc": end.isoformat(),
                 "online_rows_total": feast.online_row_count(spec),
