@@ -23,6 +23,7 @@ STAGE_VERSIONS = {
     "feature_registry": "1",
     "features": "1",
     "online_features": "1",
+    "online_lookups": "1",
     "training_set": "1",
     "model": "1",
     "champion": "1",

@@ -20,6 +20,7 @@ from mlops_assets import (
     ingest,
     jobs,
     landing,
+    online_lookups,
     policies,
     promotion,
     scoring,
@@ -29,11 +30,12 @@ from mlops_assets.core import names
 from mlops_assets.spec_check import raise_for, static_problems
 from mlops_assets.specs import ModelSpec, load_specs
 
-STAGE_MODULES = (ingest, features, training, promotion, scoring, endpoints, backtest)
+STAGE_MODULES = (ingest, features, online_lookups, training, promotion, scoring, endpoints, backtest)
 
 
 def spec_definitions(spec: ModelSpec) -> dg.Definitions:
-    """One spec's assets, checks, jobs and sensors (its landing sensor, its canary sensor): what a
+    """One spec's assets, checks, jobs, sensors (its landing sensor, its canary sensor) and schedule
+    (its timestamped lookups online, hourly): what a
     spec file, an ``MLOPS_SPECS`` entry or a ``ModelSpecComponent`` in ``defs/`` adds."""
     raise_for(spec, static_problems(spec))
     assets: list = []
@@ -44,7 +46,9 @@ def spec_definitions(spec: ModelSpec) -> dg.Definitions:
     deploy_job = next((j for j in spec_jobs if j.name == names.job_name("deploy", spec)), None)
     if (canary := endpoints.canary_sensor(spec, deploy_job)) is not None:
         sensors.append(canary)
-    return dg.Definitions(assets=assets, jobs=spec_jobs, sensors=sensors)
+    lookups_job = next((j for j in spec_jobs if j.name == names.job_name("lookups", spec)), None)
+    schedules = [s for s in [online_lookups.schedule(spec, lookups_job)] if s is not None]
+    return dg.Definitions(assets=assets, jobs=spec_jobs, sensors=sensors, schedules=schedules)
 
 
 def platform_definitions() -> dg.Definitions:

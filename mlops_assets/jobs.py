@@ -5,6 +5,8 @@
 * ``train_<spec>``: Feast registration → training set → challenger → promotion gate
 * ``score_<spec>`` (daily partition): batch predictions of the champion
 * ``deploy_<spec>`` (specs with a ``deployment``): apply and verify the endpoint, judge a canary
+* ``lookups_<spec>`` (an endpoint serving a timestamped lookup): the lookups online as of a moment,
+  run hourly by ``lookups_<spec>_schedule`` (``online_lookups``)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ STAGES = {
     "train": ("feature_registry", "training_set", "model", "champion"),
     "score": ("predictions",),
     "deploy": ("endpoint",),
+    "lookups": ("online_lookups",),
 }
 
 
@@ -31,6 +34,7 @@ def build(spec: ModelSpec) -> list[dg.UnresolvedAssetJobDefinition]:
         "train": "Register features, build the point-in-time training set, fit the challenger, run the promotion gate.",
         "score": "Score one day's events with the champion.",
         "deploy": "Apply the champion to the endpoint (through the canary when configured) and verify what it serves.",
+        "lookups": "Write the timestamped lookups the endpoint serves into the online store, as of a moment (hourly).",
     }
     return [
         dg.define_asset_job(
@@ -40,5 +44,5 @@ def build(spec: ModelSpec) -> list[dg.UnresolvedAssetJobDefinition]:
             tags={"mlops/spec": spec.name, "mlops/job": kind},
         )
         for kind, stages in STAGES.items()
-        if kind != "deploy" or spec.deployment is not None
+        if (kind != "deploy" or spec.deployment is not None) and (kind != "lookups" or spec.served_timed_lookups)
     ]

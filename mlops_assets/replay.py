@@ -215,7 +215,8 @@ class Replay:
             self.traffic.set_clock(at)  # the replay's model server records this run's moment too
         chatter = io.StringIO()  # MLflow prints registry notices to stderr; keep the progress line clean
         with frozen_dagster_clock(at), contextlib.redirect_stderr(chatter):
-            result = self.in_process.execute(job, instance=self.instance, raise_on_error=False, run_config=QUIET, **kwargs)
+            run_config = {**QUIET, **kwargs.pop("run_config", {})}
+            result = self.in_process.execute(job, instance=self.instance, raise_on_error=False, run_config=run_config, **kwargs)
         self._check_signals()  # a signal during the run: the run ended as Dagster let it; stop here
         if not result.success:
             print(f"\n{self.spec.name}: {_why_failed(result, kwargs.get('partition_key'), chatter.getvalue())}", file=sys.stderr)

@@ -17,7 +17,11 @@ does, besides landing files and ticking the automation, what the endpoint's clie
    simulated now there before every run the replay executes and around every hour of traffic, and
    the server stamps what it logs and records with it (``server.clock`` says why a file, and why
    production is unaffected).
-3. **Ticks the canary sensor** at the end of each simulated hour once the canary could be judged
+3. **Ticks the lookups schedule** (``lookups_<spec>_schedule``, a spec whose endpoint serves a
+   timestamped lookup) at the start of each hour it sends, and executes its run as of that tick, so
+   the endpoint serves the hour's weather as production's hourly schedule has it online
+   (``online_lookups``). Only hours with traffic: nothing else reads the online store in a replay.
+4. **Ticks the canary sensor** at the end of each simulated hour once the canary could be judged
    (``core.traffic.could_be_due``: the window is over and each side may have ``min_requests``), after
    flushing the server's prediction log (its replay-only flush route), and executes the endpoint run
    it requests at that moment: the canary check judges the prediction store since the canary started,
@@ -71,6 +75,12 @@ class ReplayTraffic:
         # as the daemon does, a tick builds only the resources the sensor asks for (the lake)
         self.resources = {k: replay.defs.resources[k] for k in self.sensor.required_resource_keys}
         self.deploy_job = replay.defs.resolve_job_def(job_name("deploy", self.spec))
+        from mlops_assets.online_lookups import schedule_name
+
+        self.lookups = replay.defs.get_schedule_def(schedule_name(self.spec)) if self.spec.served_timed_lookups else None
+        self.lookups_job = replay.defs.resolve_job_def(job_name("lookups", self.spec)) if self.lookups else None
+        self.lookups_at: datetime | None = None  # the last hour the lookups schedule ticked
+        self.lookups_runs = 0
         self.policy = self.spec.deployment.canary.model_dump()
         self.cursor: str | None = None
         self.run_keys: set[str] = set()
@@ -116,6 +126,7 @@ class ReplayTraffic:
             b = min(a + step, end)
             lo, hi = np.searchsorted(times, [_ns(a), _ns(b)])
             if hi > lo:
+                self._tick_lookups(a)
                 self.set_clock(a)  # the hour's events at their own times; one already past is sent now, late
                 self._send(current, rows[lo:hi])
             self.set_clock(b)
@@ -124,6 +135,28 @@ class ReplayTraffic:
         self._flush()
         self.seconds += time.perf_counter() - t0
         self.days += 1
+
+    def _tick_lookups(self, at: datetime) -> None:
+        """The lookups schedule's tick at the start of ``at``'s local hour, once, and its run."""
+        if self.lookups is None:
+            return
+        import dagster as dg
+
+        from mlops_assets.compat import frozen_dagster_clock
+
+        hour = at.astimezone(self.tz).replace(minute=0, second=0, microsecond=0)
+        if self.lookups_at is not None and hour <= self.lookups_at:
+            return
+        self.lookups_at = hour
+        with frozen_dagster_clock(hour):
+            context = dg.build_schedule_context(
+                instance=self.replay.instance, scheduled_execution_time=hour, repository_def=self.replay.repository
+            )
+            data = self.lookups.evaluate_tick(context)
+        for request in data.run_requests or []:
+            tags = {**request.tags, "dagster/schedule_name": self.lookups.name}
+            self.replay._execute(self.lookups_job, hour, tags=tags, run_config=request.run_config)
+            self.lookups_runs += 1
 
     def _send(self, current: Deployment, rows: list[dict[str, Any]]) -> None:
         from mlops_assets.core.traffic import SideCounts
@@ -265,8 +298,8 @@ class ReplayTraffic:
 
     def summary(self) -> dict[str, Any]:
         """What the traffic cost: days with traffic, requests sent, wall seconds (sending, flushing,
-        ticking the sensor and the endpoint runs it requested)."""
-        return {"days": self.days, "requests": self.requests, "seconds": round(self.seconds, 1)}
+        ticking the sensor and the schedule, and the runs they requested), lookups runs."""
+        return {"days": self.days, "requests": self.requests, "seconds": round(self.seconds, 1), "lookups_runs": self.lookups_runs}
 
     def close(self) -> None:
         """Close the connections and give the process its environment back."""

@@ -766,3 +766,30 @@ def test_a_feature_day_rewritten_replaces_its_rows_and_keeps_the_months_other_da
     assert lake.read_feature_day("s", "events", "2013-01-03") is None
     january = pd.read_parquet(f"{lake.feature_table_dir('s', 'events')}/2013-01.parquet")
     assert sorted(january["event_id"]) == ["c", "e"] and len(january) == 2
+
+
+def test_lookup_rows_as_of_are_what_the_point_in_time_join_gives_an_event_then():
+    """Per key: the newest observation at or before the moment, no older than ``ttl_hours`` (the
+    bound included, as in Feast's join); a key seen before whose observations are all older gets
+    missing values stamped with the moment (training's join leaves them missing, so the online store
+    must not keep the old value); a key first observed later has no row yet."""
+    from mlops_assets.specs import LookupTableSpec
+
+    table = LookupTableSpec(path="weather.csv", key="origin", timestamp={"column": "time_hour"}, ttl_hours=2, columns=["temp"])
+    t = lambda hhmm: pd.Timestamp(f"2013-01-02 {hhmm}", tz="UTC")  # noqa: E731
+    snapshot = pd.DataFrame(
+        {
+            "origin": ["EWR", "EWR", "EWR", "JFK", "LGA"],
+            EVENT_TS: [t("08:00"), t("09:00"), t("10:00"), t("06:00"), t("11:00")],
+            "temp": [30.0, 31.0, 32.0, 40.0, 50.0],
+        }
+    ).astype({EVENT_TS: "datetime64[us, UTC]"})
+    at_nine = features.lookup_rows_as_of(snapshot, table, t("09:00"))
+    assert list(at_nine["origin"]) == ["EWR", "JFK"]  # LGA is first observed at 11:00
+    assert at_nine["temp"].iloc[0] == 31.0 and at_nine[EVENT_TS].iloc[0] == t("09:00")
+    assert np.isnan(at_nine["temp"].iloc[1]) and at_nine[EVENT_TS].iloc[1] == t("09:00")  # 06:00 is 3 h old
+    assert at_nine.dtypes.to_dict() == snapshot.dtypes.to_dict()
+    at_eight = features.lookup_rows_as_of(snapshot, table, t("08:00"))
+    assert at_eight.set_index("origin")["temp"].to_dict() == {"EWR": 30.0, "JFK": 40.0}  # exactly 2 h old: joins
+    local = features.lookup_rows_as_of(snapshot, table, pd.Timestamp("2013-01-02 06:30", tz="America/New_York"))
+    assert local.set_index("origin")["temp"].to_dict() == {"EWR": 32.0, "LGA": 50.0} | {"JFK": pytest.approx(np.nan, nan_ok=True)}

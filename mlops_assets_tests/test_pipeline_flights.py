@@ -6,7 +6,7 @@ real Feast (registry file, DuckDB offline store over parquet, SQLite online stor
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 import numpy as np
@@ -571,3 +571,69 @@ def test_scoring_gives_the_model_the_inputs_feasts_whole_join_gives(flights, fli
     stored = preds[[c for c in preds.columns if c.startswith(FEATURE_PREFIX)]]
     stored.columns = [c[len(FEATURE_PREFIX) :] for c in stored.columns]
     pd.testing.assert_frame_equal(stored, feature_frame(whole, flight_spec))
+
+
+def test_the_hourly_lookups_run_serves_the_weather_the_event_time_joins(flights, flight_spec):
+    """Training and batch scoring join the weather of the event's hour; the endpoint reads the online
+    store, which the day's ingest leaves at the day's last observation. The hourly schedule's run
+    (``online_lookups``, as of its tick) writes each airport's observation of the hour, so a request
+    during the next day is served what Feast's point-in-time join gives its event; an older tick run
+    again leaves the newer hour in place."""
+    from zoneinfo import ZoneInfo
+
+    import dagster as dg
+
+    from mlops_assets.core.names import EVENT_ID, EVENT_TS
+    from mlops_assets.core.requests import parse_request
+    from mlops_assets.core.serving import build_features
+    from mlops_assets.environments import server_stores
+    from mlops_assets.online_lookups import schedule_name
+    from mlops_assets.server import build_server
+
+    r = flights.resources()
+    lake = flights.home / "lake" / "dataset" / "flight_delays"
+    following = date.fromisoformat(max(f.stem for f in lake.glob("*.parquet"))) + timedelta(days=1)
+    tz = ZoneInfo("America/New_York")
+    origins = ["EWR", "JFK", "LGA"]
+    server = build_server(flight_spec, server_stores(r, flight_spec), log_predictions=False)
+    server.load_initial()
+    assert server.serving is not None, server.load_error
+
+    def served(at: str) -> list[float]:
+        rows = [
+            {"carrier": "UA", "origin": o, "dest": "ORD", "tailnum": "N14228", "distance": 719.0, "event_timestamp": at}
+            for o in origins
+        ]
+        return list(build_features(parse_request({"instances": rows}, server.schema, flight_spec), flight_spec, server.lookup).columns["temp"])
+
+    def joined(at: datetime) -> list[float]:
+        """Feast's point-in-time join of the weather for a departure from each origin at ``at``."""
+        entity_df = pd.DataFrame(
+            {EVENT_ID: origins, "origin": origins, EVENT_TS: [pd.Timestamp(at).tz_convert("UTC")] * 3}
+        )
+        got = r["feast"].store(flight_spec).get_historical_features(entity_df=entity_df, features=["lookup_weather:temp"]).to_df()
+        return list(got.set_index(EVENT_ID).loc[origins, "temp"])
+
+    def tick(hour: int) -> dg.ExecuteInProcessResult:
+        schedule = flights.defs.get_schedule_def(schedule_name(flight_spec))
+        at = datetime.combine(following, datetime.min.time(), tz).replace(hour=hour)
+        data = schedule.evaluate_tick(dg.build_schedule_context(instance=flights.instance, scheduled_execution_time=at))
+        (request,) = data.run_requests
+        return flights.run("lookups", "flight_delays", run_config=request.run_config)
+
+    morning = datetime.combine(following, datetime.min.time(), tz).replace(hour=9, minute=40)
+    expected = joined(morning)
+    assert not any(np.isnan(expected))
+    assert served(morning.isoformat()) != pytest.approx(expected)  # after the ingest alone: the last midnight's
+    assert tick(9).success
+    assert served(morning.isoformat()) == pytest.approx(expected)
+    step = flights.latest("flight_delays/online_lookups")
+    assert step["as_of"].startswith(f"{following}T09:00") and step["weather/rows_written"] == 3
+    assert step["weather/keys_without_recent_observation"] == 0 and step["weather/snapshot_refreshed"] is False
+
+    afternoon = morning.replace(hour=15)
+    assert tick(15).success and served(afternoon.isoformat()) == pytest.approx(joined(afternoon))
+    assert tick(9).success  # an older tick run again (a backfill): the afternoon stays
+    assert flights.latest("flight_delays/online_lookups")["weather/rows_kept_newer"] == 3
+    assert served(afternoon.isoformat()) == pytest.approx(joined(afternoon))
+    assert joined(afternoon) != pytest.approx(expected)  # the test can tell the hours apart

@@ -86,6 +86,10 @@ def test_a_replay_starts_judges_and_decides_a_canary_on_its_clock(flight_spec, r
     assert f"canary_started v{c['version']} at {c['started'][:19]}" in day_events
     assert f"{c['decision']} v{c['version']} at {at.isoformat()[:19]}" in day_events, day_events
     assert report["traffic"]["requests"] >= 2 * MIN_REQUESTS and report["traffic"]["days"] >= 1
+    # the lookups schedule ticked once at the start of every local hour the endpoint was sent (the
+    # hour's weather online, as production's hourly run has it)
+    hours = every["received_at"].dt.tz_convert(spec.source.timestamp.timezone).dt.floor("h").nunique()
+    assert report["traffic"]["lookups_runs"] == hours, (report["traffic"], hours)
     assert report["metric"] is not None and all(r["metric"] is not None for r in report["rows"])
     # the server and the clock variable are gone with the replay
     assert report["endpoints_stopped"] == [spec.name] and REPLAY_CLOCK_ENV not in os.environ

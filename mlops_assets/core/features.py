@@ -194,6 +194,28 @@ def lookup_frame(name: str, table: LookupTableSpec, spec: ModelSpec) -> pd.DataF
     return out.drop_duplicates([table.join_entity, EVENT_TS], keep="last").reset_index(drop=True)
 
 
+def lookup_rows_as_of(snapshot: pd.DataFrame, table: LookupTableSpec, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Per key of a timestamped lookup (a ``lookup_frame``), the row Feast's point-in-time join gives
+    an event at ``as_of``: the newest observation at or before it, no older than ``ttl_hours``. A key
+    seen before but with no observation that recent gets its values missing, stamped ``as_of``, as
+    the join leaves them missing: the online store must not keep serving a value training would not
+    have had. What ``online_lookups`` writes online, so a request is served the lookup its event
+    time joins offline."""
+    key = table.join_entity
+    as_of = pd.Timestamp(as_of).tz_convert("UTC")
+    ts = snapshot[EVENT_TS]
+    seen = snapshot[ts <= as_of]
+    fresh = seen[seen[EVENT_TS] >= as_of - pd.Timedelta(hours=table.ttl_hours)]
+    latest = fresh.sort_values(EVENT_TS, kind="stable").groupby(key, sort=False).tail(1)
+    stale = pd.Index(seen[key].unique()).difference(pd.Index(latest[key]))
+    filler = pd.DataFrame({key: list(stale)}, dtype=object)
+    filler[EVENT_TS] = pd.Series([as_of] * len(stale), dtype=snapshot[EVENT_TS].dtype)
+    for col in snapshot.columns.difference([key, EVENT_TS]):
+        filler[col] = pd.Series([float("nan")] * len(stale), dtype="float64")
+    out = pd.concat([latest, filler[snapshot.columns]], ignore_index=True) if len(stale) else latest
+    return out.sort_values(key, kind="stable").reset_index(drop=True)
+
+
 def add_derived(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     """Features computed after the point-in-time join (e.g. plane age from the year it was built)."""
     tz = spec.source.timestamp.timezone

@@ -223,6 +223,10 @@ class FeastFeatureStore(dg.ConfigurableResource):
             self.store(spec).write_to_online_store(feature_view_name=view, df=rows)
         return SKIPPED_OLDER[(spec.name, view)] - before
 
+    def registered_views(self, spec: ModelSpec) -> set[str]:
+        """The feature views the registry holds for the spec (none before ``feature_registry`` ran)."""
+        return {v.name for v in self.store(spec).list_feature_views()}
+
     def online_row_count(self, spec: ModelSpec) -> int:
         """Entity rows in the online store for this spec's project, over all views (an entity
         known to two views counts twice)."""

@@ -335,6 +335,15 @@ class ModelSpec(StrictModel):
         return [f for f in self.features if isinstance(f, LookupFeature)]
 
     @property
+    def served_timed_lookups(self) -> list[str]:
+        """Lookup tables with a timestamp (hourly weather) that an endpoint serves: the online store
+        must follow them through the day, not only at each day's ingest (``features.online_lookups``)."""
+        if self.deployment is None:
+            return []
+        used = {f.table for f in self.lookup_features}
+        return [name for name, table in self.lookups.items() if table.timestamp and name in used]
+
+    @property
     def entity_keyed_features(self) -> list[str]:
         """Names of the features keyed by an entity (past rates, lookups): what Feast joins point in
         time for training and scoring, and what the server reads from the online store."""
