@@ -13,7 +13,7 @@ from datetime import timedelta
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, daily_partitions, day_of, days_before, failure, key, table_metadata
-from mlops_assets.core.names import EVENTS_VIEW, FEATURE_SERVICE, lookup_view_name
+from mlops_assets.core.names import EVENTS_VIEW, FEATURE_SERVICE
 from mlops_assets.resources import FeastFeatureStore, LakeStorage
 from mlops_assets.specs import ModelSpec
 
@@ -43,7 +43,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 frame = lookup_frame(tname, table, spec)
             except DataError as exc:
                 raise failure(str(exc)) from exc
-            lake.write(frame, f"{lake.feature_table_dir(name, lookup_view_name(tname))}/snapshot.parquet")
+            lake.write(frame, lake.lookup_snapshot_path(name, tname))
             rows[tname] = len(frame)
         registered = feast.apply(spec, lake.features_root(name))
         return dg.MaterializeResult(

@@ -20,7 +20,7 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets.common import asset_kwargs, failure, key
-from mlops_assets.core.names import lookup_view_name
+from mlops_assets.core.names import lookup_view_name, schedule_name
 from mlops_assets.resources import FeastFeatureStore, LakeStorage
 from mlops_assets.specs import ModelSpec
 
@@ -32,12 +32,6 @@ class LookupsConfig(dg.Config):
         default="",
         description="ISO 8601 moment the lookups are served as of (its schedule passes its tick; empty: now).",
     )
-
-
-def schedule_name(spec: ModelSpec) -> str:
-    from mlops_assets.core.names import job_name
-
-    return f"{job_name('lookups', spec)}_schedule"
 
 
 def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
@@ -83,7 +77,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 fresh = lookup_frame(tname, spec.lookups[tname], spec)
             except DataError as exc:
                 raise failure(str(exc)) from exc
-            path = f"{lake.feature_table_dir(name, view)}/snapshot.parquet"
+            path = lake.lookup_snapshot_path(name, tname)
             changed = not lake.exists(path) or not fresh.equals(lake.read(path))
             if changed:
                 lake.write(fresh, path)
@@ -112,7 +106,7 @@ def schedule(spec: ModelSpec, job) -> dg.ScheduleDefinition | None:
     op_name = "__".join(key("online_lookups", spec).path)
 
     @dg.schedule(
-        name=schedule_name(spec),
+        name=schedule_name("lookups", spec),
         cron_schedule=HOURLY,
         job=job,
         execution_timezone=spec.source.timestamp.timezone,

@@ -75,9 +75,11 @@ class ReplayTraffic:
         # as the daemon does, a tick builds only the resources the sensor asks for (the lake)
         self.resources = {k: replay.defs.resources[k] for k in self.sensor.required_resource_keys}
         self.deploy_job = replay.defs.resolve_job_def(job_name("deploy", self.spec))
-        from mlops_assets.online_lookups import schedule_name
+        from mlops_assets.core.names import schedule_name
 
-        self.lookups = replay.defs.get_schedule_def(schedule_name(self.spec)) if self.spec.served_timed_lookups else None
+        self.lookups = (
+            replay.defs.get_schedule_def(schedule_name("lookups", self.spec)) if self.spec.served_timed_lookups else None
+        )
         self.lookups_job = replay.defs.resolve_job_def(job_name("lookups", self.spec)) if self.lookups else None
         self.lookups_at: datetime | None = None  # the last hour the lookups schedule ticked
         self.lookups_runs = 0
@@ -299,7 +301,12 @@ class ReplayTraffic:
     def summary(self) -> dict[str, Any]:
         """What the traffic cost: days with traffic, requests sent, wall seconds (sending, flushing,
         ticking the sensor and the schedule, and the runs they requested), lookups runs."""
-        return {"days": self.days, "requests": self.requests, "seconds": round(self.seconds, 1), "lookups_runs": self.lookups_runs}
+        return {
+            "days": self.days,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 1),
+            "lookups_runs": self.lookups_runs,
+        }
 
     def close(self) -> None:
         """Close the connections and give the process its environment back."""

@@ -776,7 +776,7 @@ def test_lookup_rows_as_of_are_what_the_point_in_time_join_gives_an_event_then()
     from mlops_assets.specs import LookupTableSpec
 
     table = LookupTableSpec(path="weather.csv", key="origin", timestamp={"column": "time_hour"}, ttl_hours=2, columns=["temp"])
-    t = lambda hhmm: pd.Timestamp(f"2013-01-02 {hhmm}", tz="UTC")  # noqa: E731
+    t = lambda hhmm: pd.Timestamp(f"2013-01-02 {hhmm}", tz="UTC")
     snapshot = pd.DataFrame(
         {
             "origin": ["EWR", "EWR", "EWR", "JFK", "LGA"],

@@ -43,7 +43,7 @@ def store(spec, tmp_path_factory):
     The served day carries hand-made missing values: null distances, missing tail numbers and
     carriers, and a route seen for the first time."""
     from mlops_assets.core.features import lookup_frame, past_rate_table, row_features
-    from mlops_assets.core.names import EVENTS_VIEW, lookup_view_name
+    from mlops_assets.core.names import EVENTS_VIEW
     from mlops_assets.core.sources import day_start_utc, read_table
     from mlops_assets.core.validation import clean_events
     from mlops_assets.resources import FeastFeatureStore, LakeStorage
@@ -71,9 +71,7 @@ def store(spec, tmp_path_factory):
         for f in spec.past_rate_features:
             lake.write_feature_day(spec.name, f.name, key, past_rate_table(history, today, f, day, tz))
     for name, table in spec.lookups.items():
-        lake.write(
-            lookup_frame(name, table, spec), f"{lake.feature_table_dir(spec.name, lookup_view_name(name))}/snapshot.parquet"
-        )
+        lake.write(lookup_frame(name, table, spec), lake.lookup_snapshot_path(spec.name, name))
     feast = FeastFeatureStore(registry=str(root / "registry.db"), online_store_path=str(root / "online.db"))
     feast.apply(spec, lake.features_root(spec.name))
     start = day_start_utc(SERVED, tz).to_pydatetime()

@@ -47,7 +47,7 @@ def latest_weather(lake, day: str, tz: str = "America/New_York") -> dict[str, fl
     from mlops_assets.core.names import EVENT_TS
     from mlops_assets.core.sources import day_start_utc
 
-    table = lake.read(f"{lake.feature_table_dir('flight_delays', 'lookup_weather')}/snapshot.parquet")
+    table = lake.read(lake.lookup_snapshot_path("flight_delays", "weather"))
     d = date.fromisoformat(day)
     window = table[(table[EVENT_TS] >= day_start_utc(d, tz)) & (table[EVENT_TS] < day_start_utc(d + timedelta(days=1), tz))]
     last = window.sort_values(EVENT_TS).groupby("origin").tail(1)

@@ -583,11 +583,10 @@ def test_the_hourly_lookups_run_serves_the_weather_the_event_time_joins(flights,
 
     import dagster as dg
 
-    from mlops_assets.core.names import EVENT_ID, EVENT_TS
+    from mlops_assets.core.names import EVENT_ID, EVENT_TS, schedule_name
     from mlops_assets.core.requests import parse_request
     from mlops_assets.core.serving import build_features
     from mlops_assets.environments import server_stores
-    from mlops_assets.online_lookups import schedule_name
     from mlops_assets.server import build_server
 
     r = flights.resources()
@@ -604,18 +603,20 @@ def test_the_hourly_lookups_run_serves_the_weather_the_event_time_joins(flights,
             {"carrier": "UA", "origin": o, "dest": "ORD", "tailnum": "N14228", "distance": 719.0, "event_timestamp": at}
             for o in origins
         ]
-        return list(build_features(parse_request({"instances": rows}, server.schema, flight_spec), flight_spec, server.lookup).columns["temp"])
+        return list(
+            build_features(parse_request({"instances": rows}, server.schema, flight_spec), flight_spec, server.lookup).columns[
+                "temp"
+            ]
+        )
 
     def joined(at: datetime) -> list[float]:
         """Feast's point-in-time join of the weather for a departure from each origin at ``at``."""
-        entity_df = pd.DataFrame(
-            {EVENT_ID: origins, "origin": origins, EVENT_TS: [pd.Timestamp(at).tz_convert("UTC")] * 3}
-        )
+        entity_df = pd.DataFrame({EVENT_ID: origins, "origin": origins, EVENT_TS: [pd.Timestamp(at).tz_convert("UTC")] * 3})
         got = r["feast"].store(flight_spec).get_historical_features(entity_df=entity_df, features=["lookup_weather:temp"]).to_df()
         return list(got.set_index(EVENT_ID).loc[origins, "temp"])
 
     def tick(hour: int) -> dg.ExecuteInProcessResult:
-        schedule = flights.defs.get_schedule_def(schedule_name(flight_spec))
+        schedule = flights.defs.get_schedule_def(schedule_name("lookups", flight_spec))
         at = datetime.combine(following, datetime.min.time(), tz).replace(hour=hour)
         data = schedule.evaluate_tick(dg.build_schedule_context(instance=flights.instance, scheduled_execution_time=at))
         (request,) = data.run_requests

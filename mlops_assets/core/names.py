@@ -29,6 +29,11 @@ def job_name(kind: str, spec) -> str:
     return f"{kind}_{_spec_name(spec)}"
 
 
+def schedule_name(kind: str, spec) -> str:
+    """A spec's schedule (``lookups_flight_delays_schedule``): its job's name, as Dagster names them."""
+    return f"{job_name(kind, spec)}_schedule"
+
+
 def sensor_name(kind: str, spec) -> str:
     """A spec's sensor (``landing_flight_delays``, ``canary_flight_delays``)."""
     return f"{kind}_{_spec_name(spec)}"

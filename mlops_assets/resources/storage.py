@@ -120,6 +120,12 @@ class LakeStorage(dg.ConfigurableResource):
     def feature_table_dir(self, spec: str, table: str) -> str:
         return files.join(self.features_root(spec), table)
 
+    def lookup_snapshot_path(self, spec: str, table: str) -> str:
+        """The Feast offline source of a lookup table (``lookups.<table>``): its one snapshot file."""
+        from mlops_assets.core.names import lookup_view_name
+
+        return files.join(self.feature_table_dir(spec, lookup_view_name(table)), "snapshot.parquet")
+
     def write_feature_day(self, spec: str, table: str, day: str, df: pd.DataFrame) -> str:
         """Put one day's rows of a feature table into its month file, replacing the rows that day
         had (``_partition`` names each row's day)."""
