@@ -38,6 +38,7 @@ HISTORY_ROWS = 30
 def canary_verdict(spec: ModelSpec, lake: LakeStorage, current, now: datetime):
     """The canary check's verdict on a running canary, from the prediction store."""
     from mlops_assets.core.rollout import judge_canary
+    from mlops_assets.core.training import metric
     from mlops_assets.rollout.canary_stats import canary_sides
 
     def labels(days: list[str]):
@@ -53,6 +54,7 @@ def canary_verdict(spec: ModelSpec, lake: LakeStorage, current, now: datetime):
         policy=spec.deployment.canary.model_dump(),
         metric=spec.promotion.metric,
         higher_is_better=spec.higher_is_better,
+        metric_fn=lambda y, scores: metric(y, scores, spec),
     )
 
 

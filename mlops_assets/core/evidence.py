@@ -15,6 +15,9 @@ draws). Each metric gets the test that fits its shape:
 - **f1** (no per-row decomposition): a paired circular block bootstrap of the F1 difference,
   blocks of about n^(1/3) rows, seeded so a gate decides the same way twice.
 
+A canary is the unpaired case (each version answers requests of its own): ``unpaired_bootstrap``
+resamples each side on its own, for any metric.
+
 The null hypothesis is "the challenger is at most ``margin`` better" (in the metric's own units,
 better meaning higher, or lower for errors); ``p_value`` is the one-sided evidence against it, and
 the gate promotes when it is at most ``1 - confidence``. ``low``/``high`` is the two-sided interval
@@ -25,6 +28,7 @@ moves.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,6 +200,40 @@ def block_bootstrap(
         p = 1.0
     low, high = np.quantile(diffs, [0.5 - confidence / 2, 0.5 + confidence / 2])
     return Evidence("block_bootstrap", observed, float(low), float(high), float(p), confidence, margin, n)
+
+
+def unpaired_bootstrap(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    higher_is_better: bool,
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    *,
+    margin: float,
+    confidence: float,
+    seed: int = 0,
+    samples: int = 1000,
+) -> Evidence:
+    """The evidence that side ``a`` is more than ``margin`` better than side ``b`` when each was
+    scored on rows of its own (labels, scores), as the two versions of a canary answer different
+    requests: nothing pairs them, so each side's rows are resampled on their own and the metric
+    recomputed (any metric, ``metric(y, scores)``). Rows of one side are taken as independent: a
+    canary's requests are spread over its window, not consecutive rows of one series."""
+    rng = np.random.default_rng(seed)
+    sign = 1.0 if higher_is_better else -1.0
+    (ya, sa), (yb, sb) = (np.asarray(v, dtype="float64") for v in a), (np.asarray(v, dtype="float64") for v in b)
+    observed = sign * (metric(ya, sa) - metric(yb, sb))
+    diffs = np.empty(samples)
+    for i in range(samples):
+        ia, ib = rng.integers(0, len(ya), len(ya)), rng.integers(0, len(yb), len(yb))
+        diffs[i] = sign * (metric(ya[ia], sa[ia]) - metric(yb[ib], sb[ib]))
+    diffs = diffs[np.isfinite(diffs)]  # a resample with one class has no AUC
+    if not len(diffs):
+        return Evidence("unpaired_bootstrap", observed, float("nan"), float("nan"), 1.0, confidence, margin, len(ya) + len(yb))
+    p = (int((diffs <= margin).sum()) + 1) / (len(diffs) + 1)
+    low, high = np.quantile(diffs, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    return Evidence(
+        "unpaired_bootstrap", float(observed), float(low), float(high), float(p), confidence, margin, len(ya) + len(yb)
+    )
 
 
 def compare(

@@ -39,13 +39,14 @@ def canary_sides(
         n = 0 if req is None else len(req)
         errors = 0 if req is None else int((req["status"] >= 500).sum())
         latency = p99(req.loc[req["status"] < 500, "latency_ms"]) if n else 0.0
-        metric, labelled = None, 0
+        metric, labelled, rows = None, 0, None
         if label_frame is not None and served is not None:
             mine = served[(served["model_version"] == int(version)) & served["event_id"].notna()]
             joined = mine.merge(label_frame[[EVENT_ID, LABEL]], on=EVENT_ID, how="inner")
             joined = joined[joined[LABEL].notna()]
             labelled = len(joined)
             if labelled:
-                metric = evaluate(joined[LABEL], joined["score"].to_numpy(), spec)[spec.promotion.metric]
-        sides.append(SideStats(str(version), n, errors, latency, metric, labelled))
+                rows = (joined[LABEL].to_numpy(dtype="float64"), joined["score"].to_numpy(dtype="float64"))
+                metric = evaluate(rows[0], rows[1], spec)[spec.promotion.metric]
+        sides.append(SideStats(str(version), n, errors, latency, metric, labelled, rows))
     return sides[0], sides[1]

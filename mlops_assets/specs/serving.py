@@ -19,7 +19,10 @@ class CanarySpec(StrictModel):
     compares them: the error rate may rise by at most ``max_error_rate_increase``, the p99 latency may
     be at most ``max_latency_ratio`` times the stable side's (plus ``latency_slack_ms``, so that a
     0.8 ms vs 1.1 ms difference is not a regression), and, once ``min_labelled`` served predictions
-    of each side have labels, the metric may fall by at most ``max_metric_drop``. Passing promotes it
+    of each side have labels, the metric may fall by at most ``max_metric_drop``: with
+    ``metric_confidence`` (default 0.9) a larger drop rolls back only when an unpaired bootstrap of
+    the two sides shows it at that confidence (a few hundred labelled predictions a side cannot
+    tell a 0.02 drop from noise); ``null`` compares the two figures as they are. Passing promotes it
     to 100 %; failing rolls the endpoint and the ``champion`` alias back to the stable version."""
 
     traffic_percent: float = Field(0.0, ge=0, lt=100)
@@ -29,6 +32,7 @@ class CanarySpec(StrictModel):
     max_latency_ratio: float = Field(1.5, ge=1)
     latency_slack_ms: float = Field(5.0, ge=0)
     max_metric_drop: float = Field(0.02, ge=0)
+    metric_confidence: float | None = Field(0.9, gt=0.5, lt=1)
     min_labelled: int = Field(100, ge=1)
 
 
