@@ -62,7 +62,9 @@ def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_s
 
     defs = build_definitions([flight_spec, elec2_spec])
     specs = defs.resolve_all_asset_specs()
-    assert len(specs) == 2 * 10 + 1  # 10 per spec (<spec>/backtest included); flight_delays also has its endpoint
+    # 10 per spec (<spec>/backtest included); flight_delays also has its endpoint, and online_lookups
+    # for the hourly weather that endpoint serves
+    assert len(specs) == 2 * 10 + 2
     from mlops_assets.common import STAGE_VERSIONS
 
     # keys are <spec>/<stage>: the lineage groups a spec's stages and labels each node by its stage
@@ -81,6 +83,9 @@ def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_s
         assert {f"{k}_{spec}" for k in ("register", "ingest", "train", "score")} <= job_names
     assert defs.resolve_job_def("ingest_flight_delays").partitions_def is not None
     assert "deploy_flight_delays" in job_names and "deploy_elec2" not in job_names
+    assert "lookups_flight_delays" in job_names and "lookups_elec2" not in job_names
+    assert [s.name for s in defs.schedules] == ["lookups_flight_delays_schedule"]
+    assert {s.key.to_user_string() for s in specs if s.key.path[1] == "online_lookups"} == {"flight_delays/online_lookups"}
     endpoint = next(s for s in specs if s.key.to_user_string() == "flight_delays/endpoint")
     assert endpoint.freshness_policy is not None and endpoint.automation_condition is not None
 
