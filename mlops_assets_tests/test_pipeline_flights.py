@@ -577,8 +577,9 @@ def test_the_hourly_lookups_run_serves_the_weather_the_event_time_joins(flights,
     """Training and batch scoring join the weather of the event's hour; the endpoint reads the online
     store, which the day's ingest leaves at the day's last observation. The hourly schedule's run
     (``online_lookups``, as of its tick) writes each airport's observation of the hour, so a request
-    during the next day is served what Feast's point-in-time join gives its event; an older tick run
-    again leaves the newer hour in place."""
+    during the next day is served what Feast's point-in-time join gives its event; the server leaves
+    a value older than the table's TTL at the event missing; an older tick run again leaves the
+    newer hour in place."""
     from zoneinfo import ZoneInfo
 
     import dagster as dg
@@ -631,6 +632,11 @@ def test_the_hourly_lookups_run_serves_the_weather_the_event_time_joins(flights,
     step = flights.latest("flight_delays/online_lookups")
     assert step["as_of"].startswith(f"{following}T09:00") and step["weather/rows_written"] == 3
     assert step["weather/keys_without_recent_observation"] == 0 and step["weather/snapshot_refreshed"] is False
+    # with no later tick, the 09:00 observation serves while it is within the table's 2-hour TTL of
+    # the event, and is missing after, as the join leaves a departure with no observation that recent
+    nine = joined(morning.replace(minute=0))
+    assert served(morning.replace(hour=10, minute=59).isoformat()) == pytest.approx(nine)
+    assert np.isnan(served(morning.replace(hour=11, minute=30).isoformat())).all()
 
     afternoon = morning.replace(hour=15)
     assert tick(15).success and served(afternoon.isoformat()) == pytest.approx(joined(afternoon))

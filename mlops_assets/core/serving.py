@@ -17,8 +17,10 @@ from mlops_assets.specs import ModelSpec, TimePartFeature
 
 # --- features ---------------------------------------------------------------------------------------
 
-OnlineLookup = Callable[[dict[str, list]], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
-"""entity columns -> (online feature name -> float values, entity name -> bool mask of unknown keys)"""
+OnlineLookup = Callable[..., tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+"""(entity columns, the events' times or None) -> (online feature name -> float values, entity name
+-> bool mask of unknown keys); with times, a timestamped lookup's value older than its TTL at the
+event is missing, as in training"""
 
 
 @dataclass
@@ -64,7 +66,7 @@ def build_features(parsed: ParsedRequest, spec: ModelSpec, lookup: OnlineLookup 
     if schema_online:
         if lookup is None:
             raise RuntimeError(f"spec {spec.name!r} needs online features {schema_online} but the server has no online store")
-        values, unknown = lookup({e: parsed.columns[e] for e in spec.entities})
+        values, unknown = lookup({e: parsed.columns[e] for e in spec.entities}, parsed.timestamps)
         defaults = spec.deployment.unknown_entity.defaults if spec.deployment else {}
         for name in schema_online:
             arr = np.asarray(values.get(name, np.full(n, np.nan)), dtype="float64")

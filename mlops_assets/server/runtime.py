@@ -54,15 +54,24 @@ def feast_online_lookup(spec: ModelSpec, feature_store, online_store_type: str =
     for every feature of its view. Such a key gets, for a past rate, the prior its table carries
     under ``core.features.PRIOR_KEY`` (looked up in the same call, one more entity row): the value
     training gives a group without history. A lookup table has no prior: its values stay missing,
-    as they are in training for an unknown key."""
+    as they are in training for an unknown key.
+
+    A timestamped lookup's value older than its table's ``ttl_hours`` at the request's event time is
+    missing, as the point-in-time join leaves it in training (the row online is the newest as of the
+    last hourly ``online_lookups`` run, which may be older than that by the time the request comes)."""
+    import pandas as pd
+
     from mlops_assets.core.features import PRIOR_KEY
 
-    refs: list[tuple[str, str, str, tuple[str, ...], bool]] = []  # (name, feast ref, returned column, flag, has prior)
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    # (name, feast ref, returned column, flag, has prior, ttl in seconds of a timestamped lookup)
+    refs: list[tuple[str, str, str, tuple[str, ...], bool, float | None]] = []
     for f in spec.past_rate_features:
-        refs.append((f.name, f"{f.name}:{f.name}", f.name, tuple(f.by), True))
+        refs.append((f.name, f"{f.name}:{f.name}", f.name, tuple(f.by), True, None))
     for f in spec.lookup_features:
         table = spec.lookups[f.table]
-        refs.append((f.name, f"{lookup_view_name(f.table)}:{f.source}", f.source, (table.join_entity,), False))
+        ttl = table.ttl_hours * 3600 if table.timestamp else None
+        refs.append((f.name, f"{lookup_view_name(f.table)}:{f.source}", f.source, (table.join_entity,), False, ttl))
     if not refs:
         return None
     if feature_store is None:
@@ -73,8 +82,9 @@ def feast_online_lookup(spec: ModelSpec, feature_store, online_store_type: str =
     entity_names = list(spec.entities)
     prior_row = dict.fromkeys(entity_names, PRIOR_KEY)
 
-    def lookup(entities: dict[str, list]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def lookup(entities: dict[str, list], times=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         n = len(next(iter(entities.values())))
+        event_s = None if times is None else np.asarray((times - epoch).total_seconds(), dtype="float64")
         rows = [{e: entities[e][i] for e in entity_names} for i in range(n)]
         rows.append(prior_row)
         response = store.get_online_features(features=features, entity_rows=rows)
@@ -83,17 +93,19 @@ def feast_online_lookup(spec: ModelSpec, feature_store, online_store_type: str =
         # whose value is null (NULL_VALUE, e.g. a missing wind gust) is a known entity
         names = list(response.proto.metadata.feature_names.val)
         statuses = {n: response.proto.results[i].statuses for i, n in enumerate(names)}
-        times = (
-            {n: [t.seconds for t in response.proto.results[i].event_timestamps] for i, n in enumerate(names)} if by_time else {}
-        )
+        stamped = {r[2] for r in refs if by_time or (r[5] is not None and event_s is not None)}
+        stamps = {n: [t.seconds for t in response.proto.results[i].event_timestamps] for i, n in enumerate(names) if n in stamped}
         values: dict[str, np.ndarray] = {}
         unknown: dict[str, np.ndarray] = {}
-        for name, _, column, flag, has_prior in refs:
+        for name, _, column, flag, has_prior, ttl in refs:
             all_values = np.array([np.nan if v is None else v for v in got[column]], dtype="float64")
-            all_missing = feast_unknown_mask(statuses[column], times[column] if by_time else None)
+            all_missing = feast_unknown_mask(statuses[column], stamps[column] if by_time else None)
             arr, missing = all_values[:n], all_missing[:n]
             if has_prior and not all_missing[n] and missing.any():
                 arr = np.where(missing, all_values[n], arr)
+            if ttl is not None and event_s is not None:
+                observed = np.asarray(stamps[column][:n], dtype="float64")
+                arr = np.where(observed < event_s - ttl, np.nan, arr)  # too old for the event: missing, as in training
             values[name] = arr
             key = "+".join(flag)
             unknown[key] = unknown[key] | missing if key in unknown else missing
