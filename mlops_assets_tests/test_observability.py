@@ -342,7 +342,8 @@ def test_exporter_reports_the_pipeline_of_a_real_home(home):
     # failed runs by job: the ingest that failed, every other job present at 0
     failed = samples(collector, "mlops_pipeline_failed_runs_total")
     assert failed == {
-        (f"{kind}_{SPEC}",): (1 if kind == "ingest" else 0) for kind in ("register", "ingest", "train", "score", "deploy")
+        (f"{kind}_{SPEC}",): (1 if kind == "ingest" else 0)
+        for kind in ("register", "ingest", "train", "score", "deploy", "lookups")
     }
 
     # counters only grow, and a second read fetches only what is new: a rollback recorded by the
