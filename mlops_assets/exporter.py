@@ -44,7 +44,6 @@ from mlops_assets.core.pipeline_metrics import (
     check_state,
     drift_share,
     families,
-    freshness_seconds,
     spec_of_run,
 )
 from mlops_assets.specs import ModelSpec
@@ -87,12 +86,23 @@ def spec_facts(specs: list[ModelSpec]) -> list[SpecFacts]:
             target=s.deployment.target if s.deployment else "none",
             retrain=s.policies.retrain,
             drift_share_limit=s.policies.drift.drift_share,
-            freshness_seconds=freshness_seconds(s.policies.freshness),
+            freshness_seconds=freshness_seconds(s),
             jobs=tuple(jobs[s.name]),
             checks=tuple(checks[s.name]),
         )
         for s in specs
     ]
+
+
+def freshness_seconds(spec: ModelSpec) -> dict[str, float]:
+    """The fail window of each stage's freshness policy, in seconds (stages without one left out):
+    read from ``policies.freshness_policy``, the one place they are decided, so the alert on an
+    asset's age follows whatever the UI flags (``online_lookups`` included)."""
+    from mlops_assets import policies
+    from mlops_assets.common import STAGE_VERSIONS
+
+    limits = {stage: policies.freshness_policy(stage, spec) for stage in STAGE_VERSIONS}
+    return {stage: p.fail_window.to_timedelta().total_seconds() for stage, p in limits.items() if p is not None}
 
 
 class PipelineCollector:

@@ -260,6 +260,10 @@ def freshness_policy(stage: str, spec: ModelSpec) -> dg.FreshnessPolicy | None:
         return dg.FreshnessPolicy.time_window(fail_window=timedelta(days=f.model_days))
     if stage == "endpoint" and f.endpoint_hours:
         return dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=f.endpoint_hours))
+    if stage == "online_lookups" and spec.served_timed_lookups:
+        # once the hourly run is older than a lookup's TTL, the server leaves that lookup missing
+        hours = min(spec.lookups[t].ttl_hours for t in spec.served_timed_lookups)
+        return dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=hours))
     return None
 
 

@@ -86,6 +86,8 @@ def test_every_asset_explains_itself(tmp_path, monkeypatch, flight_spec, elec2_s
     assert "lookups_flight_delays" in job_names and "lookups_elec2" not in job_names
     assert [s.name for s in defs.schedules] == ["lookups_flight_delays_schedule"]
     assert {s.key.to_user_string() for s in specs if s.key.path[1] == "online_lookups"} == {"flight_delays/online_lookups"}
+    lookups = next(s for s in specs if s.key.path[1] == "online_lookups")
+    assert lookups.freshness_policy.fail_window.to_timedelta().total_seconds() == 2 * 3600  # the weather's TTL
     endpoint = next(s for s in specs if s.key.to_user_string() == "flight_delays/endpoint")
     assert endpoint.freshness_policy is not None and endpoint.automation_condition is not None
 

@@ -314,7 +314,13 @@ def test_exporter_reports_the_pipeline_of_a_real_home(home):
     age = samples(collector, "mlops_pipeline_model_age_seconds")[()]
     assert 0 <= (time.time() - first_model.timestamp) - age < 5  # measured at the read, a moment ago
     freshness = samples(collector, "mlops_pipeline_freshness_limit_seconds")
-    assert freshness == {("endpoint",): 24 * 3600, ("features",): 48 * 3600, ("model",): 30 * 86400}
+    # the spec's policies.freshness, and the weather's 2-hour TTL for the hourly online_lookups
+    assert freshness == {
+        ("endpoint",): 24 * 3600,
+        ("features",): 48 * 3600,
+        ("model",): 30 * 86400,
+        ("online_lookups",): 2 * 3600,
+    }
     ages = samples(collector, "mlops_pipeline_asset_age_seconds")
     assert {("features",), ("model",), ("endpoint",), ("predictions",)} <= set(ages) and max(ages.values()) < 600
     assert samples(collector, "mlops_pipeline_endpoint_actions_total") == {("deploy",): 1}

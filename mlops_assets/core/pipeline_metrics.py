@@ -113,16 +113,6 @@ class SpecFacts:
         return self.target != "none"
 
 
-def freshness_seconds(freshness) -> dict[str, float]:
-    """A spec's ``policies.freshness`` as seconds per stage (stages without a limit left out)."""
-    limits = {
-        "features": freshness.features_hours and freshness.features_hours * 3600,
-        "model": freshness.model_days and freshness.model_days * 86400,
-        "endpoint": freshness.endpoint_hours and freshness.endpoint_hours * 3600,
-    }
-    return {stage: float(s) for stage, s in limits.items() if s}
-
-
 @dataclass
 class Totals:
     """Counters over the whole event log, fed each record once, oldest first."""
