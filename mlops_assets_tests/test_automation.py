@@ -117,14 +117,22 @@ def test_exactly_one_retrain_after_injected_drift(sim):
     assert sim.retrains == [drift_day + timedelta(minutes=1)]
 
 
-def test_drift_in_the_endpoints_traffic_retrains_once(sim):
-    """flight_delays has a deployment: drift of what its endpoint served triggers like batch drift."""
-    for n in range(1, 10):
-        sim.day(n)
-    drift_day = sim.day(10, failing=frozenset({"served_feature_drift"}))
-    for n in range(11, 20):
-        sim.day(n, failing=frozenset({"served_feature_drift"}))
-    assert sim.retrains == [drift_day + timedelta(minutes=1)]
+@pytest.mark.parametrize("retrain_when", ["newly_failed", "failing"])
+def test_failing_checks_of_the_endpoints_traffic_are_shown_never_a_retrain(tmp_path, monkeypatch, flight_spec, retrain_when):
+    """flight_delays has a deployment: its served_ checks fail visibly (and alert) but retrain nothing,
+    whether the policies act on a newly failing or a failing check; the same drift in the day's batch
+    still retrains once."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    spec = with_check_policy(with_check_policy(flight_spec, "drift", retrain_when), "performance", retrain_when)
+    served = frozenset({"served_feature_drift", "served_prediction_drift", "served_performance"})
+    with simulation(spec) as sim:
+        for n in range(1, 10):
+            sim.day(n)
+        for n in range(10, 20):
+            sim.day(n, failing=served)
+        assert sim.retrains == []
+        drift_day = sim.day(20, drift=True)
+        assert sim.retrains == [drift_day + timedelta(minutes=1)]
 
 
 def test_no_retrain_inside_the_cooldown_then_one_when_it_ends(sim):
