@@ -98,7 +98,7 @@ def main() -> int:
             same_days = earlier.get("start") == scored[0].isoformat() and earlier.get("end") == scored[-1].isoformat()
             if "replay" in before and same_days and (name != "recommended" or before.get("policy") == c.label):
                 result["out_of_sample"][name] = {
-                    **compare(before["replay"], offline[name].metric, offline[name].retrains, offline[name].promotions),
+                    **compare(before["replay"], offline[name]),
                     "policy": c.label,
                 }
                 continue
@@ -114,7 +114,7 @@ def main() -> int:
                 progress=False,
             )
             o = offline[name]
-            result["out_of_sample"][name] = {**compare(real, o.metric, o.retrains, o.promotions), "policy": c.label}
+            result["out_of_sample"][name] = {**compare(real, o), "policy": c.label}
             save()
             print(
                 f"{spec.name}: {name} replayed: {real['metric']:.4f}, {real['retrains']} retrains ({real['seconds']} s)",

@@ -121,18 +121,29 @@ def verify(spec: ModelSpec, report: dict, home: Path | None = None, which: str =
     models, _ = cached_models(spec, history, backtest_dir(spec.name))
     days = [d for d in history.dates if start <= d <= end]
     offline, _ = play(spec, models, candidate, days)
-    return compare(real, offline.metric, offline.retrains, offline.promotions)
+    return compare(real, offline)
 
 
-def compare(real: dict, metric: float, retrains: int, promotions: int) -> dict:
+def compare(real: dict, offline) -> dict:
+    """A replay against the backtest's play of the same policy over the same days: the figures, whether
+    they agree within ``TOLERANCE``, and the days on which they retrained or promoted differently
+    (where to look when they do not). ``offline`` is the backtest's ``core.backtest.Outcome``."""
+    metric, retrains, promotions = offline.metric, offline.retrains, offline.promotions
     dm = abs(real["metric"] - metric) / abs(real["metric"]) if real["metric"] else float("inf")
     dr = abs(real["retrains"] - retrains)
     allowed = max(TOLERANCE["retrains_absolute"], TOLERANCE["retrains_relative"] * real["retrains"])
+    days = {}
+    for kind, played in (("retrain_days", offline.retrain_days), ("promotion_days", offline.promotion_days)):
+        if kind in real:  # a replay report (reports of older replays lack the days)
+            replayed, backtested = set(real[kind]), set(played)
+            days[kind] = {"only_in_replay": sorted(replayed - backtested), "only_in_backtest": sorted(backtested - replayed)}
+    figures = ("metric", "retrains", "promotions", "retrain_causes", "retrain_days", "promotion_days", "start", "end", "seconds")
     return {
-        "replay": {k: real[k] for k in ("metric", "retrains", "promotions", "retrain_causes", "start", "end", "seconds")},
+        "replay": {k: real[k] for k in figures if k in real},
         "backtest": {"metric": metric, "retrains": retrains, "promotions": promotions},
         "metric_relative_difference": dm,
         "retrain_difference": dr,
         "tolerance": TOLERANCE,
         "within_tolerance": bool(dm <= TOLERANCE["metric_relative"] and dr <= allowed),
+        "days_that_differ": days,
     }

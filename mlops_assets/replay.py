@@ -398,6 +398,8 @@ class Replay:
             "retrains": len(retrains),
             "retrain_causes": dict(Counter(c for r in retrains for c in r.causes)),
             "promotions": sum(1 for r in retrains if r.promoted),
+            "retrain_days": [r.day for r in retrains],
+            "promotion_days": [r.day for r in retrains if r.promoted],
             "days": len(self.rows),
             "scored_rows": len(pooled) if pooled is not None else 0,
             "start": self.start.isoformat(),

@@ -55,7 +55,8 @@ def test_the_backtest_plays_a_policy_exactly_as_the_replay_does(elec2_spec, tmp_
     assert Candidate.from_spec(spec) == c
     assert real["retrains"] >= 2, "the window must exercise the trigger"
     assert unbudgeted.retrains > offline.retrains == days // 4, "the budget must hold retrains back"
-    assert offline.retrain_days == [r["day"] for r in real["rows"] if r["retrained"]]
+    assert offline.retrain_days == [r["day"] for r in real["rows"] if r["retrained"]] == real["retrain_days"]
+    assert offline.promotion_days == real["promotion_days"] and len(offline.promotion_days) == offline.promotions
     assert offline.promotions == real["promotions"]
     assert offline.metric == pytest.approx(real["metric"], abs=1e-9)
 
@@ -134,6 +135,8 @@ def test_the_command_writes_the_report_and_verifies_it_against_a_replay(short_re
     assert check["within_tolerance"], check
     assert check["replay"]["retrains"] == check["backtest"]["retrains"]
     assert check["replay"]["metric"] == pytest.approx(check["backtest"]["metric"], abs=1e-9)
+    nothing = {"only_in_replay": [], "only_in_backtest": []}
+    assert check["days_that_differ"] == {"retrain_days": nothing, "promotion_days": nothing}, check
     assert report["chart"].endswith("bt.svg") and ET.parse(report["chart"]).getroot().tag.endswith("svg")
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["recommended"]["policy"] == report["recommended"]["policy"]

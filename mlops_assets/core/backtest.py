@@ -137,6 +137,7 @@ class Outcome:
     retrain_days: list[str]
     daily_metric: list[float | None]  # per scored day
     failed_fits: int = 0
+    promotion_days: list[str] = field(default_factory=list)  # the retrain days whose challenger the gate promoted
     robust: float | None = None  # the metric its grid neighbourhood reaches (recommend)
     extra: dict = field(default_factory=dict)
 
@@ -149,6 +150,7 @@ class Outcome:
             "promotions": self.promotions,
             "causes": self.causes,
             "retrain_days": self.retrain_days,
+            "promotion_days": self.promotion_days,
         }
         if self.robust is not None:
             out["neighbourhood_metric"] = self.robust
@@ -321,6 +323,7 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
     retrains = promotions = failed = 0
     causes: dict[str, int] = {}
     retrain_days: list[str] = []
+    promotion_days: list[str] = []
     pending: str | None = None  # an edge trigger (newly failed, freshness) waiting for the cooldown
     verdict_before = False  # the last verdict (since the last training): the next day's first tick sees it
     previous_failing = False  # for newly_failed: the check's previous result
@@ -370,11 +373,12 @@ def play(spec: ModelSpec, models: Models, candidate: Candidate, days: list[date]
         clock.trained(day)
         if _gate(spec, models, c, challenger, champion):
             champion, promoted_at, promotions = challenger, day, promotions + 1
+            promotion_days.append(day.isoformat())
             reference = _holdout_metric(spec, models, W, H, champion, champion)
     y_all, s_all = np.concatenate(ys), np.concatenate(ss)
     pooled = metric_value(metric, y_all, s_all)
     return (
-        Outcome(c, pooled, retrains, promotions, causes, retrain_days, daily, failed_fits=failed),
+        Outcome(c, pooled, retrains, promotions, causes, retrain_days, daily, failed_fits=failed, promotion_days=promotion_days),
         Scored(ys, ss),
     )
 
