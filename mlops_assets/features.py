@@ -18,6 +18,25 @@ from mlops_assets.resources import FeastFeatureStore, LakeStorage
 from mlops_assets.specs import ModelSpec
 
 
+def snapshot_lookup(lake: LakeStorage, spec: ModelSpec, tname: str):
+    """Read lookup table ``tname`` from its source and keep it as the snapshot its Feast offline
+    source reads (rewritten only when the source changed). Returns the frame and whether the
+    snapshot changed. A source that cannot be read fails the run with what broke, in the file's
+    terms; the snapshot taken before stays, so nothing already served is lost."""
+    from mlops_assets.core.features import lookup_frame
+    from mlops_assets.core.sources import DataError
+
+    try:
+        frame = lookup_frame(tname, spec.lookups[tname], spec)
+    except DataError as exc:
+        raise failure(str(exc)) from exc
+    path = lake.lookup_snapshot_path(spec.name, tname)
+    changed = not lake.exists(path) or not frame.equals(lake.read(path))
+    if changed:
+        lake.write(frame, path)
+    return frame, changed
+
+
 def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     parts = daily_partitions(spec)
     name = spec.name
@@ -34,17 +53,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
         ),
     )
     def feature_registry(lake: LakeStorage, feast: FeastFeatureStore) -> dg.MaterializeResult:
-        from mlops_assets.core.features import lookup_frame
-        from mlops_assets.core.sources import DataError
-
-        rows = {}
-        for tname, table in spec.lookups.items():
-            try:
-                frame = lookup_frame(tname, table, spec)
-            except DataError as exc:
-                raise failure(str(exc)) from exc
-            lake.write(frame, lake.lookup_snapshot_path(name, tname))
-            rows[tname] = len(frame)
+        rows = {tname: len(snapshot_lookup(lake, spec, tname)[0]) for tname in spec.lookups}
         registered = feast.apply(spec, lake.features_root(name))
         return dg.MaterializeResult(
             metadata={

@@ -19,8 +19,9 @@ Monotone like the rest of the online store: a row older than what a key holds is
 import dagster as dg
 from pydantic import Field
 
-from mlops_assets.common import asset_kwargs, failure, key
+from mlops_assets.common import asset_kwargs, key
 from mlops_assets.core.names import lookup_view_name, schedule_name
+from mlops_assets.features import snapshot_lookup
 from mlops_assets.resources import FeastFeatureStore, LakeStorage
 from mlops_assets.specs import ModelSpec
 
@@ -39,7 +40,6 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     tables = spec.served_timed_lookups
     if not tables:
         return []
-    name = spec.name
 
     @dg.asset(
         **asset_kwargs(
@@ -58,9 +58,8 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         import pandas as pd
 
-        from mlops_assets.core.features import lookup_frame, lookup_rows_as_of
+        from mlops_assets.core.features import lookup_rows_as_of
         from mlops_assets.core.names import EVENT_TS
-        from mlops_assets.core.sources import DataError
 
         as_of = pd.Timestamp(config.as_of) if config.as_of else pd.Timestamp.now(tz="UTC")
         if as_of.tzinfo is None:
@@ -73,14 +72,7 @@ def build(spec: ModelSpec) -> list[dg.AssetsDefinition]:
                 context.log.info(f"'{view}' is not registered yet (feature_registry has not run): nothing to serve")
                 metadata[f"{tname}/rows_written"] = 0
                 continue
-            try:
-                fresh = lookup_frame(tname, spec.lookups[tname], spec)
-            except DataError as exc:
-                raise failure(str(exc)) from exc
-            path = lake.lookup_snapshot_path(name, tname)
-            changed = not lake.exists(path) or not fresh.equals(lake.read(path))
-            if changed:
-                lake.write(fresh, path)
+            fresh, changed = snapshot_lookup(lake, spec, tname)
             rows = lookup_rows_as_of(fresh, spec.lookups[tname], as_of)
             kept = feast.write_online(spec, view, rows)
             values = rows.columns.difference([spec.lookups[tname].join_entity, EVENT_TS])

@@ -159,8 +159,9 @@ def request_schema(spec: ModelSpec) -> RequestSchema:
     start = day_start_utc(spec.partitions.start, tz).to_pydatetime() - margin
     end = day_start_utc(spec.partitions.end, tz).to_pydatetime() + margin if spec.partitions.end else None
     # a timestamped lookup needs the event's time too: a value older than its TTL then is missing
-    timed_lookup = any(spec.lookups[f.table].timestamp for f in spec.lookup_features)
-    needs_time = any(isinstance(f, TimePartFeature) for f in spec.features) or bool(spec.derived_features) or timed_lookup
+    needs_time = (
+        any(isinstance(f, TimePartFeature) for f in spec.features) or bool(spec.derived_features) or bool(spec.timed_lookups)
+    )
     return RequestSchema(
         required, {EVENT_ID_FIELD: TEXT, EVENT_TS_FIELD: TEXT}, online, max_rows, ranges, start, end, margin, tz, needs_time
     )

@@ -335,13 +335,17 @@ class ModelSpec(StrictModel):
         return [f for f in self.features if isinstance(f, LookupFeature)]
 
     @property
-    def served_timed_lookups(self) -> list[str]:
-        """Lookup tables with a timestamp (hourly weather) that an endpoint serves: the online store
-        must follow them through the day, not only at each day's ingest (``features.online_lookups``)."""
-        if self.deployment is None:
-            return []
+    def timed_lookups(self) -> list[str]:
+        """Lookup tables with a timestamp (hourly weather) that a feature reads: joined point in time,
+        so serving them needs the request's event time."""
         used = {f.table for f in self.lookup_features}
         return [name for name, table in self.lookups.items() if table.timestamp and name in used]
+
+    @property
+    def served_timed_lookups(self) -> list[str]:
+        """The timed lookups an endpoint serves: the online store must follow them through the day,
+        not only at each day's ingest (``online_lookups``)."""
+        return self.timed_lookups if self.deployment is not None else []
 
     @property
     def entity_keyed_features(self) -> list[str]:
