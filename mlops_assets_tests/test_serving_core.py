@@ -268,6 +268,44 @@ def test_a_canary_metric_rolls_back_on_evidence_not_on_the_noise_of_a_few_hundre
     assert bare / trials > 0.2 and evidence / trials < 0.08, (bare, evidence)
 
 
+def timed_side(version: str, n: int, seed: int, pauses: float = 0.0, slower: float = 1.0) -> SideStats:
+    """``n`` answered requests of a server taking ~8 ms (lognormal), ``slower`` times that, and on
+    average ``pauses`` per 220 requests caught by a pause of the host (30-80 ms)."""
+    from mlops_assets.core.rollout import p99
+
+    rng = np.random.default_rng(seed)
+    lat = rng.lognormal(np.log(8.0), 0.35, n) * slower
+    hit = rng.random(n) < pauses / 220
+    lat[hit] = rng.uniform(30, 80, int(hit.sum()))
+    return SideStats(version, n, 0, p99(lat), latencies=lat)
+
+
+def test_a_canary_latency_rolls_back_on_evidence_not_on_a_pause_of_the_host():
+    """The p99 of a canary's 220 requests is its two or three slowest: a few requests caught by a
+    pause of the host (1.5 per 220 on average, on both sides alike) push it past the limit, so the
+    bare comparison rolls back versions as fast as the stable one; with the evidence at 90 % that
+    happens rarely, and a canary slower across its requests still rolls back, its interval in the
+    reason."""
+    stable = timed_side("1", 2000, seed=1, pauses=1.5)
+    policy = {**POLICY, "metric_confidence": None}
+    bare_policy = {**policy, "latency_confidence": None}
+
+    def verdict(canary, p):
+        return judge_canary(
+            stable, canary, started=NOW - timedelta(minutes=90), now=NOW, policy=p, metric="accuracy", higher_is_better=True
+        )
+
+    slow = verdict(timed_side("2", 220, seed=2, pauses=1.5, slower=3.0), policy)
+    assert slow.decision == "rollback" and "p99 latency" in slow.reasons[0] and "90% interval of the excess" in slow.reasons[0]
+    bare = evidence = 0
+    trials = 120
+    for seed in range(trials):
+        same = timed_side("2", 220, seed=100 + seed, pauses=1.5)
+        bare += verdict(same, bare_policy).decision == "rollback"
+        evidence += verdict(same, policy).decision == "rollback"
+    assert bare / trials > 0.1 and evidence / trials < 0.03, (bare, evidence)
+
+
 def test_metric_is_judged_only_with_enough_labels():
     verdict = judge(side("1", 2000, metric=0.78, labelled=800), side("2", 200, metric=0.50, labelled=20))
     assert verdict.decision == "promote"

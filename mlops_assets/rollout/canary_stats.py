@@ -38,7 +38,8 @@ def canary_sides(
         req = requests[requests["model_version"] == int(version)] if requests is not None else None
         n = 0 if req is None else len(req)
         errors = 0 if req is None else int((req["status"] >= 500).sum())
-        latency = p99(req.loc[req["status"] < 500, "latency_ms"]) if n else 0.0
+        latencies = req.loc[req["status"] < 500, "latency_ms"].to_numpy(dtype="float64") if n else None
+        latency = p99(latencies) if n else 0.0
         metric, labelled, rows = None, 0, None
         if label_frame is not None and served is not None:
             mine = served[(served["model_version"] == int(version)) & served["event_id"].notna()]
@@ -48,5 +49,5 @@ def canary_sides(
             if labelled:
                 rows = (joined[LABEL].to_numpy(dtype="float64"), joined["score"].to_numpy(dtype="float64"))
                 metric = evaluate(rows[0], rows[1], spec)[spec.promotion.metric]
-        sides.append(SideStats(str(version), n, errors, latency, metric, labelled, rows))
+        sides.append(SideStats(str(version), n, errors, latency, metric, labelled, rows, latencies))
     return sides[0], sides[1]

@@ -22,7 +22,9 @@ class CanarySpec(StrictModel):
     of each side have labels, the metric may fall by at most ``max_metric_drop``: with
     ``metric_confidence`` (default 0.9) a larger drop rolls back only when an unpaired bootstrap of
     the two sides shows it at that confidence (a few hundred labelled predictions a side cannot
-    tell a 0.02 drop from noise); ``null`` compares the two figures as they are. Passing promotes it
+    tell a 0.02 drop from noise); ``null`` compares the two figures as they are. Likewise a p99
+    beyond its limit rolls back only when shown at ``latency_confidence`` (default 0.9; the p99 of a
+    few hundred requests is their two or three slowest, which one pause of the host moves). Passing promotes it
     to 100 %; failing rolls the endpoint and the ``champion`` alias back to the stable version."""
 
     traffic_percent: float = Field(0.0, ge=0, lt=100)
@@ -33,6 +35,7 @@ class CanarySpec(StrictModel):
     latency_slack_ms: float = Field(5.0, ge=0)
     max_metric_drop: float = Field(0.02, ge=0)
     metric_confidence: float | None = Field(0.9, gt=0.5, lt=1)
+    latency_confidence: float | None = Field(0.9, gt=0.5, lt=1)
     min_labelled: int = Field(100, ge=1)
 
 
