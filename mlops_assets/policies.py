@@ -156,7 +156,7 @@ class WithinBudget(dg.AutomationCondition):
 # Each monitoring check on <spec>/predictions and the spec policy whose thresholds it applies
 # (policies.drift or policies.performance); the policy's name is also the retrain cause a replay reports.
 # The served_ checks judge the endpoint's prediction log and exist only for specs with a deployment.
-# They are shown and alerted (MLOpsServedCheckFailing), never retrain triggers: the batch checks already
+# They are shown and alerted (MLOpsServedCheckFailing, MLOpsFeatureDrift), never retrain triggers: the batch checks already
 # judge every event of the day scored by the same champion, so a served check adds only what the batch
 # cannot see (what the endpoint served differs from what batch scoring joins: a skew, which a retrain
 # does not fix) and the noise of a subset of the traffic (a canary's tenth), which would spend the
