@@ -137,7 +137,9 @@ def compare(real: dict, offline) -> dict:
         if kind in real:  # a replay report (reports of older replays lack the days)
             replayed, backtested = set(real[kind]), set(played)
             days[kind] = {"only_in_replay": sorted(replayed - backtested), "only_in_backtest": sorted(backtested - replayed)}
-    figures = ("metric", "retrains", "promotions", "retrain_causes", "retrain_days", "promotion_days", "start", "end", "seconds")
+    # the replay's canaries too: what the backtest does not play, and each decision's reasons
+    figures = ["metric", "retrains", "promotions", "retrain_causes", "retrain_days", "promotion_days", "canaries"]
+    figures += ["start", "end", "seconds"]
     return {
         "replay": {k: real[k] for k in figures if k in real},
         "backtest": {"metric": metric, "retrains": retrains, "promotions": promotions},
