@@ -179,8 +179,6 @@ def _latency_verdict(stable: SideStats, canary: SideStats, policy: Mapping[str, 
     confidence = policy.get("latency_confidence")
     if not confidence or stable.latencies is None or canary.latencies is None or not len(stable.latencies):
         return False, f"<= {limit:.2f}", observed
-    if not len(canary.latencies):
-        return True, f"<= {limit:.2f}", ""
     from mlops_assets.core.evidence import unpaired_bootstrap
 
     at_limit = np.asarray(stable.latencies, dtype="float64") * ratio + slack
