@@ -156,11 +156,11 @@ class WithinBudget(dg.AutomationCondition):
 # Each monitoring check on <spec>/predictions and the spec policy whose thresholds it applies
 # (policies.drift or policies.performance); the policy's name is also the retrain cause a replay reports.
 # The served_ checks judge the endpoint's prediction log and exist only for specs with a deployment.
-# They are shown and alerted (MLOpsServedCheckFailing, MLOpsFeatureDrift), never retrain triggers: the batch checks already
-# judge every event of the day scored by the same champion, so a served check adds only what the batch
-# cannot see (what the endpoint served differs from what batch scoring joins: a skew, which a retrain
-# does not fix) and the noise of a subset of the traffic (a canary's tenth), which would spend the
-# retrain budget on nothing the backtest that chose the policy ever played.
+# They are shown and alerted (MLOpsServedCheckFailing, MLOpsFeatureDrift), never retrain triggers:
+# the batch checks already judge every event of the day scored by the same champion, so a served
+# check adds only what the batch cannot see (what the endpoint served differs from what batch scoring
+# joins: a skew, which a retrain does not fix) and the noise of a subset of the traffic (a canary's
+# tenth), which would spend the retrain budget on nothing the backtest that chose the policy played.
 SERVED_PREFIX = "served_"
 _BATCH_CHECK_POLICY = {"feature_drift": "drift", "prediction_drift": "drift", "performance": "performance"}
 CHECK_POLICY = {**_BATCH_CHECK_POLICY, **{f"{SERVED_PREFIX}{c}": p for c, p in _BATCH_CHECK_POLICY.items()}}
@@ -172,7 +172,7 @@ def monitoring_checks(spec: ModelSpec) -> list[str]:
 
 
 def trigger_checks(spec: ModelSpec) -> list[str]:
-    """The monitoring checks that can make a retrain due: the batch ones (see above)."""
+    """The monitoring checks that can make a retrain due: the batch ones, for every spec (see above)."""
     return list(_BATCH_CHECK_POLICY)
 
 
