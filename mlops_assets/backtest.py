@@ -10,12 +10,16 @@ line. ``verify`` holds a recommendation against the real platform: it replays th
 import json
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from mlops_assets.common import asset_kwargs, svg_markdown, table_metadata
 from mlops_assets.resources import LakeStorage
 from mlops_assets.specs import ModelSpec
+
+if TYPE_CHECKING:  # numpy and the backtest's core are imported only when a backtest runs
+    from mlops_assets.core.backtest import Outcome
 
 # How close the backtest must come to the real replay of the same policy over the same days: the
 # metric within half a percent (relative), the retrains within 10 % (at least 2). The backtest does
@@ -124,10 +128,10 @@ def verify(spec: ModelSpec, report: dict, home: Path | None = None, which: str =
     return compare(real, offline)
 
 
-def compare(real: dict, offline) -> dict:
+def compare(real: dict, offline: "Outcome") -> dict:
     """A replay against the backtest's play of the same policy over the same days: the figures, whether
     they agree within ``TOLERANCE``, and the days on which they retrained or promoted differently
-    (where to look when they do not). ``offline`` is the backtest's ``core.backtest.Outcome``."""
+    (where to look when they do not)."""
     metric, retrains, promotions = offline.metric, offline.retrains, offline.promotions
     dm = abs(real["metric"] - metric) / abs(real["metric"]) if real["metric"] else float("inf")
     dr = abs(real["retrains"] - retrains)
